@@ -1,0 +1,268 @@
+"""Command line: a thin adapter over the API (logging, progress, tables, exit codes)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import CloudmaskError
+
+log = logging.getLogger("cloudmask")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup_logging(verbose: int, fmt: str = "plain") -> None:
+    """Configure the ``cloudmask`` logger for the CLI (the library itself only logs)."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger("cloudmask")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class CloudmaskGroup(click.Group):
+    """Turns :class:`CloudmaskError` into a one-line message and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CloudmaskError as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(err.exit_code)
+
+
+@click.group(cls=CloudmaskGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+@click.option("--log-format", type=click.Choice(["plain", "json"]), default="plain", show_default=True,
+              help="Log lines as plain text or JSON (for unattended runs).")
+@click.version_option(package_name="s2-cloudmask")
+def main(verbose: int, log_format: str) -> None:
+    """Cloud and cloud-shadow masks for Sentinel-2 scenes from STAC catalogues."""
+    setup_logging(verbose, log_format)
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[k]) for row in cells]) for k, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(out)
+
+
+@contextmanager
+def _progress(enabled: bool, label: str) -> Iterator[Callable[[int, int], None] | None]:
+    if not enabled:
+        yield None
+        return
+    bar: Any = None
+    state = {"done": 0}
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True)
+            bar.__enter__()
+        bar.update(done - state["done"])
+        state["done"] = done
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+
+def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--model", default="auto", show_default=True,
+                     help="Built-in model name (see `cloudmask models`), a model card, or an ONNX file with a card."),
+        click.option("--backend", type=click.Choice(["onnxruntime", "emulated", "metis"]), default="onnxruntime",
+                     show_default=True, help="Inference backend."),
+        click.option("--instances", type=int, default=1, show_default=True,
+                     help="Model instances fed round-robin (one device thread each)."),
+        click.option("--threads", type=int, default=0, show_default=True,
+                     help="ONNX Runtime threads per instance (0: ONNX Runtime decides)."),
+        click.option("--margin", type=int, default=None, help="Patch halo in pixels each side (default 32)."),
+        click.option("--blend", type=click.Choice(["tukey", "linear", "hard"]), default="tukey", show_default=True),
+        click.option("--resolution", type=float, default=None, help="Output resolution in metres (default: the model's)."),
+        click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (uint8 percent)."),
+        click.option("--stats", "show_stats", is_flag=True, help="Print per-stage timing."),
+        click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal)."),
+        click.option("--quicklook/--no-quicklook", default=True, show_default=True,
+                     help="Write an RGB quicklook PNG with the mask overlaid beside each mask."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _mask_all(
+    specs: Sequence[Any], out: Path, *, model: str, backend: str, instances: int, threads: int,
+    margin: int | None, blend: str, resolution: float | None, probabilities: bool, show_stats: bool,
+    progress: bool | None, quicklook: bool,
+) -> list[dict[str, Any]]:
+    from .models import load_model
+    from .pipeline import choose_model, mask_scene_spec
+    from .runtime import OrtConfig, make_runners
+    from .stream import StreamConfig
+
+    cfg = StreamConfig(margin=32 if margin is None else margin, blend=blend,  # type: ignore[arg-type]
+                       probabilities=probabilities)
+    show = sys.stderr.isatty() if progress is None else progress
+    runners_by_model: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    try:
+        for spec in specs:
+            card = choose_model(model, spec) if model == "auto" else load_model(model)
+            if card.name not in runners_by_model:
+                runners_by_model[card.name] = make_runners(
+                    card, backend, instances=instances, ort=OrtConfig(intra_op_threads=threads) if threads else None
+                )
+            with _progress(show, spec.id[:40]) as cb:
+                res = mask_scene_spec(spec, out, card, runners=runners_by_model[card.name], stream=cfg,
+                                      resolution=resolution, progress=cb)
+            if quicklook:
+                from .quicklook import quicklook_for_result
+
+                quicklook_for_result(spec, res)
+            from .outputs import mask_item, write_item
+
+            write_item(out, mask_item(spec, res))
+            rows.append(res.row())
+            if show_stats:
+                click.echo(f"{spec.id}:\n{res.stats.table()}", err=True)
+    finally:
+        for runs in runners_by_model.values():
+            for r in runs:
+                r.close()
+    return rows
+
+
+def parse_bbox(text: str) -> tuple[float, float, float, float]:
+    """``west,south,east,north`` in degrees."""
+    from .errors import ConfigError
+
+    try:
+        w, s, e, n = (float(v) for v in text.replace(" ", "").split(","))
+    except ValueError as err:
+        raise ConfigError(f"--bbox must be west,south,east,north in degrees, got {text!r}") from err
+    if w >= e or s >= n:
+        raise ConfigError(f"--bbox {text!r}: west must be < east and south < north")
+    return w, s, e, n
+
+
+_SUMMARY = ("scene", "cloud", "shadow", "clear", "nodata", "seconds", "mask")
+
+
+# ------------------------------------------------------------------------------------------- commands
+
+@main.command()
+def models() -> None:
+    """List the built-in models."""
+    from .models import list_models
+
+    rows = [
+        {"name": c.name, "bands": ",".join(c.bands), "level": c.product_level.upper(),
+         "resolution_m": int(c.resolution), "patch": c.patch_size, "version": c.version}
+        for c in list_models()
+    ]
+    click.echo(_table(rows, ["name", "bands", "level", "resolution_m", "patch", "version"]))
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True,
+              help="Where the masks go.")
+@click.option("--sample-dir", type=click.Path(path_type=Path), default=None,
+              help="Where the sample catalogue is (made if missing; default: data/sample or $CLOUDMASK_SAMPLE_DIR).")
+@click.option("--scenes", type=int, default=3, show_default=True, help="Number of sample scenes.")
+@click.option("--size", type=int, default=1200, show_default=True, help="Sample scene size, pixels at 10 m.")
+@_stream_options
+def demo(out: Path, sample_dir: Path | None, scenes: int, size: int, **kw: Any) -> None:
+    """Make the sample catalogue if missing, mask every scene, print a summary table."""
+    from .catalog import search
+    from .profiles import scene_spec
+    from .sample import default_catalog_dir, make_catalog
+
+    root = sample_dir or default_catalog_dir()
+    cat = make_catalog(root, n_scenes=scenes, size=size)
+    click.echo(f"sample catalogue: {cat}", err=True)
+    specs = [scene_spec(it) for it in search(str(cat))]
+    rows = _mask_all(specs, out, **kw)
+    _write_catalog(out)
+    click.echo(_table(rows, _SUMMARY))
+
+
+def _write_catalog(out: Path) -> None:
+    from .outputs import update_output_catalog
+
+    click.echo(f"output catalogue: {update_output_catalog(out)}", err=True)
+
+
+@main.command()
+@click.option("--stac", required=True,
+              help="STAC API URL, static catalogue path, or earth-search | planetary-computer | cdse.")
+@click.option("--collection", default=None, help="Collection id (default: the endpoint's Sentinel-2 collection).")
+@click.option("--bbox", default=None, help="west,south,east,north in degrees.")
+@click.option("--aoi", default=None, help="Area of interest: GeoJSON file or WKT; a scene counts when it intersects.")
+@click.option("--datetime", "datetime_", default=None, help="RFC 3339 instant or interval, e.g. 2024-06-01/2024-06-30.")
+@click.option("--max-cloud", type=float, default=None, help="Maximum eo:cloud_cover, percent.")
+@click.option("--min-cloud", type=float, default=None, help="Minimum eo:cloud_cover, percent.")
+@click.option("--limit", type=int, default=None, help="At most this many scenes.")
+@click.option("--profile", default=None, help="Provider profile (default: detected from each item).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@_stream_options
+def run(stac: str, collection: str | None, bbox: str | None, aoi: str | None, datetime_: str | None,
+        max_cloud: float | None, min_cloud: float | None, limit: int | None, profile: str | None,
+        out: Path, **kw: Any) -> None:
+    """Search a catalogue and mask every scene found."""
+    from .catalog import search
+    from .profiles import scene_spec
+
+    items = search(stac, collection=collection, bbox=parse_bbox(bbox) if bbox else None, aoi=aoi,
+                   datetime=datetime_, max_cloud=max_cloud, min_cloud=min_cloud, limit=limit)
+    if not items:
+        click.echo("no scenes match the search; nothing to do", err=True)
+        return
+    specs = [scene_spec(it, profile) for it in items]
+    rows = _mask_all(specs, out, **kw)
+    _write_catalog(out)
+    click.echo(_table(rows, _SUMMARY))
+
+
+def _register_optional() -> None:
+    try:
+        from .metis.cli import metis
+    except ImportError:  # pragma: no cover - package incomplete
+        return
+    main.add_command(metis)
+
+
+_register_optional()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

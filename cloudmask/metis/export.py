@@ -1,0 +1,201 @@
+"""Export a model to a static, batch-1, float32 ONNX graph the Metis compiler can take.
+
+Output directory layout::
+
+    model.onnx            static [1, C, H, W], opset <= 17, constants folded, float32, Pads in Convs
+    card.yaml             the model card (normalisation and softmax/argmax run on the host)
+    compiler_config.json  Voyager CompilerConfig settings for the chosen multicore mode
+    compile.py            quantize + compile with the Voyager SDK's Python API (run where it is installed)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx
+
+from ..errors import ConfigError, ModelError
+from ..models import ModelCard, load_model
+from . import graph as G
+
+log = logging.getLogger(__name__)
+
+Cores = Literal["single", "batch4"]
+CORES: tuple[str, ...] = ("single", "batch4")
+MAX_OPSET = 17
+
+#: Voyager ``CompilerConfig`` settings per multicore mode (METIS.md, "Multi-core").
+COMPILER_SETTINGS: dict[str, dict[str, Any]] = {
+    "single": {"aipu_cores_used": 1, "resources_used": 0.25},
+    "batch4": {"aipu_cores_used": 4, "resources_used": 1.0, "multicore_mode": "batch"},
+}
+#: How the runtime uses each mode: independent 1-core instances, or one instance whose input batch is 4.
+RUNTIME_LAYOUT: dict[str, dict[str, int]] = {
+    "single": {"instances": 4, "batch_per_call": 1},
+    "batch4": {"instances": 1, "batch_per_call": 4},
+}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Paths written by :func:`export` and what the graph passes changed."""
+
+    out_dir: Path
+    onnx_path: Path
+    card_path: Path
+    config_path: Path
+    compile_script: Path
+    card: ModelCard
+    input_shape: tuple[int, int, int, int]
+    passes: dict[str, int] = field(default_factory=dict)
+
+
+def _simplify(model: onnx.ModelProto, name: str, shape: list[int]) -> onnx.ModelProto:
+    try:
+        import onnxsim
+    except ImportError as err:
+        raise ModelError(
+            "exporting for Metis needs onnxsim to fold constants: pip install onnxsim "
+            "(or pip install 's2-cloudmask[metis]')"
+        ) from err
+    try:
+        simplified, ok = onnxsim.simplify(model, overwrite_input_shapes={name: shape})
+    except Exception as err:  # onnxsim raises RuntimeError/ValueError/onnx errors
+        raise ModelError(f"onnxsim could not simplify the graph: {err}") from err
+    if not ok:
+        raise ModelError("onnxsim's check of the simplified graph failed; the export would change results")
+    return simplified
+
+
+def static_model(card: ModelCard, patch_size: int | None = None) -> tuple[onnx.ModelProto, dict[str, int], bool]:
+    """The card's graph as a static batch-1 float32 graph; returns (model, pass counts, softmax removed)."""
+    try:
+        model = onnx.load(str(card.onnx_path))
+    except Exception as err:
+        raise ModelError(f"cannot load ONNX model {card.onnx_path}: {err}") from err
+    if G.opset(model) > MAX_OPSET:
+        from onnx import version_converter
+
+        try:
+            model = version_converter.convert_version(model, MAX_OPSET)
+        except Exception as err:
+            raise ModelError(
+                f"{card.onnx_path} uses opset {G.opset(model)}; Metis takes <= {MAX_OPSET} and conversion "
+                f"failed ({err}): re-export the model with opset {MAX_OPSET}"
+            ) from err
+    try:
+        inp = G.image_input(model)
+    except ValueError as err:
+        raise ModelError(f"{card.onnx_path}: {err}") from err
+    d = G.dims(inp)
+    if len(d) != 4:
+        raise ModelError(f"{card.onnx_path}: input must be 4-D NCHW, got {d}")
+    channels = d[1] if isinstance(d[1], int) and d[1] > 0 else card.n_bands
+    if channels != card.n_bands:
+        raise ModelError(f"{card.onnx_path}: input has {channels} channels, the card lists {card.n_bands} bands")
+    size = patch_size or card.patch_size
+    hw = [v if isinstance(v, int) and v > 0 else size for v in d[2:]]
+    if patch_size and hw != [patch_size, patch_size]:
+        raise ConfigError(f"{card.onnx_path}: graph input is fixed at {hw}, cannot export for {patch_size}")
+    if hw[0] != hw[1]:
+        raise ModelError(f"{card.onnx_path}: only square patches are supported, graph input is {hw}")
+    shape = [1, channels, hw[0], hw[1]]
+    passes = {"float16_to_float32": G.float16_to_float32(model)}
+    G.set_dims(inp, shape)
+    for out in model.graph.output:
+        G.set_dims(out, [None] * len(G.dims(out)))
+    softmax = G.strip_trailing_softmax(model)
+    model = _simplify(model, inp.name, shape)
+    passes["constants_to_initializers"] = G.constants_to_initializers(model)
+    passes["identity_casts_removed"] = G.remove_identity_casts(model)
+    passes["pads_folded_into_convs"] = G.fold_pads_into_convs(model)
+    passes["unused_initializers_removed"] = G.remove_unused_initializers(model)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        onnx.checker.check_model(model)
+    except Exception as err:
+        raise ModelError(f"exported graph of '{card.name}' is invalid: {err}") from err
+    for out in model.graph.output:
+        if not all(isinstance(v, int) and v > 0 for v in G.dims(out)):
+            raise ModelError(f"output {out.name} of '{card.name}' is not static after export: {G.dims(out)}")
+    return model, passes, softmax
+
+
+def compiler_config(card: ModelCard, cores: str, input_shape: list[int]) -> dict[str, Any]:
+    """The compiler settings file for ``cores`` (``single`` or ``batch4``)."""
+    if cores not in CORES:
+        raise ConfigError(f"cores must be one of {', '.join(CORES)}, got {cores!r}")
+    return {
+        "model_name": card.name,
+        "cores": cores,
+        "compiler": dict(COMPILER_SETTINGS[cores]),
+        "input_shape": input_shape,
+        "runtime": dict(RUNTIME_LAYOUT[cores]),
+        "calibration": {"samples": [100, 400], "dtype": "float32", "layout": "NCHW", "batch": 1},
+        "notes": (
+            "single: 4 independent 1-core instances (model must fit 1/4 of on-chip memory). "
+            "batch4: one instance over 4 cores; the compiled model's runtime input batch becomes 4 "
+            "(read model.inputs()[0].shape[0]). Quantization is INT8 post-training (Voyager SDK)."
+        ),
+    }
+
+
+def export(
+    model: str | Path | ModelCard,
+    out_dir: str | Path,
+    cores: str = "single",
+    *,
+    patch_size: int | None = None,
+) -> ExportResult:
+    """Export ``model`` (built-in name, card, or ONNX with card) for Metis into ``out_dir``.
+
+    Raises :class:`ModelError` when the graph cannot be made static or folding fails, and
+    :class:`ConfigError` for a bad ``cores`` value.
+    """
+    if cores not in CORES:
+        raise ConfigError(f"cores must be one of {', '.join(CORES)}, got {cores!r}")
+    card = load_model(model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    static, passes, softmax = static_model(card, patch_size)
+    shape = [int(v) for v in G.dims(G.image_input(static))]  # type: ignore[arg-type]
+    onnx_path = out / "model.onnx"
+    onnx.save(static, str(onnx_path))
+    meta = {
+        "cores": cores,
+        "exported_from": str(card.onnx_path),
+        "input_shape": shape,
+        "opset": G.opset(static),
+        "host_preprocess": "reflectance (0-1) -> (x - mean) / std per band, float32 NCHW, batch 1",
+        "host_postprocess": "softmax (if probabilities are wanted) and argmax over channels",
+        "graph_passes": passes,
+    }
+    extra = {k: v for k, v in card.extra.items() if k != "metis"}
+    new_card = card.with_onnx(onnx_path, output="logits", patch_size=shape[2], extra={**extra, "metis": meta})
+    if softmax:
+        log.info("removed the graph's final Softmax: the host applies it (card output: logits)")
+    elif card.output == "probabilities":
+        new_card = card.with_onnx(onnx_path, patch_size=shape[2], extra={**extra, "metis": meta})
+    card_path = new_card.save(out / "card.yaml")
+    config_path = out / "compiler_config.json"
+    config_path.write_text(json.dumps(compiler_config(card, cores, shape), indent=2) + "\n")
+    script = out / "compile.py"
+    with resources.as_file(resources.files("cloudmask.metis").joinpath("compile_script.py")) as src:
+        shutil.copyfile(src, script)
+    log.info("exported %s to %s (input %s, passes %s)", card.name, onnx_path, shape, passes)
+    return ExportResult(
+        out_dir=out,
+        onnx_path=onnx_path,
+        card_path=card_path,
+        config_path=config_path,
+        compile_script=script,
+        card=new_card,
+        input_shape=(shape[0], shape[1], shape[2], shape[3]),
+        passes=passes,
+    )

@@ -1,0 +1,277 @@
+"""Model cards and the model registry.
+
+A *model card* says everything the pipeline needs to feed a model and read its output: the bands it
+takes (STAC ``eo:bands`` common names, in input order), the product level it was trained on, the
+resolution it expects (metres), how reflectance is normalised, its patch size (pixels) and what its
+output channels mean. Built-in cards wrap the four ukis-csmask U-Nets shipped inside the installed
+``ukis-csmask`` package; a user model is an ONNX file plus a card file (YAML or JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+
+from .errors import ModelCardError, UnknownModelError
+
+log = logging.getLogger(__name__)
+
+#: Output classes of every cloudmask mask, by value.
+CLASSES: dict[int, str] = {0: "clear", 1: "cloud", 2: "shadow"}
+#: Mask value for pixels without valid input.
+NODATA: int = 255
+#: STAC common names a card may ask for.
+KNOWN_BANDS = (
+    "coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3",
+    "nir", "nir08", "nir09", "cirrus", "swir16", "swir22",
+)
+CARD_SUFFIXES = (".yaml", ".yml", ".json")
+
+ProductLevel = Literal["l1c", "l2a"]
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the pipeline must know about a segmentation model.
+
+    ``mean``/``std`` are in reflectance units (0–1); the model input is ``(reflectance - mean) / std``
+    per band. ``classes`` maps each output channel to a cloudmask class name (``clear``, ``cloud``,
+    ``shadow``); several channels may map to one class (their probabilities add up).
+    """
+
+    name: str
+    onnx_path: Path
+    bands: tuple[str, ...]
+    product_level: ProductLevel
+    resolution: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    patch_size: int = 256
+    classes: tuple[str, ...] = ("clear", "cloud", "shadow")
+    output: Literal["logits", "probabilities"] = "logits"
+    version: str = ""
+    description: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def n_bands(self) -> int:
+        return len(self.bands)
+
+    @property
+    def class_index(self) -> np.ndarray:
+        """cloudmask class value (0 clear, 1 cloud, 2 shadow) of every output channel."""
+        by_name = {v: k for k, v in CLASSES.items()}
+        return np.array([by_name[c] for c in self.classes], dtype=np.uint8)
+
+    def normalise(self, reflectance: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Standardise ``(C, ...)`` reflectance in model band order, in float32 (in place if ``out``)."""
+        mean = np.asarray(self.mean, np.float32).reshape((-1,) + (1,) * (reflectance.ndim - 1))
+        std = np.asarray(self.std, np.float32).reshape(mean.shape)
+        out = np.subtract(reflectance, mean, out=out, dtype=np.float32)
+        out /= std
+        return out
+
+    def with_onnx(self, path: Path, **changes: Any) -> ModelCard:
+        """A copy of this card pointing at another graph (e.g. an exported or quantized one)."""
+        return replace(self, onnx_path=Path(path), **changes)
+
+    def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
+        """The card as written to a card file (``onnx`` relative to ``relative_to`` when given)."""
+        onnx = self.onnx_path
+        if relative_to is not None:
+            try:
+                onnx = onnx.resolve().relative_to(relative_to.resolve())
+            except ValueError:
+                onnx = onnx.resolve()
+        d: dict[str, Any] = {
+            "name": self.name,
+            "onnx": str(onnx),
+            "bands": list(self.bands),
+            "product_level": self.product_level,
+            "resolution": self.resolution,
+            "normalisation": {"type": "standardize", "mean": list(self.mean), "std": list(self.std)},
+            "patch_size": self.patch_size,
+            "classes": list(self.classes),
+            "output": self.output,
+        }
+        if self.version:
+            d["version"] = self.version
+        if self.description:
+            d["description"] = self.description
+        d.update(dict(self.extra))
+        return d
+
+    def save(self, path: Path) -> Path:
+        """Write the card as YAML (or JSON for a ``.json`` suffix) and return the path."""
+        path = Path(path)
+        d = self.to_dict(relative_to=path.parent)
+        text = json.dumps(d, indent=2) if path.suffix == ".json" else yaml.safe_dump(d, sort_keys=False)
+        path.write_text(text)
+        return path
+
+
+def _validate(card: ModelCard) -> None:
+    where = f"model card '{card.name}'"
+    unknown = [b for b in card.bands if b not in KNOWN_BANDS]
+    if not card.bands or unknown:
+        raise ModelCardError(
+            f"{where}: bands must be STAC common names ({', '.join(KNOWN_BANDS)}); got {list(card.bands)}"
+        )
+    if card.product_level not in ("l1c", "l2a"):
+        raise ModelCardError(f"{where}: product_level must be 'l1c' or 'l2a', got {card.product_level!r}")
+    if not card.resolution or card.resolution <= 0:
+        raise ModelCardError(f"{where}: resolution must be a positive number of metres")
+    if len(card.mean) != len(card.bands) or len(card.std) != len(card.bands):
+        raise ModelCardError(
+            f"{where}: normalisation mean and std need one value per band "
+            f"({len(card.bands)}), got {len(card.mean)} and {len(card.std)}"
+        )
+    if any(s <= 0 for s in card.std):
+        raise ModelCardError(f"{where}: normalisation std values must be > 0")
+    if card.patch_size < 16:
+        raise ModelCardError(f"{where}: patch_size must be >= 16 pixels, got {card.patch_size}")
+    bad = [c for c in card.classes if c not in CLASSES.values()]
+    if bad or not card.classes:
+        raise ModelCardError(
+            f"{where}: classes must name each output channel as one of {sorted(CLASSES.values())}; got {bad}"
+        )
+    if card.output not in ("logits", "probabilities"):
+        raise ModelCardError(f"{where}: output must be 'logits' or 'probabilities', got {card.output!r}")
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+BUILTIN = ("ukis-4b-l1c", "ukis-4b-l2a", "ukis-6b-l1c", "ukis-6b-l2a")
+
+
+def _ukis_card(name: str) -> ModelCard:
+    try:
+        pkg = resources.files("ukis_csmask")
+    except ModuleNotFoundError as err:  # pragma: no cover - declared dependency
+        raise UnknownModelError(
+            f"model '{name}' comes from the ukis-csmask package, which is not installed: "
+            "pip install ukis-csmask"
+        ) from err
+    stem = "model_" + name.removeprefix("ukis-").replace("-", "_")
+    onnx_path = Path(str(pkg.joinpath(stem + ".onnx")))
+    meta = json.loads(pkg.joinpath(stem + ".json").read_text())
+    stats = meta["data"]["dataset_statistics"]
+    return ModelCard(
+        name=name,
+        onnx_path=onnx_path,
+        bands=tuple(stats["band_names"]),
+        product_level="l1c" if name.endswith("l1c") else "l2a",
+        resolution=30.0,
+        mean=tuple(float(v) for v in stats["img"][0]),
+        std=tuple(float(v) for v in stats["img"][1]),
+        patch_size=int(meta["data"]["target_size"][0]),
+        classes=("clear", "cloud", "shadow"),
+        output="logits",
+        version=str(meta["model"]["version"]),
+        description=(
+            f"ukis-csmask {meta['model']['decoder_name']}/{meta['model']['encoder_name']} "
+            f"(DLR, Apache-2.0), {len(stats['band_names'])} bands, {name[-3:].upper()}"
+        ),
+    )
+
+
+def list_models() -> list[ModelCard]:
+    """Cards of every built-in model."""
+    return [_ukis_card(n) for n in BUILTIN]
+
+
+def load_card_file(path: Path) -> ModelCard:
+    """Read a card file (YAML or JSON); ``onnx`` is resolved relative to the card."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) if path.suffix != ".json" else json.loads(path.read_text())
+    except (OSError, yaml.YAMLError, json.JSONDecodeError) as err:
+        raise ModelCardError(f"cannot read model card {path}: {err}") from err
+    if not isinstance(raw, dict):
+        raise ModelCardError(f"model card {path} must be a mapping of fields (name, onnx, bands, ...)")
+    return card_from_dict(raw, base=path.parent, source=str(path))
+
+
+def card_from_dict(raw: Mapping[str, Any], base: Path, source: str = "model card") -> ModelCard:
+    """Build a card from its file form; field errors name the field and the fix."""
+    required = ("onnx", "bands", "product_level", "resolution", "normalisation")
+    missing = [k for k in required if k not in raw]
+    if missing:
+        raise ModelCardError(
+            f"{source}: missing field(s) {', '.join(missing)}; a card needs {', '.join(required)} "
+            "(see README, 'Bring your own model')"
+        )
+    norm = raw["normalisation"]
+    if not isinstance(norm, Mapping) or "mean" not in norm or "std" not in norm:
+        raise ModelCardError(f"{source}: normalisation needs 'mean' and 'std' lists (reflectance units)")
+    onnx_path = (base / str(raw["onnx"])).resolve()
+    if not onnx_path.is_file():
+        raise ModelCardError(f"{source}: ONNX file {onnx_path} does not exist; fix the card's 'onnx' path")
+    known = {"name", "onnx", "bands", "product_level", "resolution", "normalisation", "patch_size",
+             "classes", "output", "version", "description"}
+    try:
+        return ModelCard(
+            name=str(raw.get("name", onnx_path.stem)),
+            onnx_path=onnx_path,
+            bands=tuple(str(b) for b in _seq(raw["bands"], "bands", source)),
+            product_level=str(raw["product_level"]).lower(),  # type: ignore[arg-type]
+            resolution=float(raw["resolution"]),
+            mean=tuple(float(v) for v in _seq(norm["mean"], "normalisation.mean", source)),
+            std=tuple(float(v) for v in _seq(norm["std"], "normalisation.std", source)),
+            patch_size=int(raw.get("patch_size", 256)),
+            classes=tuple(str(c) for c in _seq(raw.get("classes", CLASSES.values()), "classes", source)),
+            output=str(raw.get("output", "logits")),  # type: ignore[arg-type]
+            version=str(raw.get("version", "")),
+            description=str(raw.get("description", "")),
+            extra={k: v for k, v in raw.items() if k not in known},
+        )
+    except (TypeError, ValueError) as err:
+        raise ModelCardError(f"{source}: {err}") from err
+
+
+def _seq(value: Any, name: str, source: str) -> Sequence[Any]:
+    if isinstance(value, str) or not isinstance(value, Sequence | tuple | list):
+        raise ModelCardError(f"{source}: '{name}' must be a list")
+    return list(value)
+
+
+def load_model(model: str | Path | ModelCard) -> ModelCard:
+    """Resolve a built-in name, a card file, or an ONNX file with a card beside it, to a card.
+
+    For ``model.onnx`` the card is looked up as ``model.yaml``/``model.json``/``card.yaml`` beside it.
+    """
+    if isinstance(model, ModelCard):
+        return model
+    name = str(model)
+    if name in BUILTIN:
+        return _ukis_card(name)
+    path = Path(name).expanduser()
+    if path.suffix in CARD_SUFFIXES and path.is_file():
+        return load_card_file(path)
+    if path.suffix == ".onnx" and path.is_file():
+        for cand in [path.with_suffix(s) for s in CARD_SUFFIXES] + [path.parent / "card.yaml"]:
+            if cand.is_file():
+                return load_card_file(cand)
+        raise ModelCardError(
+            f"ONNX model {path} has no model card: write {path.with_suffix('.yaml')} "
+            "(fields: onnx, bands, product_level, resolution, normalisation; see README)"
+        )
+    if path.is_dir():
+        for cand in (path / "card.yaml", path / "card.json", path / "model.yaml"):
+            if cand.is_file():
+                return load_card_file(cand)
+    raise UnknownModelError(
+        f"unknown model '{name}': use one of {', '.join(BUILTIN)} (see `cloudmask models`) "
+        "or the path of a model card / ONNX file with a card beside it"
+    )

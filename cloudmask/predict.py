@@ -1,0 +1,90 @@
+"""In-memory prediction: numpy or xarray in, class mask out, through the same streaming engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, MissingBandError
+from .models import NODATA, ModelCard, load_model
+from .runtime import make_runners
+from .stream import ArraySink, ArraySource, StreamConfig, StreamStats, stream_scene
+
+
+def _to_band_first(
+    array: np.ndarray, card: ModelCard, bands: Sequence[str] | None, nodata: float | None
+) -> np.ndarray:
+    """``(H, W, bands)`` reflectance -> ``(C, H, W)`` float32 in model band order, NaN = nodata."""
+    if array.ndim != 3:
+        raise ConfigError(f"predict takes an (H, W, bands) array, got shape {array.shape}")
+    names = list(bands) if bands is not None else list(card.bands)
+    if len(names) != array.shape[2]:
+        raise ConfigError(
+            f"array has {array.shape[2]} bands but {len(names)} band names ({names}); pass bands=[...] "
+            f"naming each band with STAC common names"
+        )
+    missing = [b for b in card.bands if b not in names]
+    if missing:
+        raise MissingBandError(f"model '{card.name}' needs band(s) {missing}; the array has {names}")
+    idx = [names.index(b) for b in card.bands]
+    out = np.moveaxis(np.asarray(array)[:, :, idx], -1, 0).astype(np.float32, copy=True)
+    if nodata is not None:
+        out[:, np.all(np.asarray(array) == nodata, axis=2)] = np.nan
+    return out
+
+
+def predict_array(
+    reflectance: np.ndarray,
+    model: str | ModelCard = "ukis-6b-l2a",
+    *,
+    backend: str = "onnxruntime",
+    config: StreamConfig | None = None,
+    runners: Sequence[Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, StreamStats]:
+    """Mask ``(C, H, W)`` float32 reflectance in model band order (NaN = nodata).
+
+    Returns ``(classes uint8 (H, W), probabilities uint8 (3, H, W) or None, stats)``.
+    """
+    card = load_model(model)
+    cfg = config or StreamConfig()
+    runs = runners if runners is not None else make_runners(card, backend)
+    h, w = reflectance.shape[1:]
+    sink = ArraySink(h, w, probabilities=cfg.probabilities)
+    stats = stream_scene(ArraySource(reflectance), card, runs, sink, cfg)
+    return sink.classes, sink.probabilities, stats
+
+
+def predict(
+    data: Any,
+    model: str | ModelCard = "ukis-6b-l2a",
+    *,
+    bands: Sequence[str] | None = None,
+    nodata: float | None = None,
+    probabilities: bool = False,
+    backend: str = "onnxruntime",
+    config: StreamConfig | None = None,
+) -> Any:
+    """Class mask (0 clear, 1 cloud, 2 shadow, 255 nodata) of reflectance already in memory.
+
+    ``data`` is an ``(H, W, bands)`` numpy array of reflectance (0–1; band names in ``bands``, default
+    the model's band order; NaN or ``nodata`` in every band marks invalid pixels) — returns a uint8
+    ``(H, W)`` array — or an xarray DataArray with a ``band`` dimension labelled with STAC common
+    names / a Dataset with one variable per band — returns a DataArray on the same coordinates (see
+    :mod:`cloudmask.xr`). With ``probabilities=True`` returns ``(mask, probabilities)``.
+    """
+    card = load_model(model)
+    cfg = config or StreamConfig()
+    if probabilities and not cfg.probabilities:
+        cfg = StreamConfig(cfg.margin, cfg.blend, cfg.queue_batches, True)
+    if isinstance(data, np.ndarray):
+        refl = _to_band_first(data, card, bands, nodata)
+        classes, probs, _ = predict_array(refl, card, backend=backend, config=cfg)
+        return (classes, probs) if probabilities else classes
+    from .xr import predict_xarray
+
+    return predict_xarray(data, card, probabilities=probabilities, backend=backend, config=cfg)
+
+
+__all__ = ["NODATA", "predict", "predict_array"]

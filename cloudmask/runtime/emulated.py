@@ -1,0 +1,40 @@
+"""An emulated device: fixed latency per call, no compute. Measures the host pipeline alone."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+class EmulatedRunner:
+    """Sleeps ``latency_s`` seconds per call and returns constant scores.
+
+    The output favours class 0 (clear) everywhere, so masks stay well-formed. ``input_shape`` is
+    ``(batch, bands, patch, patch)`` as for a real device.
+    """
+
+    def __init__(self, bands: int, patch: int, classes: int = 3, batch: int = 1, latency_s: float = 0.0):
+        self._shape = (batch, bands, patch, patch)
+        self.latency_s = latency_s
+        self._out = np.zeros((batch, classes, patch, patch), np.float32)
+        self._out[:, 0] = 1.0
+        self.calls = 0
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return self._shape
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if batch.shape != self._shape:
+            raise ValueError(f"emulated device takes {self._shape}, got {batch.shape}")
+        if self.latency_s > 0:
+            deadline = time.perf_counter() + self.latency_s
+            time.sleep(self.latency_s)
+            while time.perf_counter() < deadline:  # sleep may return early
+                pass
+        self.calls += 1
+        return self._out
+
+    def close(self) -> None:
+        pass

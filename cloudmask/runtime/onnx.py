@@ -1,0 +1,125 @@
+"""ONNX Runtime backend on a static-shape graph (the graph a Metis compile would take)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import ModelError, RuntimeBackendError
+from ..models import ModelCard
+
+log = logging.getLogger(__name__)
+
+#: Providers tried in this order when present; CPU is always last.
+PREFERRED_PROVIDERS = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "CPUExecutionProvider",
+)
+
+
+@dataclass(frozen=True)
+class OrtConfig:
+    """ONNX Runtime options: threads per session (0 = ORT's choice) and providers (None = best present)."""
+
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    providers: tuple[str, ...] | None = None
+    graph_optimization: str = "all"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def static_graph(onnx_path: Path, batch: int, height: int, width: int) -> onnx.ModelProto:
+    """Load ``onnx_path`` and pin its input to ``(batch, C, height, width)`` and outputs to static dims.
+
+    The ukis-csmask graphs declare a symbolic batch; pinning it lets the runtime (and a compiler)
+    plan memory once. Raises :class:`ModelError` when the graph's input is not 4-D NCHW.
+    """
+    try:
+        model = onnx.load(str(onnx_path))
+    except Exception as err:  # onnx raises several types for corrupt files
+        raise ModelError(f"cannot load ONNX model {onnx_path}: {err}; check the file or re-export it") from err
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if len(inputs) != 1:
+        raise ModelError(f"{onnx_path}: expected one image input, found {len(inputs)}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise ModelError(f"{onnx_path}: input must be 4-D NCHW, got {len(dims)} dims")
+    channels = dims[1].dim_value
+    for dim, value in zip(dims, (batch, channels, height, width), strict=True):
+        if dim.dim_value and dim.dim_value != value and dim is not dims[0]:
+            raise ModelError(
+                f"{onnx_path}: input is fixed at {[d.dim_value for d in dims]}, cannot run {height}x{width} patches"
+            )
+        dim.ClearField("dim_param")
+        dim.dim_value = value
+    for out in model.graph.output:
+        odims = out.type.tensor_type.shape.dim
+        if len(odims) == 4:
+            for dim, value in zip(odims, (batch, odims[1].dim_value, height, width), strict=True):
+                if value:
+                    dim.ClearField("dim_param")
+                    dim.dim_value = value
+    return model
+
+
+class OnnxRunner:
+    """A Runner over one ``onnxruntime.InferenceSession`` with a static batch."""
+
+    def __init__(self, card: ModelCard, batch: int = 1, config: OrtConfig | None = None) -> None:
+        import onnxruntime as ort
+
+        cfg = config or OrtConfig()
+        self.card = card
+        p = card.patch_size
+        model = static_graph(card.onnx_path, batch, p, p)
+        channels = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+        if channels and channels != card.n_bands:
+            raise ModelError(
+                f"model '{card.name}': the ONNX input has {channels} channels but the card lists "
+                f"{card.n_bands} bands; fix the card's 'bands'"
+            )
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = cfg.intra_op_threads
+        so.inter_op_num_threads = cfg.inter_op_threads
+        so.graph_optimization_level = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }[cfg.graph_optimization]
+        for k, v in cfg.extra.items():
+            so.add_session_config_entry(k, v)
+        available = ort.get_available_providers()
+        providers = [p for p in (cfg.providers or PREFERRED_PROVIDERS) if p in available]
+        if not providers:
+            raise RuntimeBackendError(
+                f"none of the ONNX Runtime providers {cfg.providers} is available (have: {available})"
+            )
+        try:
+            self._session = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+        except Exception as err:
+            raise ModelError(f"ONNX Runtime cannot load model '{card.name}': {err}") from err
+        self._input = self._session.get_inputs()[0].name
+        self._shape = (batch, card.n_bands, p, p)
+        log.debug("ONNX Runtime session for %s, shape %s, providers %s", card.name, self._shape, providers)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return self._shape
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self._session.get_providers())
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        out = self._session.run(None, {self._input: batch})[0]
+        return np.asarray(out, dtype=np.float32)
+
+    def close(self) -> None:
+        self._session = None  # type: ignore[assignment]
