@@ -254,15 +254,15 @@ def run(stac: str, collection: str | None, bbox: str | None, aoi: str | None, da
     click.echo(_table(rows, _SUMMARY))
 
 
-def _register_optional() -> None:
-    try:
-        from .metis.cli import metis
-    except ImportError:  # pragma: no cover - package incomplete
-        return
+def _register_subcommands() -> None:
+    from .jobs.cli import job
+    from .metis.cli import metis
+
     main.add_command(metis)
+    main.add_command(job)
 
 
-_register_optional()
+_register_subcommands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy.signal.windows import tukey
 
 Blend = Literal["tukey", "linear", "hard"]
 #: Floor of every blend weight, so that pixels seen only by a patch's taper still get a vote.
@@ -94,18 +93,17 @@ def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
 def blend_weights(patch: int, margin: int, kind: Blend = "tukey") -> np.ndarray:
     """2-D blend weights ``(patch, patch)`` float32 in ``[WEIGHT_FLOOR, 1]``.
 
-    ``tukey``: cosine taper over the ``2*margin`` pixels where neighbours overlap, flat in between;
-    ``linear``: the same taper as a straight ramp; ``hard``: 1 on the core, the floor in the margins
+    ``tukey``: raised-cosine taper over the ``2*margin`` pixels where neighbours overlap, flat in
+    between (neighbouring tapers add up to exactly 1); ``linear``: the same taper as a straight ramp; ``hard``: 1 on the core, the floor in the margins
     (a hard cut at core borders).
     """
     taper = 2 * margin
     if kind == "hard" or taper == 0:
         w1 = np.full(patch, WEIGHT_FLOOR, np.float64)
         w1[margin : patch - margin] = 1.0
-    elif kind == "tukey":
-        w1 = tukey(patch, alpha=min(1.0, 2 * taper / patch))
-    elif kind == "linear":
-        ramp = (np.arange(taper) + 0.5) / taper
+    elif kind in ("tukey", "linear"):
+        x = (np.arange(taper) + 0.5) / taper
+        ramp = 0.5 * (1.0 - np.cos(np.pi * x)) if kind == "tukey" else x
         w1 = np.ones(patch)
         w1[:taper] = ramp
         w1[patch - taper :] = ramp[::-1]

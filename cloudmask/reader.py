@@ -73,7 +73,8 @@ class _Handles:
         self._all: list[Any] = []
         self._lock = threading.Lock()
 
-    def vrt(self, asset: BandAsset, geobox: GeoBox, resampling: Resampling) -> WarpedVRT:
+    def vrt(self, asset: BandAsset, geobox: GeoBox, down: Resampling, up: Resampling) -> WarpedVRT:
+        """The band warped onto ``geobox``: ``down`` when the file is finer than the grid, else ``up``."""
         cache = getattr(self._local, "cache", None)
         if cache is None:
             cache = self._local.cache = {}
@@ -81,7 +82,7 @@ class _Handles:
             self._local.env.__enter__()
             with self._lock:
                 self._all.append(self._local.env)
-        key = (asset.href, resampling)
+        key = (asset.href, down, up)
         if key not in cache:
             try:
                 src = rasterio.open(gdal_path(asset.href))
@@ -92,6 +93,7 @@ class _Handles:
                 ) from err
             _check_grid(src, asset, geobox)
             nodata = asset.nodata if asset.nodata is not None else src.nodata
+            resampling = down if abs(src.res[0]) < abs(geobox.resolution.x) else up
             vrt = WarpedVRT(
                 src,
                 crs=src.crs,
@@ -157,16 +159,12 @@ class RasterSource:
     def shape(self) -> tuple[int, int]:
         return int(self.geobox.height), int(self.geobox.width)
 
-    def _resampling(self, asset: BandAsset) -> Resampling:
-        res = abs(self.geobox.resolution.x)
-        native = asset.resolution or res
-        name = self.config.resampling if native < res else self.config.upsampling
-        return Resampling[name]
-
     def read_block(self, band: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         """Reflectance of one band over ``rows`` x ``cols`` (pixel ranges), float32, NaN = nodata."""
         asset = self.assets[band]
-        vrt = self._handles.vrt(asset, self.geobox, self._resampling(asset))
+        vrt = self._handles.vrt(
+            asset, self.geobox, Resampling[self.config.resampling], Resampling[self.config.upsampling]
+        )
         win = Window(cols[0], rows[0], cols[1] - cols[0], rows[1] - rows[0])
         try:
             dn = vrt.read(1, window=win)

@@ -24,3 +24,60 @@ def shared_dir(*parts: str) -> Path:
             pytest.fail(msg + " (CLOUDMASK_REQUIRE_SHARED=1)", pytrace=False)
         pytest.skip(msg)
     return path
+
+
+# ---- STAC API test server (stac-fastapi-pgstac over PostgreSQL + pgstac; see tests/stac_api.py)
+
+
+@pytest.fixture(scope="session")
+def stac_api():
+    """A running stac-fastapi-pgstac on 127.0.0.1 (``.url``, ``.load(collection, items)``).
+
+    Skips when PostgreSQL/PostGIS/stac-fastapi-pgstac are missing (run ``scripts/stac-api-setup.sh``),
+    unless ``CLOUDMASK_REQUIRE_STAC_API=1``, which makes it fail instead.
+    """
+    try:
+        from .stac_api import StacApiUnavailable, require_stac_api, start_stac_api
+    except ImportError:  # tests/ not a package
+        from stac_api import StacApiUnavailable, require_stac_api, start_stac_api  # type: ignore[no-redef]
+
+    try:
+        server_cm = start_stac_api()
+        server = server_cm.__enter__()
+    except StacApiUnavailable as err:
+        if require_stac_api():
+            pytest.fail(f"{err} (CLOUDMASK_REQUIRE_STAC_API=1)", pytrace=False)
+        pytest.skip(str(err))
+    try:
+        yield server
+    finally:
+        server_cm.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def stac_api_real(stac_api):
+    """``stac_api`` loaded with every real item of ``../shared/data/stac`` (dict: collection -> items)."""
+    try:
+        from .stac_api import load_real_items
+    except ImportError:  # tests/ not a package
+        from stac_api import load_real_items  # type: ignore[no-redef]
+
+    return load_real_items(stac_api, shared_dir("data", "stac"))
+
+
+# ---- synthetic sample catalogue (cloudmask.sample), shared by the pipeline, API and job tests
+
+
+@pytest.fixture(scope="session")
+def sample_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small synthetic scenes (600 px at 10 m; the second has a 35 % nodata wedge)."""
+    from cloudmask.sample import make_catalog
+
+    return make_catalog(tmp_path_factory.mktemp("sample"), n_scenes=3, size=600)
+
+
+@pytest.fixture(scope="session")
+def sample_items(sample_catalog: Path) -> list:
+    import pystac
+
+    return list(pystac.Catalog.from_file(str(sample_catalog)).get_items(recursive=True))

@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench setup stac-api clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cloudmask demo --out out/demo --sample-dir data/sample
+
+stac-api: $(STAMP)
+	PYTHON=$(PY) bash scripts/stac-api-setup.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check cloudmask tests benchmarks
+	$(VENV)/bin/mypy
+
+test: $(STAMP) stac-api lint
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf out data/sample benchmarks/work

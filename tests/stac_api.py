@@ -1,0 +1,345 @@
+"""A real STAC API for tests: stac-fastapi-pgstac over a throwaway PostgreSQL + pgstac on 127.0.0.1.
+
+:func:`start_stac_api` (wrapped by the session fixture ``stac_api`` in ``conftest.py``):
+
+1. ``initdb`` a cluster in a fresh temporary folder (as the ``postgres`` system user when running as
+   root, since PostgreSQL refuses to run as root; trust auth, fsync off),
+2. starts ``postgres`` on a free 127.0.0.1 port (its socket in the same folder),
+3. ``pypgstac migrate`` (installs PostGIS and the pgstac schema),
+4. starts ``uvicorn stac_fastapi.pgstac.app:create_app --factory`` on another free port (settings
+   through ``PGHOST``/``PGPORT``/``PGUSER``/``PGPASSWORD``/``PGDATABASE``) and waits for ``/``,
+5. yields a :class:`StacApi` with ``.url`` and ``.load(collection, items)``; stops both and removes
+   the folder afterwards.
+
+Missing PostgreSQL/PostGIS/stac-fastapi-pgstac make the fixture *skip* with the reason and the
+setup command, unless ``CLOUDMASK_REQUIRE_STAC_API=1`` (CI), where it fails instead.
+Install everything with ``scripts/stac-api-setup.sh`` (in the active venv).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import glob
+import importlib.util
+import json
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SETUP_HINT = "run `scripts/stac-api-setup.sh` in the active venv (installs postgresql, postgis, stac-fastapi-pgstac)"
+REQUIRE_ENV = "CLOUDMASK_REQUIRE_STAC_API"
+PASSWORD = "cloudmask"  # trust auth: any password works; stac-fastapi insists on one
+DATABASE = "postgres"
+
+
+class StacApiUnavailable(RuntimeError):
+    """The STAC API cannot be started on this machine (missing packages, no postgres user, ...)."""
+
+
+@dataclass
+class StacApi:
+    """A running stac-fastapi-pgstac server."""
+
+    url: str
+    dsn: str
+    workdir: Path
+    collections: dict[str, dict[str, Any]] = field(default_factory=dict)
+    items: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def load(self, collection: Mapping[str, Any], items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Upsert ``collection`` and ``items`` (STAC dicts; each item's ``collection`` is set to the
+        collection's id) straight into pgstac. Returns the item dicts as loaded."""
+        from pypgstac.db import PgstacDB
+        from pypgstac.load import Loader, Methods
+
+        coll = dict(collection)
+        loaded = []
+        for item in items:
+            d = copy.deepcopy(dict(item))
+            d["collection"] = coll["id"]
+            d["links"] = [lk for lk in d.get("links", []) if lk.get("rel") not in ("self", "root", "parent", "collection")]
+            loaded.append(d)
+        with PgstacDB(dsn=self.dsn) as db:
+            loader = Loader(db=db)
+            loader.load_collections(iter([coll]), insert_mode=Methods.upsert)
+            if loaded:
+                loader.load_items(iter(loaded), insert_mode=Methods.upsert)
+        self.collections[coll["id"]] = coll
+        self.items.setdefault(coll["id"], [])
+        ids = {d["id"] for d in loaded}
+        self.items[coll["id"]] = [d for d in self.items[coll["id"]] if d["id"] not in ids] + loaded
+        return loaded
+
+
+def simple_collection(collection_id: str, items: Iterable[Mapping[str, Any]], description: str = "") -> dict[str, Any]:
+    """A minimal valid STAC Collection whose extent covers ``items``."""
+    items = list(items)
+    bboxes = [i["bbox"] for i in items if i.get("bbox")]
+    if bboxes:
+        west = min(b[0] for b in bboxes)
+        east = max(b[2] for b in bboxes)
+        if any(b[0] > b[2] for b in bboxes):  # antimeridian: whole world is simplest
+            west, east = -180.0, 180.0
+        bbox = [west, min(b[1] for b in bboxes), east, max(b[3] for b in bboxes)]
+    else:
+        bbox = [-180.0, -90.0, 180.0, 90.0]
+    times = sorted(
+        t for i in items for t in (i["properties"].get("datetime"), i["properties"].get("start_datetime")) if t
+    )
+    interval = [times[0], times[-1]] if times else [None, None]
+    return {
+        "type": "Collection",
+        "stac_version": "1.0.0",
+        "id": collection_id,
+        "description": description or f"cloudmask test collection {collection_id}",
+        "license": "proprietary",
+        "extent": {"spatial": {"bbox": [bbox]}, "temporal": {"interval": [interval]}},
+        "links": [],
+    }
+
+
+# ---------------------------------------------------------------------------------------- availability
+
+
+def _pg_bindir() -> Path | None:
+    """Directory of initdb/postgres of the newest installed PostgreSQL that has PostGIS."""
+    found = []
+    for initdb in glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+        bindir = Path(initdb).parent
+        version = bindir.parent.name
+        if (bindir / "postgres").exists() and Path(f"/usr/share/postgresql/{version}/extension/postgis.control").exists():
+            found.append((float(version) if version.replace(".", "").isdigit() else 0.0, bindir))
+    if found:
+        return max(found)[1]
+    initdb = shutil.which("initdb")
+    if initdb:
+        bindir = Path(initdb).resolve().parent
+        sharedir = subprocess.run([str(bindir / "pg_config"), "--sharedir"], capture_output=True, text=True)
+        if sharedir.returncode == 0 and Path(sharedir.stdout.strip(), "extension", "postgis.control").exists():
+            return bindir
+    return None
+
+
+def check_available() -> Path:
+    """The PostgreSQL bin directory; raises :class:`StacApiUnavailable` saying what is missing."""
+    missing = [m for m in ("stac_fastapi.pgstac", "pypgstac", "psycopg", "uvicorn") if not _has_module(m)]
+    bindir = _pg_bindir()
+    if bindir is None:
+        missing.insert(0, "PostgreSQL server with PostGIS 3 (Debian: postgresql postgresql-15-postgis-3)")
+    if missing:
+        raise StacApiUnavailable(f"STAC API test server needs {', '.join(missing)}: {SETUP_HINT}")
+    assert bindir is not None
+    return bindir
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port with nothing listening (for unreachable-server tests)."""
+    return _free_port()
+
+
+# ---------------------------------------------------------------------------------------- start/stop
+
+
+def _run_as() -> dict[str, Any]:
+    """subprocess kwargs to drop root to the ``postgres`` user (PostgreSQL refuses to run as root)."""
+    if os.geteuid() != 0:
+        return {}
+    try:
+        pw = pwd.getpwnam("postgres")
+    except KeyError as err:
+        raise StacApiUnavailable(
+            "running as root and no 'postgres' system user exists to run the test database: " + SETUP_HINT
+        ) from err
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
+
+def _check(cmd: list[str], what: str, **kw: Any) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
+
+
+def _wait(pred: Any, timeout: float, what: str, proc: subprocess.Popen[Any] | None = None, logfile: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = logfile.read_text()[-3000:] if logfile and logfile.exists() else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode} while starting:\n{tail}")
+        if pred():
+            return
+        time.sleep(0.1)
+    tail = logfile.read_text()[-3000:] if logfile and logfile.exists() else ""
+    raise RuntimeError(f"{what} not ready after {timeout:.0f} s:\n{tail}")
+
+
+def _pg_ready(port: int, dsn: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(dsn, connect_timeout=1) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _stop(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def start_stac_api(startup_timeout: float = 90.0) -> Iterator[StacApi]:
+    """Start postgres + pgstac + stac-fastapi-pgstac; yield a :class:`StacApi`; stop and clean up."""
+    bindir = check_available()
+    t0 = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="cloudmask-stacapi-"))
+    run_as = _run_as()
+    pg: subprocess.Popen[Any] | None = None
+    api: subprocess.Popen[Any] | None = None
+    pg_log_fh = api_log_fh = None
+    try:
+        datadir = workdir / "pgdata"
+        sockdir = workdir / "sock"
+        sockdir.mkdir()
+        if run_as:
+            os.chmod(workdir, 0o755)
+            for p in (workdir, sockdir):
+                os.chown(p, run_as["user"], run_as["group"])
+        _check(
+            [str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "--auth=trust",
+             "--encoding=UTF8", "--locale=C", "--no-sync"],
+            "initdb", cwd=workdir, **run_as,
+        )
+        port = _free_port()
+        dsn = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/{DATABASE}"
+        pg_log = workdir / "postgres.log"
+        pg_log_fh = open(pg_log, "w")  # noqa: SIM115 - kept open for the server's lifetime
+        pg = subprocess.Popen(
+            [str(bindir / "postgres"), "-D", str(datadir), "-p", str(port), "-h", "127.0.0.1",
+             "-k", str(sockdir), "-c", "fsync=off", "-c", "synchronous_commit=off",
+             "-c", "full_page_writes=off", "-c", "max_connections=100"],
+            stdout=pg_log_fh, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True, **run_as,
+        )
+        _wait(lambda: _pg_ready(port, dsn), 30, "postgres", pg, pg_log)
+        t_pg = time.monotonic()
+        _check([sys.executable, "-m", "pypgstac.pypgstac", "migrate", "--dsn", dsn], "pypgstac migrate")
+        t_migrate = time.monotonic()
+
+        api_port = _free_port()
+        env = dict(os.environ)
+        env.update({
+            "PGHOST": "127.0.0.1", "PGPORT": str(port), "PGUSER": "postgres", "PGPASSWORD": PASSWORD,
+            "PGDATABASE": DATABASE,
+            # names used by stac-fastapi-pgstac < 5
+            "POSTGRES_HOST_READER": "127.0.0.1", "POSTGRES_HOST_WRITER": "127.0.0.1",
+            "POSTGRES_PORT": str(port), "POSTGRES_USER": "postgres", "POSTGRES_PASS": PASSWORD,
+            "POSTGRES_DBNAME": DATABASE,
+            "STAC_FASTAPI_TITLE": "cloudmask test STAC API",
+            "STAC_FASTAPI_DESCRIPTION": "stac-fastapi-pgstac started by the cloudmask tests",
+            "STAC_FASTAPI_VERSION": "test", "STAC_FASTAPI_LANDING_ID": "cloudmask-test",
+        })
+        api_log = workdir / "uvicorn.log"
+        api_log_fh = open(api_log, "w")  # noqa: SIM115
+        api = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "stac_fastapi.pgstac.app:create_app", "--factory",
+             "--host", "127.0.0.1", "--port", str(api_port), "--log-level", "warning"],
+            stdout=api_log_fh, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{api_port}"
+        _wait(lambda: _http_ok(url + "/"), startup_timeout, "uvicorn stac-fastapi-pgstac", api, api_log)
+        t_api = time.monotonic()
+        log.info(
+            "STAC API %s up in %.1f s (initdb+postgres %.1f s, migrate %.1f s, uvicorn %.1f s)",
+            url, t_api - t0, t_pg - t0, t_migrate - t_pg, t_api - t_migrate,
+        )
+        yield StacApi(url=url, dsn=dsn, workdir=workdir)
+    finally:
+        _stop(api, signal.SIGTERM)
+        _stop(pg, signal.SIGINT)  # fast shutdown
+        for fh in (pg_log_fh, api_log_fh):
+            if fh is not None:
+                fh.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------- real items
+
+
+#: Collection id given to items that carry none (stactools output).
+NO_COLLECTION = "stactools-sentinel2"
+
+
+def real_items(stac_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """The real STAC items under ``stac_dir`` (``../shared/data/stac``) grouped by collection id.
+
+    Items without a collection go to :data:`NO_COLLECTION`; of two files with the same id in one
+    collection (odc-stac's edited ``_raster_ext`` copy) only the first (sorted by path) is kept.
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for path in sorted(stac_dir.rglob("*.json")):
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if d.get("type") != "Feature":
+            continue
+        coll = d.get("collection") or NO_COLLECTION
+        out.setdefault(coll, {}).setdefault(d["id"], d)
+    return {c: list(items.values()) for c, items in out.items()}
+
+
+def load_real_items(server: StacApi, stac_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Load every real item under ``stac_dir`` into ``server`` with simple collections."""
+    grouped = real_items(stac_dir)
+    for coll_id, items in grouped.items():
+        server.load(simple_collection(coll_id, items), items)
+    return {c: server.items[c] for c in grouped}
+
+
+def require_stac_api() -> bool:
+    """Whether a missing STAC API must fail the tests rather than skip them (``CLOUDMASK_REQUIRE_STAC_API=1``)."""
+    return os.environ.get(REQUIRE_ENV, "") not in ("", "0", "false", "no")

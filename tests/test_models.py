@@ -1,0 +1,88 @@
+"""Model cards: built-ins from the ukis-csmask package, user cards, and their errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from cloudmask.errors import ModelCardError, UnknownModelError
+from cloudmask.models import BUILTIN, ModelCard, list_models, load_model
+
+
+def test_builtin_cards_come_from_installed_package():
+    cards = list_models()
+    assert [c.name for c in cards] == list(BUILTIN)
+    for c in cards:
+        assert c.onnx_path.is_file() and "ukis_csmask" in str(c.onnx_path)
+        assert c.resolution == 30.0 and c.patch_size == 256
+        assert c.classes == ("clear", "cloud", "shadow")
+        assert c.n_bands == (6 if "6b" in c.name else 4)
+        assert c.bands[:4] == ("blue", "green", "red", "nir")
+        assert c.product_level == c.name[-3:]
+
+
+def test_normalise_uses_card_statistics():
+    c = load_model("ukis-4b-l2a")
+    x = np.stack([np.full((2, 2), m, np.float32) for m in c.mean])
+    assert np.allclose(c.normalise(x), 0.0, atol=1e-6)
+    y = np.stack([np.full((2, 2), m + s, np.float32) for m, s in zip(c.mean, c.std, strict=True)])
+    assert np.allclose(c.normalise(y), 1.0, atol=1e-5)
+
+
+def test_unknown_model_message_names_fix():
+    with pytest.raises(UnknownModelError, match="ukis-6b-l2a"):
+        load_model("no-such-model")
+
+
+def test_user_card_roundtrip(tmp_path):
+    base = load_model("ukis-4b-l1c")
+    shutil.copy(base.onnx_path, tmp_path / "mine.onnx")
+    card = base.with_onnx(tmp_path / "mine.onnx", name="mine")
+    card.save(tmp_path / "mine.yaml")
+    # an ONNX file finds the card beside it; the card file itself loads too
+    for ref in (tmp_path / "mine.onnx", tmp_path / "mine.yaml"):
+        loaded = load_model(ref)
+        assert loaded.name == "mine" and loaded.bands == base.bands and loaded.mean == base.mean
+        assert loaded.onnx_path == (tmp_path / "mine.onnx").resolve()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"bands": ["blue", "purple"]}, "common names"),
+        ({"normalisation": {"mean": [0.1], "std": [0.1]}}, "one value per band"),
+        ({"onnx": "missing.onnx"}, "does not exist"),
+        ({"classes": ["clear", "fog"]}, "classes"),
+        ({"product_level": "l3"}, "product_level"),
+    ],
+)
+def test_bad_cards_are_rejected_with_reason(tmp_path, change, message):
+    base = load_model("ukis-4b-l2a")
+    shutil.copy(base.onnx_path, tmp_path / "m.onnx")
+    doc = base.with_onnx(tmp_path / "m.onnx").to_dict(relative_to=tmp_path)
+    doc.update(change)
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ModelCardError, match=message):
+        load_model(tmp_path / "m.yaml")
+
+
+def test_onnx_without_card_says_how_to_write_one(tmp_path):
+    shutil.copy(load_model("ukis-4b-l2a").onnx_path, tmp_path / "bare.onnx")
+    with pytest.raises(ModelCardError, match="no model card"):
+        load_model(tmp_path / "bare.onnx")
+
+
+def test_card_missing_field(tmp_path):
+    (tmp_path / "c.yaml").write_text("name: x\nbands: [blue]\n")
+    with pytest.raises(ModelCardError, match="missing field"):
+        load_model(tmp_path / "c.yaml")
+
+
+def test_card_is_frozen():
+    c = load_model("ukis-6b-l2a")
+    assert isinstance(c, ModelCard)
+    with pytest.raises(AttributeError):
+        c.name = "x"  # type: ignore[misc]
