@@ -255,11 +255,13 @@ def run(stac: str, collection: str | None, bbox: str | None, aoi: str | None, da
 
 
 def _register_subcommands() -> None:
-    from .jobs.cli import job
-    from .metis.cli import metis
+    import importlib
 
-    main.add_command(metis)
-    main.add_command(job)
+    for module, name in ((".metis.cli", "metis"), (".jobs.cli", "job")):
+        try:
+            main.add_command(getattr(importlib.import_module(module, __package__), name))
+        except ModuleNotFoundError as err:  # pragma: no cover - only while a sub-package is absent
+            log.debug("command %s unavailable: %s", name, err)
 
 
 _register_subcommands()

@@ -1,0 +1,283 @@
+"""xarray in, mask out: :func:`predict_xarray` behind :func:`cloudmask.predict` for DataArrays/Datasets.
+
+Reflectance (unitless, 0–1, NaN = nodata) comes either as a Dataset with one variable per band (named
+with STAC common names, as :func:`cloudmask.open_scene` and odc-stac give) or as a DataArray with a
+``band`` dimension labelled with common names. Dask-backed input is never loaded whole: the streaming
+engine pulls row chunks on demand (through whatever dask scheduler is active, a ``dask.distributed``
+Client included), so a 10980 x 10980 scene streams in bounded memory. Nothing here touches asyncio, so
+it runs unchanged inside Jupyter's event loop.
+
+The mask comes back on the input's own coordinates: ``x``/``y`` (pixel centres), the ``spatial_ref``
+coordinate that carries CRS and transform (rioxarray/odc-geo), and any scalar coordinate such as
+``time``; ``mask.rio.to_raster(path)`` writes the same raster the CLI writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .errors import ConfigError, MissingBandError
+from .models import CLASSES, NODATA, ModelCard, load_model
+from .stream import ArraySink, StreamConfig, StreamStats, stream_scene
+
+#: Names accepted for the row/column dimensions, in order of preference.
+_SPATIAL_DIMS: tuple[tuple[str, str], ...] = (("y", "x"), ("latitude", "longitude"), ("lat", "lon"))
+#: Attributes of every mask DataArray (CF flags; ``nodata`` for rioxarray/odc-geo).
+FLAG_VALUES = [*CLASSES]
+FLAG_MEANINGS = " ".join(CLASSES.values())
+
+
+def spatial_dims(obj: xr.DataArray | xr.Dataset) -> tuple[str, str]:
+    """The ``(row, column)`` dimension names of ``obj`` (``y``/``x``, ``latitude``/``longitude``, ...)."""
+    dims = set(obj.dims)
+    for ydim, xdim in _SPATIAL_DIMS:
+        if ydim in dims and xdim in dims:
+            return ydim, xdim
+    raise ConfigError(
+        f"cannot find spatial dimensions in {tuple(obj.dims)}: name them y/x (as odc-stac, rioxarray and "
+        "cloudmask.open_scene do)"
+    )
+
+
+def valid_mask(data: xr.DataArray | xr.Dataset, bands: Sequence[str] | None = None) -> xr.DataArray:
+    """True where every band (of ``bands``, default all) holds a value, i.e. no NaN: cloudmask's nodata rule."""
+    if isinstance(data, xr.Dataset):
+        names = list(bands) if bands is not None else [str(v) for v in data.data_vars]
+        ok = None
+        for name in names:
+            v = data[name].notnull()
+            ok = v if ok is None else ok & v
+        if ok is None:
+            raise ConfigError("the Dataset has no band variables")
+        return ok.rename("valid")
+    arr = data.sel(band=list(bands)) if bands is not None else data
+    if "band" in arr.dims:
+        return arr.notnull().all("band").rename("valid")
+    return arr.notnull().rename("valid")
+
+
+def to_band_array(data: xr.DataArray | xr.Dataset, card: ModelCard) -> xr.DataArray:
+    """The model's bands of ``data`` as one ``(..., band, y, x)`` float32 DataArray in card order (lazy).
+
+    Per-band ``nodata`` attributes (odc-stac, rioxarray) become NaN; integer data (raw DN) is refused,
+    since the models want reflectance.
+    """
+    if isinstance(data, xr.Dataset):
+        missing = [b for b in card.bands if b not in data.data_vars]
+        if missing:
+            have = ", ".join(str(v) for v in data.data_vars) or "none"
+            raise MissingBandError(
+                f"model '{card.name}' needs band variable(s) {missing}; the Dataset has: {have}. "
+                "Name variables with STAC common names (blue, green, red, nir, swir16, ...)"
+            )
+        parts = [_as_reflectance(data[b], b) for b in card.bands]
+        arr = xr.concat(parts, dim="band", coords="minimal", compat="override", join="override")
+        arr = arr.assign_coords(band=list(card.bands))
+    elif isinstance(data, xr.DataArray):
+        if "band" not in data.dims:
+            raise ConfigError(
+                f"a DataArray needs a 'band' dimension labelled with STAC common names, got dims {data.dims}; "
+                "use ds.to_array('band') on a Dataset of band variables, or pass the Dataset itself"
+            )
+        if "band" in data.coords and data["band"].dtype.kind in "UO":
+            names = [str(b) for b in data["band"].values]
+            missing = [b for b in card.bands if b not in names]
+            if missing:
+                raise MissingBandError(
+                    f"model '{card.name}' needs band(s) {missing}; the DataArray's band labels are {names}"
+                )
+            arr = data.sel(band=list(card.bands))
+        elif data.sizes["band"] == card.n_bands:  # unlabelled: the model's order, like a numpy array
+            arr = data.assign_coords(band=list(card.bands))
+        else:
+            raise ConfigError(
+                f"the DataArray's band dimension is unlabelled and has {data.sizes['band']} entries but model "
+                f"'{card.name}' takes {card.n_bands} ({list(card.bands)}); label it: "
+                "da.assign_coords(band=[...common names...])"
+            )
+        arr = _as_reflectance(arr, "band data")
+    else:
+        raise ConfigError(f"predict_xarray takes an xarray Dataset or DataArray, got {type(data).__name__}")
+    ydim, xdim = spatial_dims(arr)
+    extra = [d for d in arr.dims if d not in ("band", ydim, xdim)]
+    return arr.transpose(*extra, "band", ydim, xdim)
+
+
+def _as_reflectance(arr: xr.DataArray, name: Hashable) -> xr.DataArray:
+    if arr.dtype.kind in "iub":
+        raise ConfigError(
+            f"{name} is {arr.dtype} (digital numbers?); cloudmask models take reflectance 0–1 as floats "
+            "with NaN for nodata, e.g. ds.where(ds != 0) * 1e-4 - 0.1 for baseline >= 04.00 L2A"
+        )
+    nodata = arr.attrs.get("nodata", arr.attrs.get("_FillValue", arr.encoding.get("_FillValue")))
+    if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
+        arr = arr.where(arr != nodata)
+    if arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
+    return arr
+
+
+class XarrayRowSource:
+    """A :class:`~cloudmask.stream.PatchSource` over a ``(band, y, x)`` DataArray, numpy- or dask-backed.
+
+    Dask data are computed one row chunk at a time, only when the engine asks for its rows, and each
+    chunk is computed once (the engine reads ascending rows); memory stays bounded by a couple of chunks.
+    """
+
+    def __init__(self, arr: xr.DataArray) -> None:
+        if arr.ndim != 3:
+            raise ValueError(f"expected (band, y, x), got dims {arr.dims}")
+        self.data = arr.data
+        self._lazy = _is_dask(self.data)
+        if self._lazy:
+            edges = np.concatenate([[0], np.cumsum(self.data.chunks[1])]).astype(int)
+            self._edges = edges
+        self._cache: dict[int, np.ndarray] = {}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.data.shape[1]), int(self.data.shape[2])
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        if not self._lazy:
+            return np.array(self.data[:, start:stop], dtype=np.float32, copy=True)
+        import dask
+
+        edges = self._edges
+        first = int(np.searchsorted(edges, start, side="right")) - 1
+        last = int(np.searchsorted(edges, stop, side="left")) - 1
+        # forget chunks that end before ``start``: the engine never goes back
+        for k in [k for k in self._cache if edges[k + 1] <= start]:
+            del self._cache[k]
+        todo = [k for k in range(first, last + 1) if k not in self._cache]
+        if todo:
+            computed = dask.compute(*[self.data[:, edges[k] : edges[k + 1]] for k in todo])
+            for k, block in zip(todo, computed, strict=True):
+                self._cache[k] = np.asarray(block, dtype=np.float32)
+        parts = [self._cache[k] for k in range(first, last + 1)]
+        joined = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        lo = start - int(edges[first])
+        return np.array(joined[:, lo : lo + (stop - start)], dtype=np.float32, copy=True)
+
+
+def _is_dask(data: Any) -> bool:
+    try:
+        import dask.array as da
+    except ImportError:  # pragma: no cover - dask is a dependency
+        return False
+    return isinstance(data, da.Array)
+
+
+def predict_xarray(
+    data: xr.DataArray | xr.Dataset,
+    card: str | ModelCard = "ukis-6b-l2a",
+    *,
+    probabilities: bool = False,
+    backend: str = "onnxruntime",
+    config: StreamConfig | None = None,
+    runners: Sequence[Any] | None = None,
+) -> xr.DataArray | xr.Dataset:
+    """Mask reflectance held in xarray; see the module docstring for what ``data`` may be.
+
+    Returns a uint8 DataArray ``mask`` (0 clear, 1 cloud, 2 shadow, 255 nodata) on the input's
+    coordinates; with ``probabilities=True`` a Dataset of ``mask`` and ``probability`` (uint8 percent,
+    ``class`` dimension). Dimensions other than band/y/x (e.g. ``time``) are masked slice by slice.
+    The model's resolution is not enforced: pass data at ``card.resolution`` metres for best results.
+    """
+    model = load_model(card)
+    cfg = config or StreamConfig()
+    if probabilities and not cfg.probabilities:
+        cfg = StreamConfig(cfg.margin, cfg.blend, cfg.queue_batches, True)
+    arr = to_band_array(data, model)
+    own = runners is None
+    if runners is None:
+        from .runtime import make_runners
+
+        runners = make_runners(model, backend)
+    try:
+        return _predict_any(arr, model, runners, cfg, probabilities)
+    finally:
+        if own:
+            for r in runners:
+                r.close()
+
+
+def _predict_any(
+    arr: xr.DataArray, card: ModelCard, runners: Sequence[Any], cfg: StreamConfig, probabilities: bool
+) -> xr.DataArray | xr.Dataset:
+    if arr.ndim > 3:
+        dim = arr.dims[0]
+        parts = [_predict_any(arr.isel({dim: i}), card, runners, cfg, probabilities) for i in range(arr.sizes[dim])]
+        return xr.concat(parts, dim=dim, coords="minimal", compat="override", combine_attrs="override")  # type: ignore[call-overload, no-any-return]
+    classes, probs, stats = _predict_one(arr, card, runners, cfg)
+    mask = _mask_like(arr, classes, card, stats)
+    if not probabilities:
+        return mask
+    ydim, xdim = arr.dims[1], arr.dims[2]
+    assert probs is not None
+    prob = xr.DataArray(
+        probs,
+        dims=("class", ydim, xdim),
+        coords={**_spatial_coords(arr), "class": list(CLASSES.values())},
+        attrs={"units": "percent", "long_name": "class probability", "model": card.name},
+        name="probability",
+    )
+    return xr.Dataset({"mask": mask, "probability": prob}, attrs={"model": card.name})
+
+
+def _predict_one(
+    arr: xr.DataArray, card: ModelCard, runners: Sequence[Any], cfg: StreamConfig
+) -> tuple[np.ndarray, np.ndarray | None, StreamStats]:
+    source = XarrayRowSource(arr)
+    h, w = source.shape
+    sink = ArraySink(h, w, probabilities=cfg.probabilities)
+    stats = stream_scene(source, card, runners, sink, cfg)
+    return sink.classes, sink.probabilities, stats
+
+
+def _spatial_coords(arr: xr.DataArray) -> dict[Hashable, Any]:
+    """Every coordinate of ``arr`` that does not involve the band dimension (x, y, spatial_ref, time...)."""
+    return {k: v for k, v in arr.coords.items() if "band" not in v.dims and k != "band"}
+
+
+def _mask_like(arr: xr.DataArray, classes: np.ndarray, card: ModelCard, stats: StreamStats) -> xr.DataArray:
+    ydim, xdim = arr.dims[1], arr.dims[2]
+    mask = xr.DataArray(
+        classes,
+        dims=(ydim, xdim),
+        coords=_spatial_coords(arr),
+        name="mask",
+        attrs={
+            "long_name": "cloud and cloud-shadow mask",
+            "flag_values": FLAG_VALUES,
+            "flag_meanings": FLAG_MEANINGS,
+            "model": card.name,
+            "nodata": NODATA,
+        },
+    )
+    mask.encoding["_FillValue"] = NODATA
+    mask.encoding["dtype"] = "uint8"
+    return mask
+
+
+def class_fractions(mask: xr.DataArray | np.ndarray, where: Any = None) -> dict[str, float]:
+    """Percent of valid pixels per class plus ``nodata`` percent of all pixels (see :mod:`cloudmask.quicklook`)."""
+    from .quicklook import class_fractions as _fractions
+
+    return _fractions(mask, where)
+
+
+__all__ = [
+    "FLAG_MEANINGS",
+    "FLAG_VALUES",
+    "XarrayRowSource",
+    "class_fractions",
+    "predict_xarray",
+    "spatial_dims",
+    "to_band_array",
+    "valid_mask",
+]
