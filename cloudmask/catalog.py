@@ -33,7 +33,7 @@ from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
 from .errors import CatalogError, CatalogNotFoundError, CatalogUnreachableError, ConfigError
-from .profiles import Profile, detect_profile, get_profile, list_profiles, processing_baseline, scene_spec
+from .profiles import detect_profile, get_profile, list_profiles, processing_baseline, scene_spec
 
 log = logging.getLogger(__name__)
 
@@ -627,7 +627,10 @@ def _search_api(
     if interval:
         kwargs["datetime"] = interval
     if sort_keys:
-        kwargs["sortby"] = [{"field": name, "direction": "desc" if desc else "asc"} for name, desc in sort_keys]
+        kwargs["sortby"] = [
+            {"field": name if name in ("id", "collection") else f"properties.{name}", "direction": "desc" if desc else "asc"}
+            for name, desc in sort_keys
+        ]
     cql = _cloud_filter(filters.max_cloud, filters.min_cloud)
     if cql is not None:
         kwargs["filter"] = cql
@@ -650,7 +653,7 @@ def _search_api(
             elif sort_keys and _is_conformance_error(err):
                 log.warning("STAC API %s does not support sortby; sorting locally", url)
                 kwargs.pop("sortby")
-                items = _sort(run(kwargs), sort_keys)
+                items = run(kwargs)
             else:
                 raise
     except CatalogError:
@@ -661,7 +664,8 @@ def _search_api(
         if isinstance(err, APIError):
             raise CatalogError(f"STAC API {url} refused the search: {_short(err)}") from err
         raise
-    return items
+    # servers that ignore sortby (it is an optional extension) still give a sorted answer
+    return _sort(items, sort_keys) if sort_keys else items
 
 
 def _is_conformance_error(err: BaseException) -> bool:
@@ -687,8 +691,3 @@ def _collect(items: Iterable[pystac.Item], filters: _Filters, limit: int | None)
         keys.add(key)
         kept.append(item)
     return dedupe(kept)
-
-
-def profile_for(item: pystac.Item, profile: str | None = None) -> Profile:
-    """The named profile, or the one detected from ``item``."""
-    return get_profile(profile) if profile else detect_profile(item)

@@ -28,19 +28,22 @@ from .scene import SceneSpec
 log = logging.getLogger(__name__)
 
 COLLECTION_ID = "cloudmask"
-EXTENSIONS = [
-    "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
-    "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
-    "https://stac-extensions.github.io/file/v2.1.0/schema.json",
-    "https://stac-extensions.github.io/classification/v1.1.0/schema.json",
-    "https://stac-extensions.github.io/processing/v1.1.0/schema.json",
-]
+PROJECTION_EXT = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+RASTER_EXT = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
+FILE_EXT = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
+CLASSIFICATION_EXT = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
+PROCESSING_EXT = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
+EO_EXT = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
+EXTENSIONS = [PROJECTION_EXT, RASTER_EXT, FILE_EXT, CLASSIFICATION_EXT, PROCESSING_EXT, EO_EXT]
 CLASS_TABLE = [
-    {"value": 0, "name": "clear", "description": "clear land or water", "color_hint": "228B22"},
-    {"value": 1, "name": "cloud", "description": "thick or thin cloud", "color_hint": "FFFFFF"},
-    {"value": 2, "name": "shadow", "description": "cloud shadow", "color_hint": "282878"},
-    {"value": NODATA, "name": "nodata", "description": "no valid input", "nodata": True},
+    {"value": 0, "name": "clear", "title": "Clear", "description": "clear land or water", "color_hint": "228B22"},
+    {"value": 1, "name": "cloud", "title": "Cloud", "description": "thick or thin cloud", "color_hint": "FFFFFF"},
+    {"value": 2, "name": "shadow", "title": "Cloud shadow", "description": "cloud shadow", "color_hint": "282878"},
+    {"value": NODATA, "name": "nodata", "title": "No data", "description": "no valid input", "nodata": True},
 ]
+#: Source item properties copied onto the mask item when present.
+COPIED_PROPERTIES = ("platform", "constellation", "instruments", "mgrs:utm_zone", "mgrs:latitude_band",
+                     "mgrs:grid_square", "s2:mgrs_tile", "grid:code")
 
 
 def file_checksum(path: Path) -> str:
@@ -66,31 +69,60 @@ def _source_href(spec: SceneSpec) -> str | None:
 
 
 def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None) -> pystac.Item:
-    """A STAC item describing ``result``'s mask COG (projection, raster, file, classification, processing)."""
+    """A STAC item describing ``result``'s mask COG.
+
+    Carries projection (``proj:code``, and ``proj:epsg`` for older readers), raster, file (checksum,
+    size), classification (class table), eo (``eo:cloud_cover`` of valid pixels) and processing
+    (software and versions, lineage, datetime) fields, the class percentages, and a ``derived_from``
+    link to the source item. ``cloudmask:source_id`` keeps the source id (the item id is sanitised).
+    """
     with rasterio.open(result.mask) as ds:
         geobox = GeoBox((ds.height, ds.width), ds.transform, str(ds.crs))
         epsg = ds.crs.to_epsg()
+        code = f"EPSG:{epsg}" if epsg else None
+        bounds = list(ds.bounds)
     footprint: Geometry = geobox.extent.to_crs("EPSG:4326")
     geom = footprint.json
     dt = spec.datetime or datetime.now(UTC)
+    now = datetime.now(UTC).isoformat()
     frac = valid_fractions(result.fractions)
+    backend = result.extra.get("backend")
+    software = {"cloudmask": __version__}
+    model_version = card.version if card is not None else result.extra.get("model_version")
+    software[f"model:{result.model}"] = str(model_version or "unversioned")
+    if backend:
+        software[f"backend:{backend}"] = str(result.extra.get("backend_version") or "")
     props: dict[str, Any] = {
+        "proj:code": code,
         "proj:epsg": epsg,
         "proj:shape": [geobox.height, geobox.width],
         "proj:transform": list(geobox.transform)[:6],
+        "proj:bbox": bounds,
+        "gsd": abs(geobox.resolution.x),
         "eo:cloud_cover": round(frac["cloud"], 3),
         "cloudmask:shadow_cover": round(frac["shadow"], 3),
         "cloudmask:clear_cover": round(frac["clear"], 3),
         "cloudmask:nodata_percentage": round(result.fractions["nodata"], 3),
         "cloudmask:model": result.model,
         "cloudmask:seconds": round(result.seconds, 3),
-        "processing:software": {"cloudmask": __version__},
+        "cloudmask:source_id": spec.id,
+        "processing:software": software,
         "processing:level": "L3",
-        "processing:lineage": f"cloudmask {__version__}, model {result.model}, from {spec.id}",
-        "created": datetime.now(UTC).isoformat(),
+        "processing:version": __version__,
+        "processing:datetime": now,
+        "processing:lineage": f"cloudmask {__version__}, model {result.model}"
+        + (f" on {backend}" if backend else "") + f", from {spec.id}",
+        "created": now,
+        "updated": now,
     }
+    if code is None:
+        wkt = str(geobox.crs.to_wkt())
+        props["proj:wkt2"] = wkt
     if spec.collection:
         props["cloudmask:source_collection"] = spec.collection
+    for key in COPIED_PROPERTIES:
+        if key in spec.properties and spec.properties[key] is not None:
+            props[key] = spec.properties[key]
     item = pystac.Item(
         id=safe_name(spec.id),
         geometry=geom,
@@ -111,7 +143,8 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
             extra_fields={
                 "file:checksum": file_checksum(result.mask),
                 "file:size": result.mask.stat().st_size,
-                "raster:bands": [{"nodata": NODATA, "data_type": "uint8", "spatial_resolution": res}],
+                "raster:bands": [{"nodata": NODATA, "data_type": "uint8", "spatial_resolution": res,
+                                  "sampling": "area"}],
                 "classification:classes": CLASS_TABLE,
             },
         ),
@@ -189,9 +222,12 @@ def update_output_catalog(out_dir: Path, title: str = "cloudmask masks") -> Path
         extent=extent,
         title=title,
         license="other",
-        stac_extensions=["https://stac-extensions.github.io/classification/v1.1.0/schema.json"],
+        stac_extensions=[CLASSIFICATION_EXT],
+        providers=[pystac.Provider("cloudmask", roles=[pystac.ProviderRole.PROCESSOR])],
         extra_fields={"summaries": {"classification:classes": CLASS_TABLE}},
     )
+    if items:
+        coll.extra_fields["summaries"].update(_summaries(items))
     cat = pystac.Catalog(id="cloudmask-output", description=title)
     cat.add_child(coll)
     doc_coll = coll.to_dict(include_self_link=False, transform_hrefs=False)
@@ -223,6 +259,21 @@ def update_output_catalog(out_dir: Path, title: str = "cloudmask masks") -> Path
         tmp.write_text(json.dumps(doc, indent=1))
         os.replace(tmp, out_dir / name)
     return out_dir / "catalog.json"
+
+
+def _summaries(items: list[pystac.Item]) -> dict[str, Any]:
+    """Collection summaries of the items: CRS codes, models, cloud-cover range."""
+    codes = sorted({str(it.properties["proj:code"]) for it in items if it.properties.get("proj:code")})
+    models = sorted({str(it.properties["cloudmask:model"]) for it in items if it.properties.get("cloudmask:model")})
+    clouds = [float(it.properties["eo:cloud_cover"]) for it in items if it.properties.get("eo:cloud_cover") is not None]
+    out: dict[str, Any] = {}
+    if codes:
+        out["proj:code"] = codes
+    if models:
+        out["cloudmask:model"] = models
+    if clouds:
+        out["eo:cloud_cover"] = {"minimum": min(clouds), "maximum": max(clouds)}
+    return out
 
 
 def record_result(out_dir: Path, spec: SceneSpec, result: MaskResult) -> Path:

@@ -363,7 +363,7 @@ def scene_spec(item: pystac.Item | Mapping[str, Any], profile: str | Profile | N
     :class:`ItemLayoutError` naming what is missing.
     """
     if not isinstance(item, pystac.Item):
-        item = pystac.Item.from_dict(dict(item), preserve_dict=True)
+        item = pystac.Item.from_dict(dict(item), preserve_dict=True, migrate=False)
     prof = get_profile(profile) if isinstance(profile, str) else profile
     prof = prof if prof is not None else detect_profile(item)
 

@@ -1,13 +1,15 @@
 """Lazy, windowed reads of band assets into float32 reflectance on the model grid.
 
-Each band is warped (GDAL warper, same CRS: a pure resampling, ``average`` by default) onto the scene's
-grid at model resolution, so every band lines up pixel for pixel with the output mask whatever its
-native resolution (10/20/60 m) or format (COG, JP2). Reads happen in dask tasks on threads; every
+Each band is resampled (GDAL RasterIO with fractional source windows, ``average`` when downsampling)
+onto the scene's grid at model resolution, so every band lines up pixel for pixel with the output
+mask whatever its native resolution (10/20/60 m) or format (COG, JP2). A band in another CRS than
+the item declares is an error, not a silent reprojection. Reads happen in dask tasks on threads; every
 thread keeps its own open handles (GDAL handles are not thread-safe).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,8 +23,8 @@ import numpy as np
 import rasterio
 from dask.highlevelgraph import HighLevelGraph
 from odc.geo.geobox import GeoBox
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from .errors import GridError, ReadError
@@ -45,9 +47,16 @@ DEFAULT_GDAL_ENV: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class ReaderConfig:
-    """How bands are read: resampling for downsampling/upsampling, GDAL options, row chunk hint (pixels)."""
+    """How bands are read onto the model grid.
+
+    ``resampling`` applies where a band is finer than the grid, ``upsampling`` where it is coarser.
+    ``overviews=True`` lets GDAL start from the closest finer overview (what rasterio users get by
+    default; several times faster on 10 m bands, within a few DN of the exact area average);
+    ``False`` averages native pixels exactly. ``chunk_cols`` is the dask chunk width, pixels.
+    """
 
     resampling: str = "average"
+    overviews: bool = True
     upsampling: str = "nearest"
     gdal_env: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_GDAL_ENV))
     chunk_cols: int = 2048
@@ -73,64 +82,59 @@ class _Handles:
         self._all: list[Any] = []
         self._lock = threading.Lock()
 
-    def vrt(self, asset: BandAsset, geobox: GeoBox, down: Resampling, up: Resampling) -> WarpedVRT:
-        """The band warped onto ``geobox``: ``down`` when the file is finer than the grid, else ``up``."""
+    def dataset(self, asset: BandAsset, overviews: bool) -> Any:
+        """This thread's open dataset for ``asset`` (opened once per thread)."""
         cache = getattr(self._local, "cache", None)
         if cache is None:
             cache = self._local.cache = {}
             self._local.env = rasterio.Env(**self._env)
             self._local.env.__enter__()
-            with self._lock:
-                self._all.append(self._local.env)
-        key = (asset.href, down, up)
+        key = (asset.href, overviews)
         if key not in cache:
+            opts = {} if overviews else {"OVERVIEW_LEVEL": "NONE"}
             try:
-                src = rasterio.open(gdal_path(asset.href))
+                ds = rasterio.open(gdal_path(asset.href), **opts)
             except rasterio.RasterioIOError as err:
                 raise ReadError(
                     f"cannot open band '{asset.band}' at {asset.href}: {err}; check the href, the file, "
                     "and credentials for remote storage"
                 ) from err
-            _check_grid(src, asset, geobox)
-            nodata = asset.nodata if asset.nodata is not None else src.nodata
-            resampling = down if abs(src.res[0]) < abs(geobox.resolution.x) else up
-            vrt = WarpedVRT(
-                src,
-                crs=src.crs,
-                transform=geobox.transform,
-                width=geobox.width,
-                height=geobox.height,
-                resampling=resampling,
-                src_nodata=nodata,
-                nodata=nodata,
-            )
-            cache[key] = vrt
+            cache[key] = ds
             with self._lock:
-                self._all.extend([vrt, src])
+                self._all.append(ds)
         return cache[key]
 
     def close(self) -> None:
         with self._lock:
             for h in self._all:
-                try:
-                    if isinstance(h, rasterio.Env):
-                        continue
+                with contextlib.suppress(Exception):  # closing is best effort
                     h.close()
-                except Exception:  # noqa: BLE001 - closing is best effort
-                    pass
             self._all.clear()
 
 
-def _check_grid(src: Any, asset: BandAsset, geobox: GeoBox) -> None:
-    if src.crs is None:
+def _native_window(ds: Any, asset: BandAsset, geobox: GeoBox, rows: tuple[int, int],
+                   cols: tuple[int, int]) -> Window:
+    """The (fractional) window of ``ds`` under grid pixels ``rows`` x ``cols``; checks CRS and axes."""
+    if ds.crs is None:
         raise GridError(f"band '{asset.band}' ({asset.href}) has no CRS; it cannot be placed on the scene grid")
-    if src.crs != geobox.crs.to_wkt() and rasterio.crs.CRS.from_user_input(src.crs) != rasterio.crs.CRS.from_user_input(
-        str(geobox.crs)
-    ):
+    if CRS.from_user_input(ds.crs) != CRS.from_user_input(str(geobox.crs)):
         raise GridError(
-            f"band '{asset.band}' is in {src.crs.to_string()} but the item says {geobox.crs}; "
-            "the STAC item's proj:epsg/proj:code does not match the file — fix the item or use --profile"
+            f"band '{asset.band}' is in {ds.crs.to_string()} but the item says {geobox.crs}; "
+            "the STAC item's proj:epsg/proj:code does not match the file: fix the item or choose --profile"
         )
+    t = ds.transform
+    if t.b != 0 or t.d != 0 or t.a <= 0 or t.e >= 0:
+        raise GridError(f"band '{asset.band}' ({asset.href}) is rotated or flipped; north-up rasters only")
+    g = geobox.transform
+    x0 = (g.c + cols[0] * g.a - t.c) / t.a
+    y0 = (g.f + rows[0] * g.e - t.f) / t.e
+    return Window(x0, y0, (cols[1] - cols[0]) * g.a / t.a, (rows[1] - rows[0]) * g.e / t.e)
+
+
+def _inside(win: Window, ds: Any) -> bool:
+    eps = 1e-6
+    return (win.col_off >= -eps and win.row_off >= -eps and win.col_off + win.width <= ds.width + eps
+            and win.row_off + win.height <= ds.height + eps)
 
 
 class RasterSource:
@@ -162,12 +166,17 @@ class RasterSource:
     def read_block(self, band: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         """Reflectance of one band over ``rows`` x ``cols`` (pixel ranges), float32, NaN = nodata."""
         asset = self.assets[band]
-        vrt = self._handles.vrt(
-            asset, self.geobox, Resampling[self.config.resampling], Resampling[self.config.upsampling]
-        )
-        win = Window(cols[0], rows[0], cols[1] - cols[0], rows[1] - rows[0])
+        ds = self._handles.dataset(asset, self.config.overviews)
+        win = _native_window(ds, asset, self.geobox, rows, cols)
+        finer = ds.res[0] < abs(self.geobox.resolution.x)
+        resampling = Resampling[self.config.resampling if finer else self.config.upsampling]
+        nodata = asset.nodata if asset.nodata is not None else ds.nodata
+        shape = (rows[1] - rows[0], cols[1] - cols[0])
         try:
-            dn = vrt.read(1, window=win)
+            dn = ds.read(1, window=win, out_shape=shape, resampling=resampling, boundless=False,
+                         masked=False) if _inside(win, ds) else ds.read(
+                1, window=win, out_shape=shape, resampling=resampling, boundless=True,
+                fill_value=nodata if nodata is not None else 0)
         except rasterio.RasterioIOError as err:
             raise ReadError(
                 f"cannot read band '{asset.band}' of scene {self.spec.id} ({asset.href}): {err}; "
@@ -176,8 +185,8 @@ class RasterSource:
         out = dn.astype(np.float32)
         out *= np.float32(asset.scale)
         out += np.float32(asset.offset)
-        if vrt.nodata is not None:
-            out[dn == vrt.nodata] = np.nan
+        if nodata is not None:
+            out[dn == nodata] = np.nan
         return out
 
     def to_dask(self, row_edges: Sequence[int] | None = None) -> da.Array:

@@ -188,6 +188,9 @@ def predict_xarray(
     ``class`` dimension). Dimensions other than band/y/x (e.g. ``time``) are masked slice by slice.
     The model's resolution is not enforced: pass data at ``card.resolution`` metres for best results.
     """
+    import odc.geo.xr  # noqa: F401 - registers .odc on the result
+    import rioxarray  # noqa: F401 - registers .rio on the result
+
     model = load_model(card)
     cfg = config or StreamConfig()
     if probabilities and not cfg.probabilities:
@@ -259,8 +262,8 @@ def _mask_like(arr: xr.DataArray, classes: np.ndarray, card: ModelCard, stats: S
             "nodata": NODATA,
         },
     )
-    mask.encoding["_FillValue"] = NODATA
-    mask.encoding["dtype"] = "uint8"
+    # raw class values with 255 marking nodata: rioxarray's ``write_nodata(255, encoded=False)`` convention
+    mask.attrs["_FillValue"] = NODATA
     return mask
 
 

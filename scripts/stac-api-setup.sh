@@ -9,10 +9,15 @@
 # Environment:
 #   CLOUDMASK_SKIP_APT=1   do not touch apt (only Python packages)
 #   PYTHON=...             interpreter whose environment receives the packages (default: python)
+#   PG_MAJOR=15            PostgreSQL major version (default: newest installed, else 15)
 set -euo pipefail
 
 PYTHON="${PYTHON:-python}"
-PG_MAJOR="${PG_MAJOR:-15}"
+# PostgreSQL major version: $PG_MAJOR, else the newest installed, else Debian 12's 15.
+if [ -z "${PG_MAJOR:-}" ]; then
+    PG_MAJOR="$(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -n 1)"
+    PG_MAJOR="${PG_MAJOR:-15}"
+fi
 
 # Kept in step with each other: stac-fastapi-pgstac 6/7 speaks pgstac >= 0.9 schemas.
 PY_PACKAGES=(
@@ -54,7 +59,6 @@ if [ "${CLOUDMASK_SKIP_APT:-0}" != "1" ]; then
         log "installing postgresql postgresql-${PG_MAJOR}-postgis-3 (apt)"
         export DEBIAN_FRONTEND=noninteractive
         as_root apt-get update -qq
-        # policy-rc.d keeps the packaged cluster from starting a service in containers
         as_root apt-get install -y -qq --no-install-recommends \
             postgresql "postgresql-${PG_MAJOR}" "postgresql-${PG_MAJOR}-postgis-3" >/dev/null
         have_postgres && have_postgis || { log "PostgreSQL/PostGIS install failed"; exit 1; }

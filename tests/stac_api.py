@@ -99,10 +99,10 @@ def simple_collection(collection_id: str, items: Iterable[Mapping[str, Any]], de
         bbox = [west, min(b[1] for b in bboxes), east, max(b[3] for b in bboxes)]
     else:
         bbox = [-180.0, -90.0, 180.0, 90.0]
-    times = sorted(
-        t for i in items for t in (i["properties"].get("datetime"), i["properties"].get("start_datetime")) if t
+    times: list[str] = sorted(
+        str(t) for i in items for t in (i["properties"].get("datetime"), i["properties"].get("start_datetime")) if t
     )
-    interval = [times[0], times[-1]] if times else [None, None]
+    interval: list[str | None] = [times[0], times[-1]] if times else [None, None]
     return {
         "type": "Collection",
         "stac_version": "1.0.0",
@@ -127,9 +127,9 @@ def _pg_bindir() -> Path | None:
             found.append((float(version) if version.replace(".", "").isdigit() else 0.0, bindir))
     if found:
         return max(found)[1]
-    initdb = shutil.which("initdb")
-    if initdb:
-        bindir = Path(initdb).resolve().parent
+    initdb_path = shutil.which("initdb")
+    if initdb_path:
+        bindir = Path(initdb_path).resolve().parent
         sharedir = subprocess.run([str(bindir / "pg_config"), "--sharedir"], capture_output=True, text=True)
         if sharedir.returncode == 0 and Path(sharedir.stdout.strip(), "extension", "postgis.control").exists():
             return bindir

@@ -45,7 +45,7 @@ def _build_catalog(root: Path, items: list[dict[str, Any]]) -> Path:
     for coll_id, coll_items in by_coll.items():
         coll = pystac.Collection(
             coll_id, f"{coll_id} test", pystac.Extent(
-                pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]), pystac.TemporalExtent([[None, None]])
+                pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]), pystac.TemporalExtent([[datetime(2015, 6, 23, tzinfo=UTC), None]])
             ),
         )
         for item in coll_items:

@@ -152,7 +152,9 @@ def test_real_jp2_l1c_bands_read_on_grid():
              "coastal": "B01"}
     bands = {b: BandAsset(b, str(d / f"T31TDH_20150726T105026_{n}.jp2"), 1e-4, 0.0, 0) for b, n in names.items()}
     spec = SceneSpec("jp2", bands, "EPSG:32631", (399960.0, 4690200.0, 402960.0, 4693200.0), "l1c")
-    src = RasterSource(spec, tuple(names), spec.geobox(30.0))
+    from cloudmask.reader import ReaderConfig
+
+    src = RasterSource(spec, tuple(names), spec.geobox(30.0), ReaderConfig(overviews=False))
     refl = src.read_rows(0, 100)
     src.close()
     assert refl.shape == (7, 100, 100) and not np.isnan(refl).any()

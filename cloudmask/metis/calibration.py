@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -223,7 +223,7 @@ def calibration_set(
             pool[j] = entry
         np.save(entry["staged"], x[None])
     quota = allocate({s: len(v) for s, v in reservoir.items()}, samples)
-    items = []
+    items: list[dict[str, Any]] = []
     for s in STRATA:
         for entry in sorted(reservoir[s], key=lambda e: str(e["staged"]))[: quota[s]]:
             name = f"calib_{len(items):04d}.npy"
@@ -269,3 +269,53 @@ def load_calibration(directory: str | Path, limit: int | None = None) -> list[tu
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"{d} is not a calibration set ({MANIFEST} unreadable: {err}); build one first") from err
     return [(item, np.load(d / item["file"])) for item in manifest["items"][:limit]]
+
+
+def array_patches(
+    scene_id: str,
+    reflectance: np.ndarray,
+    card: ModelCard,
+    *,
+    stride: int | None = None,
+    nodata: np.ndarray | None = None,
+) -> Iterator[CalibrationPatch]:
+    """Patches of an in-memory ``(C, H, W)`` reflectance array (card band order), normalised by the card.
+
+    Windows are ``(row, col, size, size)`` on a ``stride`` grid (default: the patch size); ``nodata``
+    is an optional ``(H, W)`` bool mask. For numpy data and tests; scenes go through the reader.
+    """
+    size = card.patch_size
+    step = stride or size
+    _, h, w = reflectance.shape
+    for r in range(0, h - size + 1, step):
+        for c in range(0, w - size + 1, step):
+            x = card.normalise(reflectance[:, r:r + size, c:c + size])
+            frac = float(nodata[r:r + size, c:c + size].mean()) if nodata is not None else 0.0
+            yield CalibrationPatch(scene_id, (r, c, size, size), x, frac)
+
+
+def write_patch_set(
+    out_dir: str | Path,
+    patches: Iterable[tuple[CalibrationPatch, np.ndarray | None]],
+    model: str = "",
+) -> Path:
+    """Write patches (and optional uint8 label masks, 255 = ignore) in calibration-set layout.
+
+    Use it for a held-out set for :func:`cloudmask.metis.int8.int8_preview`; no stratification.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    items: list[dict[str, Any]] = []
+    for k, (p, labels) in enumerate(patches):
+        name = f"calib_{k:04d}.npy"
+        np.save(out / name, np.ascontiguousarray(p.patch, dtype=np.float32)[None])
+        item = {"file": name, "scene_id": p.scene_id, "window": _window_json(p.window),
+                "nodata_fraction": round(float(p.nodata_fraction), 4)}
+        if labels is not None:
+            item["labels"] = f"labels_{k:04d}.npy"
+            np.save(out / item["labels"], np.asarray(labels, np.uint8))
+        items.append(item)
+    path = out / MANIFEST
+    path.write_text(json.dumps({"model": model, "samples": len(items), "dtype": "float32",
+                                "layout": "NCHW", "normalised": True, "items": items}, indent=1) + "\n")
+    return path

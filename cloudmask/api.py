@@ -1,0 +1,266 @@
+"""The notebook API: search a catalogue, open a scene as xarray, mask it, look at it.
+
+::
+
+    import cloudmask
+    items = cloudmask.search("path/to/catalog.json", max_cloud=60)
+    ds = cloudmask.open_scene(items[0])            # lazy (dask) reflectance, one variable per band
+    mask = cloudmask.predict(ds)                    # uint8 DataArray on the same grid
+    result = cloudmask.mask_scene(items[0], out="masks/")   # COG + quicklook + STAC item, as the CLI does
+
+Reflectance is unitless (0–1) with NaN for nodata; coordinates are pixel centres in the scene's
+projected CRS (metres); ``ds.odc.geobox`` and ``ds.rio.crs``/``ds.rio.transform()`` give the grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .models import ModelCard
+from .pipeline import MaskResult, choose_model
+from .reader import ReaderConfig, RasterSource
+from .scene import SceneSpec
+
+if TYPE_CHECKING:
+    import pystac
+    import xarray as xr
+    from odc.geo.geobox import GeoBox
+
+    from .stream import StreamConfig
+    from .writer import CogConfig
+
+log = logging.getLogger(__name__)
+
+#: Rows per dask chunk of :func:`open_scene` (about 4 MB per band at 1024 columns).
+DEFAULT_ROW_CHUNK = 1024
+
+ItemLike = Any  # pystac.Item | SceneSpec | str | Path (an item JSON file)
+
+
+def search(
+    stac: str | Path,
+    *,
+    collection: str | Sequence[str] | None = None,
+    bbox: Sequence[float] | None = None,
+    aoi: Any = None,
+    datetime: Any = None,
+    max_cloud: float | None = None,
+    min_cloud: float | None = None,
+    limit: int | None = None,
+    sortby: str | Sequence[str] | None = None,
+    **kwargs: Any,
+) -> list[pystac.Item]:
+    """Sentinel-2 items of a STAC API URL, a named endpoint or a static catalogue that pass the filters.
+
+    ``bbox`` is ``(west, south, east, north)`` in degrees; ``aoi`` a shapely geometry (lon/lat), a
+    GeoJSON dict/path or WKT; ``datetime`` an RFC 3339 instant or interval; cloud limits in percent.
+    A thin wrapper over :func:`cloudmask.catalog.search` (other keywords go through).
+    """
+    from .catalog import search as _search
+
+    return _search(
+        stac, collection=collection, bbox=bbox, aoi=aoi, datetime=datetime, max_cloud=max_cloud,
+        min_cloud=min_cloud, limit=limit, sortby=sortby, **kwargs,
+    )
+
+
+def scene_of(item: ItemLike, profile: str | None = None) -> SceneSpec:
+    """A :class:`SceneSpec` from a pystac Item, an item JSON path/URL, or a SceneSpec (returned as is)."""
+    if isinstance(item, SceneSpec):
+        return item
+    import pystac
+
+    from .profiles import scene_spec
+
+    if isinstance(item, str | Path):
+        item = pystac.Item.from_file(str(item))
+    if not isinstance(item, pystac.Item):
+        raise TypeError(f"expected a pystac.Item, an item JSON path or a SceneSpec, got {type(item).__name__}")
+    return scene_spec(item, profile)
+
+
+class _SharedSource(RasterSource):
+    """A :class:`RasterSource` that pickles (for ``dask.distributed``) and is shared within a process.
+
+    Pickling sends only what the scene is (spec without its pystac item, bands, grid, reader config);
+    on the other side a per-process registry returns one source per scene, so every task of a worker
+    reuses the same (per-thread) GDAL handles instead of opening the files again.
+    """
+
+    _registry: weakref.WeakValueDictionary[str, _SharedSource] = weakref.WeakValueDictionary()
+
+    def __init__(self, spec: SceneSpec, bands: Sequence[str], geobox: GeoBox,
+                 config: ReaderConfig | None = None, key: str | None = None) -> None:
+        super().__init__(spec, bands, geobox, config)
+        self.key = key or self._name
+        self._name = f"cloudmask-read-{self.key}"
+        weakref.finalize(self, self._handles.close)
+        self._registry[self.key] = self
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        spec = replace(self.spec, item=None)
+        return _shared_source, (self.key, spec, self.bands, self.geobox, self.config)
+
+
+def _shared_source(key: str, spec: SceneSpec, bands: Sequence[str], geobox: GeoBox,
+                   config: ReaderConfig | None) -> _SharedSource:
+    found = _SharedSource._registry.get(key)
+    if found is not None:
+        return found
+    return _SharedSource(spec, bands, geobox, config, key=key)
+
+
+def open_scene(
+    item: ItemLike,
+    model: str | Path | ModelCard | None = "auto",
+    *,
+    resolution: float | None = None,
+    bands: Sequence[str] | None = None,
+    profile: str | None = None,
+    chunks: int = DEFAULT_ROW_CHUNK,
+    reader: ReaderConfig | None = None,
+) -> xr.Dataset:
+    """A scene as a lazy (dask) Dataset of reflectance, one float32 ``(y, x)`` variable per band.
+
+    * ``model``: whose bands and resolution to use (default ``auto``: ``ukis-6b-<product level>``);
+    * ``resolution``: pixel size in metres (default the model's, e.g. 30), on the tile's own grid;
+    * ``bands``: STAC common names to load instead of the model's (e.g. ``["red", "green", "blue"]``);
+    * ``chunks``: rows per dask chunk (columns are chunked by ``reader.chunk_cols``).
+
+    Values are reflectance (0–1), NaN where the scene has no data (:func:`cloudmask.xr.valid_mask`).
+    ``x``/``y`` are pixel centres in the scene CRS; the ``spatial_ref`` coordinate carries CRS and
+    transform (``ds.rio.crs``, ``ds.rio.transform()``, ``ds.odc.geobox``); ``time`` is a scalar
+    coordinate, so scenes concatenate into a time series with ``xr.concat(..., dim="time")``.
+    Nothing is read until values are needed; reads run on the active dask scheduler.
+    """
+    import rioxarray  # noqa: F401 - registers the .rio accessor users expect
+    import xarray as xr
+    from odc.geo.xr import xr_coords  # also registers the .odc accessor
+
+    spec = scene_of(item, profile)
+    card = choose_model(model, spec)
+    res = float(resolution or card.resolution)
+    names = tuple(bands) if bands is not None else card.bands
+    geobox = spec.geobox(res)
+    key = f"{spec.id}-{res:g}-{'-'.join(names)}-{id(spec):x}-{np.random.default_rng().integers(1 << 62):x}"
+    source = _SharedSource(spec, names, geobox, reader, key=key)
+    h = geobox.height
+    if chunks < 1:
+        raise ValueError(f"chunks must be a positive number of rows, got {chunks}")
+    stack = source.to_dask(row_edges=[*range(0, h, chunks), h])
+    coords = xr_coords(geobox, crs_coord_name="spatial_ref")
+    if spec.datetime is not None:
+        when = spec.datetime.astimezone(UTC).replace(tzinfo=None) if spec.datetime.tzinfo else spec.datetime
+        coords["time"] = xr.DataArray(np.datetime64(when, "ns"), attrs={"long_name": "sensing time (UTC)"})
+    data_vars = {}
+    for i, name in enumerate(names):
+        asset = spec.bands[name]
+        data_vars[name] = xr.DataArray(
+            stack[i],
+            dims=("y", "x"),
+            coords=coords,
+            attrs={"units": "1", "long_name": f"{name} reflectance", "nodata": np.nan,
+                   "native_resolution": asset.resolution or np.nan},
+        )
+    attrs = {
+        "id": spec.id,
+        "product_level": spec.product_level,
+        "model": card.name,
+        "resolution": res,
+        "crs": str(spec.crs),
+        "collection": spec.collection or "",
+        "profile": spec.profile,
+        "nodata": "NaN in every band",
+    }
+    cloud = spec.properties.get("eo:cloud_cover")
+    if isinstance(cloud, int | float):
+        attrs["eo:cloud_cover"] = float(cloud)
+    ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    return ds
+
+
+def mask_scene(
+    item: ItemLike,
+    out: str | Path,
+    model: str | Path | ModelCard | None = "auto",
+    *,
+    profile: str | None = None,
+    resolution: float | None = None,
+    probabilities: bool = False,
+    quicklook: bool = True,
+    catalog: bool = True,
+    backend: str = "onnxruntime",
+    stream: StreamConfig | None = None,
+    reader: ReaderConfig | None = None,
+    cog: CogConfig | None = None,
+    runners: Sequence[Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> MaskResult:
+    """Mask one scene into ``out`` exactly as ``cloudmask run`` does; returns the :class:`MaskResult`.
+
+    Writes ``<id>_cloudmask.tif`` (COG; ``<id>_probabilities.tif`` with ``probabilities``), a quicklook
+    PNG (``quicklook``), the output STAC item ``items/<id>.json`` and, with ``catalog``, refreshes
+    ``catalog.json``/``collection.json`` in ``out``. ``result.extra`` holds the paths of the quicklook,
+    item and catalogue. ``runners`` reuses loaded models across calls.
+    """
+    from .outputs import mask_item, update_output_catalog, write_item
+    from .pipeline import mask_scene_spec
+    from .stream import StreamConfig
+
+    spec = scene_of(item, profile)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = stream or StreamConfig()
+    if probabilities and not cfg.probabilities:
+        cfg = StreamConfig(cfg.margin, cfg.blend, cfg.queue_batches, True)
+    card = choose_model(model, spec)
+    result = mask_scene_spec(
+        spec, out_dir, card, runners=runners, backend=backend, stream=cfg, reader=reader, cog=cog,
+        resolution=resolution, progress=progress,
+    )
+    if quicklook:
+        from .quicklook import quicklook_for_result
+
+        result.extra["quicklook"] = quicklook_for_result(spec, result)
+    result.extra["item"] = write_item(out_dir, mask_item(spec, result, card))
+    if catalog:
+        result.extra["catalog"] = update_output_catalog(out_dir)
+    return result
+
+
+def open_mask(mask: MaskResult | str | Path, *, chunks: Mapping[str, int] | bool | None = None) -> xr.DataArray:
+    """A mask COG (or a :class:`MaskResult`'s) as a ``(y, x)`` uint8 DataArray with CRS and transform.
+
+    Loaded eagerly unless ``chunks`` is given (then dask-backed). Attributes as :func:`cloudmask.predict`.
+    """
+    import rioxarray
+
+    from .xr import FLAG_MEANINGS, FLAG_VALUES
+
+    path = mask.mask if isinstance(mask, MaskResult) else Path(mask)
+    arr = rioxarray.open_rasterio(path, chunks=chunks, mask_and_scale=False)
+    assert not isinstance(arr, list)
+    da = arr.squeeze("band", drop=True)
+    if chunks is None:
+        da = da.load()
+    da.name = "mask"
+    model = da.attrs.get("CLOUDMASK_MODEL", "")
+    da.attrs = {
+        "long_name": "cloud and cloud-shadow mask",
+        "flag_values": FLAG_VALUES,
+        "flag_meanings": FLAG_MEANINGS,
+        "model": model,
+        "nodata": 255,
+    }
+    return da  # type: ignore[no-any-return]
+
+
+__all__ = ["MaskResult", "mask_scene", "open_mask", "open_scene", "scene_of", "search"]

@@ -1,0 +1,108 @@
+"""``cloudmask metis ...``: export, check, calibration and INT8 preview on the command line.
+
+Register with ``main.add_command(metis)``; each command maps :class:`CloudmaskError` to its exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import CloudmaskError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CloudmaskError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group("metis")
+def metis() -> None:
+    """Prepare models for the Axelera Metis accelerator (batch 1)."""
+
+
+@metis.command("export")
+@click.option("--model", "model", required=True, help="built-in model name or model card / ONNX path")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--cores", type=click.Choice(["single", "batch4"]), default="single", show_default=True,
+              help="single: 4 one-core instances; batch4: one instance over 4 cores (runtime batch 4)")
+@_errors
+def export_cmd(model: str, out: Path, cores: str) -> None:
+    """Write a static batch-1 float32 ONNX, its card, compiler config and compile.py to OUT."""
+    from .check import check
+    from .export import export
+
+    result = export(model, out, cores)
+    click.echo(f"exported {result.card.name} -> {result.onnx_path} (input {list(result.input_shape)})")
+    click.echo(f"card {result.card_path}; compiler config {result.config_path}; script {result.compile_script}")
+    report = check(result.onnx_path)
+    click.echo(report.format())
+    if not report.compilable:
+        sys.exit(1)
+
+
+@metis.command("check")
+@click.argument("onnx_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@_errors
+def check_cmd(onnx_path: Path, as_json: bool) -> None:
+    """Check every node against the Metis rules; exit 1 when the graph would not compile.
+
+    Not compilable: a non-accelerated node in the middle of the graph, or a model-level rule
+    (opset, batch 1, static input) fails. Host ops at the head or tail are reported but pass.
+    """
+    from .check import check
+
+    report = check(onnx_path)
+    click.echo(json.dumps(report.to_dict(), indent=1) if as_json else report.format())
+    if not report.compilable:
+        sys.exit(1)
+
+
+@metis.command("calibration")
+@click.option("--model", "model", required=True)
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--samples", type=int, default=200, show_default=True)
+@_errors
+def calibration_cmd(model: str, out: Path, samples: int) -> None:
+    """Build a stratified calibration set from STAC scenes (not wired to the reader yet)."""
+    from .calibration import calibration_set_from_stac
+
+    calibration_set_from_stac(model=model, out_dir=out, samples=samples)
+
+
+@metis.command("int8-preview")
+@click.option("--model", "model", required=True, help="built-in name or model card (exported or not)")
+@click.option("--calibration", "calibration", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--held-out", "held_out", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="patch set with optional labels (default: the calibration set, not independent)")
+@click.option("--per-channel", is_flag=True, help="per-channel weight scales (default per-tensor)")
+@click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+              show_default=True)
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
+              help="where the int8 model and card go (default CALIBRATION/int8)")
+@_errors
+def int8_cmd(model: str, calibration: Path, held_out: Path | None, per_channel: bool, method: str,
+             out: Path | None) -> None:
+    """Quantize to INT8 on the CPU (ONNX Runtime) and compare with fp32."""
+    from .int8 import int8_preview
+
+    report = int8_preview(model, calibration, held_out=held_out, per_channel=per_channel, out_dir=out,
+                          calibrate_method=method)
+    click.echo(report.format())
