@@ -115,9 +115,8 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
         "created": now,
         "updated": now,
     }
-    if code is None:
-        wkt = str(geobox.crs.to_wkt())
-        props["proj:wkt2"] = wkt
+    if code is None and geobox.crs is not None:
+        props["proj:wkt2"] = str(geobox.crs.to_wkt())
     if spec.collection:
         props["cloudmask:source_collection"] = spec.collection
     for key in COPIED_PROPERTIES:
@@ -214,8 +213,9 @@ def update_output_catalog(out_dir: Path, title: str = "cloudmask masks") -> Path
     if items:
         extent = pystac.Extent.from_items(items)
     else:
+        open_interval: list[list[datetime | None]] = [[None, None]]
         extent = pystac.Extent(pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]),
-                               pystac.TemporalExtent([[None, None]]))
+                               pystac.TemporalExtent(open_interval))
     coll = pystac.Collection(
         id=COLLECTION_ID,
         description="Cloud and cloud-shadow masks made by cloudmask (0 clear, 1 cloud, 2 shadow, 255 nodata).",

@@ -1,13 +1,21 @@
-"""Pictures: true-colour quicklooks with the mask overlaid, and side-by-side mask comparisons.
+"""Pictures and numbers: true-colour quicklooks with the mask overlaid, class fractions, comparisons.
 
-matplotlib with the Agg backend (no display needed). Reflectance is shown with a fixed stretch
-(0–0.3 reflectance -> 0–255, gamma 1/1.6) so scenes compare with each other.
+Reflectance is shown with a fixed stretch (0–0.3 reflectance -> 0–1, gamma 1/1.6) so scenes compare
+with each other. Masks are drawn as translucent class colours with outlines (cloud yellow, shadow
+magenta, nodata dark grey) and a legend giving each class's share.
+
+Functions that write files build their figure without pyplot (no backend switch, thread-safe: the CLI
+and job runner call them from worker threads); functions that return a figure for a notebook use
+pyplot so Jupyter displays it inline. Inputs may be numpy arrays or xarray objects: ``rgb`` is
+``(3, H, W)`` reflectance, a Dataset with ``red``/``green``/``blue`` variables, or a DataArray with a
+``band`` dimension holding them; ``mask`` is an ``(H, W)`` uint8 array or DataArray.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,101 +31,344 @@ log = logging.getLogger(__name__)
 
 #: RGBA overlay colours (0–1) per mask value.
 OVERLAY: dict[int, tuple[float, float, float, float]] = {
-    1: (1.0, 0.85, 0.0, 0.55),  # cloud: yellow
-    2: (0.85, 0.0, 0.85, 0.55),  # shadow: magenta
-    NODATA: (0.0, 0.0, 0.0, 1.0),
+    1: (1.0, 0.88, 0.0, 0.5),  # cloud: yellow
+    2: (0.9, 0.0, 0.9, 0.5),  # shadow: magenta
+    NODATA: (0.15, 0.15, 0.15, 1.0),  # nodata: dark grey
+}
+#: Solid colours of the classes in bar plots and difference maps.
+CLASS_COLOURS: dict[str, tuple[float, float, float]] = {
+    "clear": (0.25, 0.65, 0.3),
+    "cloud": (1.0, 0.8, 0.0),
+    "shadow": (0.75, 0.0, 0.75),
+    "nodata": (0.15, 0.15, 0.15),
 }
 LABELS = {0: "clear", 1: "cloud", 2: "shadow", NODATA: "nodata"}
+#: Fixed display stretch: reflectance at which the display saturates, and gamma.
+MAX_REFLECTANCE = 0.3
+GAMMA = 1.6
 
 
-def true_colour(rgb: np.ndarray, max_reflectance: float = 0.3, gamma: float = 1.6) -> np.ndarray:
+# ------------------------------------------------------------------------------------------- inputs
+
+
+def as_mask(mask: Any) -> np.ndarray:
+    """An ``(H, W)`` uint8 numpy mask from a numpy array or a DataArray (a ``mask`` Dataset works too)."""
+    if hasattr(mask, "data_vars") and "mask" in mask.data_vars:
+        mask = mask["mask"]
+    arr = np.asarray(getattr(mask, "values", mask))
+    if arr.ndim != 2:
+        raise ValueError(f"a mask is 2-D (rows, cols), got shape {arr.shape}")
+    return arr.astype(np.uint8, copy=False)
+
+
+def as_rgb(rgb: Any) -> np.ndarray:
+    """``(3, H, W)`` float reflectance (red, green, blue) from an array, a Dataset or a ``band`` DataArray."""
+    if hasattr(rgb, "data_vars"):  # Dataset of band variables
+        missing = [b for b in ("red", "green", "blue") if b not in rgb.data_vars]
+        if missing:
+            raise ValueError(f"the Dataset lacks band variable(s) {missing} for a true-colour picture")
+        return np.stack([np.asarray(rgb[b].values, np.float32) for b in ("red", "green", "blue")])
+    if hasattr(rgb, "dims") and "band" in rgb.dims:
+        sel = rgb.sel(band=["red", "green", "blue"]) if rgb["band"].dtype.kind in "UO" else rgb
+        sel = sel.transpose("band", ...)
+        return np.asarray(sel.values, np.float32)
+    arr = np.asarray(getattr(rgb, "values", rgb), np.float32)
+    if arr.ndim != 3 or arr.shape[0] != 3:
+        raise ValueError(f"rgb must be (3, H, W) reflectance (red, green, blue), got shape {arr.shape}")
+    return arr
+
+
+def true_colour(rgb: Any, max_reflectance: float = MAX_REFLECTANCE, gamma: float = GAMMA) -> np.ndarray:
     """``(3, H, W)`` reflectance (NaN = nodata) -> ``(H, W, 3)`` float 0–1 for display."""
-    x = np.nan_to_num(np.clip(rgb / max_reflectance, 0.0, 1.0), nan=0.0) ** (1.0 / gamma)
+    x = np.nan_to_num(np.clip(as_rgb(rgb) / max_reflectance, 0.0, 1.0), nan=0.0) ** (1.0 / gamma)
     return np.moveaxis(x, 0, -1)
 
 
-def overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def overlay(rgb: np.ndarray, mask: Any) -> np.ndarray:
     """Blend the class colours of ``mask`` (H, W) over a display image ``rgb`` (H, W, 3)."""
-    out = rgb.copy()
+    m = as_mask(mask)
+    out = np.array(rgb, dtype=np.float64, copy=True)
     for value, (r, g, b, a) in OVERLAY.items():
-        sel = mask == value
+        sel = m == value
         out[sel] = (1 - a) * out[sel] + a * np.array([r, g, b])
     return out
 
 
-def _legend(ax: Any, mask: np.ndarray) -> None:
+# ------------------------------------------------------------------------------------------ numbers
+
+
+def class_fractions(mask: Any, where: Any = None) -> dict[str, float]:
+    """Class shares of ``mask``: ``clear``/``cloud``/``shadow`` in percent of the *valid* pixels and
+    ``nodata`` in percent of all pixels considered.
+
+    ``where`` (boolean ``(H, W)`` array or DataArray, e.g. an AOI rasterised on the mask's grid)
+    restricts the count to those pixels. Without valid pixels the class shares are 0.
+    """
+    m = as_mask(mask)
+    if where is not None:
+        sel = np.asarray(getattr(where, "values", where), dtype=bool)
+        if sel.shape != m.shape:
+            raise ValueError(f"where has shape {sel.shape} but the mask has {m.shape}")
+        m = m[sel]
+    counts = np.bincount(m.ravel(), minlength=256)
+    total = int(counts.sum())
+    valid = int(counts[: len(CLASSES)].sum())
+    out = {name: (100.0 * counts[v] / valid if valid else 0.0) for v, name in CLASSES.items()}
+    out["nodata"] = 100.0 * counts[NODATA] / total if total else 0.0
+    return {k: float(v) for k, v in out.items()}
+
+
+def fractions_table(masks: Mapping[str, Any], where: Any = None, digits: int = 2) -> list[dict[str, Any]]:
+    """One row per named mask: ``{"name", "clear", "cloud", "shadow", "nodata"}`` (percent, rounded)."""
+    rows = []
+    for name, mask in masks.items():
+        fr = class_fractions(mask, where)
+        rows.append({"name": str(name), **{k: round(v, digits) for k, v in fr.items()}})
+    return rows
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """Rows of dicts as an aligned plain-text table (no pandas needed)."""
+    if not rows:
+        return "(no rows)"
+    cols = list(columns) if columns is not None else list(rows[0])
+    text = [[str(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in text)) for i, c in enumerate(cols)]
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))
+    out = [line, "-" * len(line)]
+    out += ["  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(t, widths, strict=True)) for t in text]
+    return "\n".join(out)
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def mask_agreement(a: Any, b: Any) -> dict[str, Any]:
+    """How two masks agree on pixels valid in both: ``agreement`` (percent), ``valid_pixels`` and the
+    ``confusion`` matrix (rows: classes of ``a``, columns: classes of ``b``, pixel counts)."""
+    ma, mb = as_mask(a), as_mask(b)
+    if ma.shape != mb.shape:
+        raise ValueError(f"masks differ in shape: {ma.shape} vs {mb.shape}")
+    valid = (ma < len(CLASSES)) & (mb < len(CLASSES))
+    n = len(CLASSES)
+    conf = np.bincount(ma[valid].astype(np.int64) * n + mb[valid], minlength=n * n).reshape(n, n)
+    total = int(valid.sum())
+    agree = 100.0 * np.trace(conf) / total if total else float("nan")
+    return {"agreement": float(agree), "valid_pixels": total, "classes": list(CLASSES.values()),
+            "confusion": conf.tolist()}
+
+
+# ------------------------------------------------------------------------------------------ drawing
+
+
+def _figure(figsize: tuple[float, float], ncols: int = 1, interactive: bool = True) -> tuple[Any, Any]:
+    """A figure and its axes: through pyplot for notebooks, a bare Agg figure for files."""
+    if interactive:
+        import matplotlib.pyplot as plt
+
+        return plt.subplots(1, ncols, figsize=figsize, squeeze=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, ncols, squeeze=False)
+
+
+def _legend(ax: Any, mask: np.ndarray, loc: str = "lower right") -> None:
     from matplotlib.patches import Patch
 
-    counts = np.bincount(mask.ravel(), minlength=256)
-    valid = counts[: len(CLASSES)].sum()
+    fr = class_fractions(mask)
     handles = []
     for value in (1, 2, 0, NODATA):
-        share = 100.0 * counts[value] / (valid if value != NODATA else mask.size) if mask.size else 0.0
-        colour = OVERLAY.get(value, (0.6, 0.6, 0.6, 0.0))
-        face = colour[:3] if value in OVERLAY else (1, 1, 1)
-        handles.append(Patch(facecolor=face, edgecolor="k", label=f"{LABELS[value]} {share:.1f} %"))
-    ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.85)
+        name = LABELS[value]
+        colour = OVERLAY.get(value)
+        face = colour[:3] if colour is not None else (1.0, 1.0, 1.0)
+        share = fr[name]
+        label = f"{name} {share:.1f} %" + (" of scene" if value == NODATA else "")
+        handles.append(Patch(facecolor=face, edgecolor="k", label=label))
+    ax.legend(handles=handles, loc=loc, fontsize=8, framealpha=0.85, title="% of valid pixels",
+              title_fontsize=7)
 
 
-def plot_mask(rgb: np.ndarray, mask: np.ndarray, title: str = "", ax: Any = None) -> Any:
-    """Draw true colour (``(3, H, W)`` reflectance) with the mask overlaid and a legend; returns the axes."""
-    import matplotlib.pyplot as plt
+def _outline(ax: Any, mask: np.ndarray) -> None:
+    """Thin outlines around clouds and shadows (so thin features stay visible)."""
+    if mask.shape[0] < 2 or mask.shape[1] < 2:
+        return
+    for value in (1, 2):
+        sel = (mask == value).astype(np.float32)
+        if 0 < sel.sum() < sel.size:
+            ax.contour(sel, levels=[0.5], colors=[OVERLAY[value][:3]], linewidths=0.6)
 
+
+def plot_mask(rgb: Any, mask: Any, title: str = "", ax: Any = None, legend: bool = True) -> Any:
+    """Draw true colour with the mask overlaid (outlines + legend) on ``ax`` (new figure if None); returns ax."""
+    m = as_mask(mask)
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 7))
-    ax.imshow(overlay(true_colour(rgb), mask), interpolation="nearest")
+        _, axes = _figure((7, 7))
+        ax = axes[0, 0]
+    ax.imshow(overlay(true_colour(rgb), m), interpolation="nearest")
+    _outline(ax, m)
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
-    _legend(ax, mask)
+    if legend:
+        _legend(ax, m)
     return ax
 
 
-def compare_masks(a: np.ndarray, b: np.ndarray, rgb: np.ndarray | None = None,
-                  titles: tuple[str, str] = ("A", "B"), path: Path | None = None) -> Any:
-    """Side by side: mask ``a``, mask ``b`` and where they differ (with agreement in the title)."""
-    import matplotlib
+def plot_true_colour(rgb: Any, title: str = "", ax: Any = None) -> Any:
+    """Draw true colour only (fixed stretch) on ``ax``; returns ax."""
+    if ax is None:
+        _, axes = _figure((7, 7))
+        ax = axes[0, 0]
+    ax.imshow(true_colour(rgb), interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_axis_off()
+    return ax
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
-    base = true_colour(rgb) if rgb is not None else np.full(a.shape + (3,), 0.5)
-    for ax, m, t in zip(axes[:2], (a, b), titles, strict=True):
-        ax.imshow(overlay(base, m), interpolation="nearest")
-        ax.set_title(t, fontsize=9)
-        ax.set_axis_off()
-        _legend(ax, m)
-    valid = (a != NODATA) & (b != NODATA)
-    diff = (a != b) & valid
-    agree = 100.0 * (1 - diff.sum() / max(1, valid.sum()))
-    axes[2].imshow(diff, cmap="Reds", interpolation="nearest", vmin=0, vmax=1)
-    axes[2].set_title(f"differences (agreement {agree:.2f} %)", fontsize=9)
-    axes[2].set_axis_off()
+def plot_scene(rgb: Any, mask: Any, title: str = "", path: Path | None = None) -> Any:
+    """Two panels: true colour, and true colour with the mask; written to ``path`` when given. Returns fig."""
+    m = as_mask(mask)
+    h, w = m.shape
+    panel = 6.0
+    fig, axes = _figure((2 * panel, panel * h / w + 0.6), ncols=2, interactive=path is None)
+    plot_true_colour(rgb, "true colour", axes[0, 0])
+    plot_mask(rgb, m, "mask", axes[0, 1])
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        _save(fig, Path(path))
     return fig
 
 
-def save_quicklook(rgb: np.ndarray, mask: np.ndarray, path: Path, title: str = "") -> Path:
-    """Write a PNG of true colour with the mask overlaid and a legend (atomic)."""
-    import matplotlib
+def plot_fractions(fractions: Any, ax: Any = None, title: str = "class fractions") -> Any:
+    """Horizontal stacked bars of class shares (percent of valid pixels), one bar per mask.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    ``fractions`` is one :func:`class_fractions` dict, a mapping name -> such dict, or
+    :func:`fractions_table` rows. The nodata share is written beside each bar. Returns the axes.
+    """
+    rows = _fraction_rows(fractions)
+    if ax is None:
+        _, axes = _figure((7, 1.3 + 0.45 * len(rows)))
+        ax = axes[0, 0]
+    names = [r["name"] for r in rows]
+    y = np.arange(len(rows))
+    left = np.zeros(len(rows))
+    for cls in CLASSES.values():
+        vals = np.array([float(r[cls]) for r in rows])
+        ax.barh(y, vals, left=left, color=CLASS_COLOURS[cls], edgecolor="k", linewidth=0.4, label=cls)
+        for yi, (lo, v) in enumerate(zip(left, vals, strict=True)):
+            if v >= 6:
+                ax.text(lo + v / 2, yi, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if cls == "shadow" else "black")
+        left += vals
+    for yi, r in enumerate(rows):
+        if float(r.get("nodata", 0.0)) > 0:
+            ax.text(101, yi, f"nodata {float(r['nodata']):.0f} %", va="center", fontsize=7)
+    ax.set_yticks(y, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of valid pixels")
+    ax.set_title(title, fontsize=9, loc="right")
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=8, frameon=False)
+    return ax
 
-    h, w = mask.shape
-    scale = 8.0 / max(h, w)
-    fig, ax = plt.subplots(figsize=(max(3.0, w * scale), max(3.0, h * scale)))
-    plot_mask(rgb, mask, title, ax)
+
+def _fraction_rows(fractions: Any) -> list[dict[str, Any]]:
+    if isinstance(fractions, Mapping) and all(k in fractions for k in CLASSES.values()):
+        return [{"name": "", **fractions}]
+    if isinstance(fractions, Mapping):
+        return [{"name": str(k), **v} for k, v in fractions.items()]
+    return [dict(r) for r in fractions]
+
+
+def compare_masks(a: Any, b: Any, rgb: Any = None, titles: tuple[str, str] = ("A", "B"),
+                  path: Path | None = None) -> Any:
+    """Side by side: mask ``a``, mask ``b`` and where they differ (agreement in the title). Returns fig.
+
+    In the difference panel each disagreeing pixel is coloured by the class ``b`` gives it (cloud
+    yellow, shadow magenta, clear green); agreeing pixels are dimmed true colour (or grey).
+    """
+    from matplotlib.patches import Patch
+
+    ma, mb = as_mask(a), as_mask(b)
+    h, w = ma.shape
+    panel = 5.0
+    fig, axes = _figure((3 * panel, panel * h / w + 0.6), ncols=3, interactive=path is None)
+    base = true_colour(rgb) if rgb is not None else np.full((h, w, 3), 0.5)
+    for ax, m, t in zip(axes[0, :2], (ma, mb), titles, strict=True):
+        ax.imshow(overlay(base, m), interpolation="nearest")
+        _outline(ax, m)
+        ax.set_title(t, fontsize=9)
+        ax.set_axis_off()
+        _legend(ax, m)
+    stats = mask_agreement(ma, mb)
+    valid = (ma != NODATA) & (mb != NODATA)
+    diff = (ma != mb) & valid
+    img = 0.35 + 0.4 * base.mean(axis=2, keepdims=True).repeat(3, axis=2)
+    img[~valid] = CLASS_COLOURS["nodata"]
+    for value, name in CLASSES.items():
+        img[diff & (mb == value)] = CLASS_COLOURS[name]
+    axes[0, 2].imshow(img, interpolation="nearest")
+    axes[0, 2].set_title(f"differences: {100 - stats['agreement']:.2f} % of valid pixels "
+                         f"(agreement {stats['agreement']:.2f} %)", fontsize=9)
+    axes[0, 2].set_axis_off()
+    handles = [Patch(facecolor=CLASS_COLOURS[n], edgecolor="k", label=f"{titles[1]} says {n}")
+               for n in CLASSES.values()]
+    axes[0, 2].legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.85)
     fig.tight_layout()
-    path = Path(path)
+    if path is not None:
+        _save(fig, Path(path))
+    return fig
+
+
+def _save(fig: Any, path: Path, dpi: int = 100) -> Path:
+    """Write ``fig`` as PNG atomically (temp file + rename) and release it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    fig.savefig(tmp, dpi=dpi)
+    if fig.canvas.manager is not None:  # a pyplot figure: close it so it does not pile up
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def save_quicklook(rgb: Any, mask: Any, path: Path, title: str = "") -> Path:
+    """Write a PNG of true colour beside true colour with the mask overlaid, with a legend (atomic)."""
+    m = as_mask(mask)
+    h, w = m.shape
+    panel = min(8.0, max(3.5, 8.0 * max(h, w) / 1024))
+    fig, axes = _figure((2 * panel, panel * h / w + 0.5), ncols=2, interactive=False)
+    plot_true_colour(rgb, "true colour", axes[0, 0])
+    plot_mask(rgb, m, "cloud / shadow mask", axes[0, 1])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, Path(path), dpi=110)
+
+
+def read_rgb(spec: SceneSpec, resolution: float, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """``(3, H, W)`` red/green/blue reflectance of ``spec`` on its grid at ``resolution`` metres."""
+    from .reader import RasterSource
+
+    geobox = spec.geobox(resolution)
+    src = RasterSource(spec, ("red", "green", "blue"), geobox)
+    try:
+        rgb = src.read_rows(0, geobox.height)
+    finally:
+        src.close()
+    if shape is not None:
+        rgb = rgb[:, : shape[0], : shape[1]]
+    return rgb
 
 
 def quicklook_for_result(spec: SceneSpec, result: MaskResult, max_pixels: int = 1024) -> Path:
@@ -126,18 +377,34 @@ def quicklook_for_result(spec: SceneSpec, result: MaskResult, max_pixels: int = 
     from rasterio.enums import Resampling
 
     from .pipeline import mask_paths
-    from .reader import RasterSource
 
     with rasterio.open(result.mask) as ds:
         factor = max(1, math.ceil(max(ds.height, ds.width) / max_pixels))
         h, w = math.ceil(ds.height / factor), math.ceil(ds.width / factor)
         mask = ds.read(1, out_shape=(h, w), resampling=Resampling.nearest)
         res = abs(ds.transform.a) * factor
-    geobox = spec.geobox(res)
-    src = RasterSource(spec, ("red", "green", "blue"), geobox)
-    try:
-        rgb = src.read_rows(0, geobox.height)[:, :h, :w]
-    finally:
-        src.close()
+    rgb = read_rgb(spec, res, (h, w))
     path = mask_paths(result.mask.parent, spec.id)["quicklook"]
     return save_quicklook(rgb, mask[: rgb.shape[1], : rgb.shape[2]], path, f"{spec.id} — {result.model}")
+
+
+__all__ = [
+    "CLASS_COLOURS",
+    "OVERLAY",
+    "as_mask",
+    "as_rgb",
+    "class_fractions",
+    "compare_masks",
+    "format_table",
+    "fractions_table",
+    "mask_agreement",
+    "overlay",
+    "plot_fractions",
+    "plot_mask",
+    "plot_scene",
+    "plot_true_colour",
+    "quicklook_for_result",
+    "read_rgb",
+    "save_quicklook",
+    "true_colour",
+]

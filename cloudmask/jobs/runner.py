@@ -9,6 +9,7 @@ only the driver (:func:`run_job`) writes items, the journal, the catalogue and t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -27,7 +28,7 @@ from typing import Any
 import pystac
 
 from .. import __version__
-from ..errors import CatalogUnreachableError, CloudmaskError, ReadError, WriteError
+from ..errors import CatalogUnreachableError, CloudmaskError, JobError, ReadError, WriteError
 from ..models import ModelCard
 from ..pipeline import safe_name
 from ..runtime import Runner, make_runners
@@ -128,10 +129,8 @@ def clear_runner_cache() -> None:
     with _CACHE_LOCK:
         for runs in _RUNNERS.values():
             for r in runs:
-                try:
+                with contextlib.suppress(Exception):
                     r.close()
-                except Exception:  # noqa: BLE001 - closing is best effort
-                    pass
         _RUNNERS.clear()
         _RUNNER_LOCKS.clear()
 
@@ -276,8 +275,25 @@ class JobReport:
     failed: list[SceneOutcome] = field(default_factory=list)
     removed_temporaries: int = 0
     pushed: int = 0
+    push_failed: dict[str, str] = field(default_factory=dict)
+    push_to: str | None = None
+    journal: Path | None = None
     seconds: float = 0.0
     summary_paths: tuple[Path, ...] = ()
+
+    def raise_for_failures(self) -> None:
+        """Raise :class:`SceneFailuresError` if scenes failed, :class:`JobError` if only the push failed."""
+        if self.failed:
+            names = ", ".join(o.scene for o in self.failed[:5]) + (" ..." if len(self.failed) > 5 else "")
+            raise SceneFailuresError(
+                f"{len(self.failed)} of {self.found} scene(s) failed ({names}); the others are done. "
+                f"Errors are in {self.journal} and {self.out_dir / 'summary.csv'}; the next run retries them"
+            )
+        if self.push_failed:
+            raise JobError(
+                f"all scenes are done but {len(self.push_failed)} item(s) could not be pushed to {self.push_to} "
+                f"({next(iter(self.push_failed.values()))}); the next run pushes them"
+            )
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -327,6 +343,7 @@ def run_job(
     workers: int | None = None,
     now: datetime | None = None,
     on_outcome: Callable[[SceneOutcome], None] | None = None,
+    raise_on_failure: bool = True,
 ) -> JobReport:
     """Run ``spec`` once: process the scenes not done yet; raise :class:`SceneFailuresError` if any failed.
 
@@ -338,8 +355,8 @@ def run_job(
     out = Path(spec.output)
     out.mkdir(parents=True, exist_ok=True)
     lock = JobLock(out, spec.name).acquire(wait=wait, timeout=wait_timeout)
-    report = JobReport(job=spec.name, out_dir=out)
     journal = Journal(out)
+    report = JobReport(job=spec.name, out_dir=out, push_to=spec.push_to, journal=journal.path)
     run_id = uuid.uuid4().hex[:12]
     try:
         report.removed_temporaries = len(clean_temporaries(out))
@@ -394,7 +411,8 @@ def run_job(
         if spec.push_to:
             from .push import push_pending
 
-            report.pushed = push_pending(spec, journal, run_id)
+            pushed = push_pending(spec, journal, run_id)
+            report.pushed, report.push_failed = pushed.pushed, pushed.failed
         report.seconds = time.perf_counter() - t0
         report.summary_paths = write_summary(out, report)
         journal.append("run-end", run=run_id, found=report.found, skipped=report.skipped,
@@ -405,12 +423,8 @@ def run_job(
         raise
     finally:
         lock.release()
-    if report.failed:
-        names = ", ".join(o.scene for o in report.failed[:5]) + (" ..." if len(report.failed) > 5 else "")
-        raise SceneFailuresError(
-            f"{len(report.failed)} of {report.found} scene(s) failed ({names}); the others are done. "
-            f"Errors are in {journal.path} and {out / 'summary.csv'}; the next run retries them"
-        )
+    if raise_on_failure:
+        report.raise_for_failures()
     return report
 
 
@@ -531,11 +545,7 @@ def job_status(spec: JobSpec, *, search: bool = True, now: datetime | None = Non
     journal = Journal(out)
     last = journal.last_by_scene(("started", "done", "failed"))
     on_disk = {r["scene"] for r in catalogue_rows(out)} if out.exists() else set()
-    ids: Iterable[str]
-    if search:
-        ids = [it.id for it in search_items(spec, now)]
-    else:
-        ids = sorted(on_disk | set(last))
+    ids: Iterable[str] = [it.id for it in search_items(spec, now)] if search else sorted(on_disk | set(last))
     for sid in ids:
         if check_done(out, sid).done:
             st.done.append(sid)

@@ -25,11 +25,12 @@ Every mistake raises :class:`~cloudmask.errors.ConfigError` naming the field and
 
 from __future__ import annotations
 
+import datetime as _dt
 import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ class JobSpec:
     emulated_latency: float = 0.0
     source: Path | None = None
 
-    def search_datetime(self, now: datetime | None = None) -> str | None:
+    def search_datetime(self, now: _dt.datetime | None = None) -> str | None:
         """The time window as an absolute RFC 3339 interval, relative windows resolved against ``now``."""
         return resolve_datetime(self.datetime, now)
 
@@ -111,14 +112,14 @@ def parse_duration(text: str) -> timedelta | None:
     return None
 
 
-def resolve_datetime(value: str | None, now: datetime | None = None) -> str | None:
+def resolve_datetime(value: str | None, now: _dt.datetime | None = None) -> str | None:
     """A spec's ``datetime`` as the interval handed to the search; relative windows end at ``now``."""
     if value is None:
         return None
     duration = parse_duration(value)
     if duration is None:
         return value
-    end = (now or datetime.now(UTC)).astimezone(UTC)
+    end = (now or _dt.datetime.now(UTC)).astimezone(UTC)
     start = end - duration
     return f"{start:%Y-%m-%dT%H:%M:%SZ}/{end:%Y-%m-%dT%H:%M:%SZ}"
 
@@ -230,16 +231,16 @@ def spec_from_dict(raw: Mapping[str, Any], base: Path | None = None, source: Pat
 
         try:
             parse_aoi(kw["aoi"])
-        except ConfigError as e:
-            raise err("aoi", f"is not usable: {e}") from e
+        except ConfigError as exc:
+            raise err("aoi", f"is not usable: {exc}") from exc
     if raw.get("bbox") is not None:
         bbox = raw["bbox"]
         if isinstance(bbox, str):
             bbox = [s for s in bbox.replace(" ", "").split(",") if s]
         try:
             w, s, e, n = (float(v) for v in bbox)
-        except (TypeError, ValueError) as e:
-            raise err("bbox", f"must be [west, south, east, north] in degrees, got {raw['bbox']!r}") from e
+        except (TypeError, ValueError) as exc:
+            raise err("bbox", f"must be [west, south, east, north] in degrees, got {raw['bbox']!r}") from exc
         if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
             raise err("bbox", f"{[w, s, e, n]} must have west < east within ±180 and south < north within ±90")
         kw["bbox"] = (w, s, e, n)
@@ -254,8 +255,8 @@ def spec_from_dict(raw: Mapping[str, Any], base: Path | None = None, source: Pat
 
             try:
                 parse_datetime(dt)
-            except ConfigError as e:
-                raise err("datetime", f"{e}; relative windows look like 'last 10 days' or 'P10D'") from e
+            except ConfigError as exc:
+                raise err("datetime", f"{exc}; relative windows look like 'last 10 days' or 'P10D'") from exc
         kw["datetime"] = dt.strip()
 
     # cloud cover
@@ -298,8 +299,8 @@ def spec_from_dict(raw: Mapping[str, Any], base: Path | None = None, source: Pat
 
         try:
             get_profile(kw["profile"])
-        except Exception as e:  # noqa: BLE001 - re-raised naming the field
-            raise err("profile", f"is unknown: {e}") from e
+        except Exception as exc:  # noqa: BLE001 - re-raised naming the field
+            raise err("profile", f"is unknown: {exc}") from exc
     kw["concurrency"] = number("concurrency", 1, 256, integer=True)
     kw["margin"] = number("margin", 0, 120, integer=True)
     kw["emulated_latency"] = number("emulated_latency", 0, 60)

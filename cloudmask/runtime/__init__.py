@@ -45,5 +45,5 @@ def make_runners(
             from .metis import make_metis_runners
         except ImportError as err:  # pragma: no cover - depends on the SDK
             raise RuntimeBackendError(str(err)) from err
-        return make_metis_runners(card, instances=instances)
+        return make_metis_runners(card, instances=instances if instances > 1 else None)
     raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")

@@ -1,0 +1,123 @@
+"""``cloudmask job run SPEC`` and ``cloudmask job status SPEC``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import CloudmaskError
+
+_COLUMNS = ("scene", "status", "cloud", "shadow", "clear", "nodata", "seconds", "attempts", "error")
+
+
+class _JobGroup(click.Group):
+    """Turns :class:`CloudmaskError` into ``error: ...`` and its exit code (also when used standalone)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CloudmaskError as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(err.exit_code)
+
+
+def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
+    cols = [c for c in columns if any(r.get(c) not in (None, "") for r in rows)]
+    cells = [["" if r.get(c) is None else str(r.get(c))[:80] for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(row[k]) for row in cells]) for k, c in enumerate(cols)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(out)
+
+
+def _load(spec_path: Path, output: Path | None) -> Any:
+    from .spec import load_spec
+
+    spec = load_spec(spec_path)
+    return spec.with_output(output.resolve()) if output is not None else spec
+
+
+@click.group(cls=_JobGroup)
+def job() -> None:
+    """Catalogue jobs: incremental, resumable batch runs driven by a job spec (TOML or YAML).
+
+    Exit codes: 0 all done, 8 some scenes failed (the rest are done), 75 another run holds the
+    job's lock, 2 invalid spec, 4 catalogue unreachable.
+    """
+
+
+@job.command("run")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--wait", is_flag=True, help="Wait for another run of this job to finish instead of exiting (75).")
+@click.option("--wait-timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
+@click.option("--scheduler", default=None, help="Run scenes on this dask scheduler, e.g. tcp://host:8786.")
+@click.option("--workers", type=int, default=None, help="Start a local dask cluster of N worker processes.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Override the spec's output directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
+def run_cmd(spec_path: Path, wait: bool, wait_timeout: float | None, scheduler: str | None,
+            workers: int | None, output: Path | None, as_json: bool) -> None:
+    """Mask every scene of SPEC not done yet; write items, catalogue, journal and summary."""
+    from .runner import SceneOutcome, run_job
+
+    spec = _load(spec_path, output)
+    if scheduler is not None and workers is not None:
+        raise click.UsageError("give --scheduler or --workers, not both")
+
+    def echo(o: SceneOutcome) -> None:
+        if o.ok and o.row:
+            click.echo(f"done   {o.scene}  cloud {o.row.get('cloud')} %  shadow {o.row.get('shadow')} %  "
+                       f"{o.seconds:.1f} s", err=True)
+        else:
+            click.echo(f"FAILED {o.scene}: {o.error}", err=True)
+
+    report = run_job(spec, wait=wait, wait_timeout=wait_timeout, scheduler=scheduler, workers=workers,
+                     on_outcome=None if as_json else echo, raise_on_failure=False)
+    if as_json:
+        click.echo(json.dumps({"job": report.job, "found": report.found, "skipped": report.skipped,
+                               "processed": len(report.processed), "failed": len(report.failed),
+                               "pushed": report.pushed, "seconds": round(report.seconds, 2),
+                               "scenes": report.rows}, default=str))
+    else:
+        if report.rows:
+            click.echo(_table(report.rows, _COLUMNS))
+        click.echo(report.line() + (f"; pushed {report.pushed}" if report.push_to else ""), err=True)
+        click.echo(f"summary: {report.out_dir / 'summary.csv'}", err=True)
+    report.raise_for_failures()
+
+
+@job.command("status")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--offline", is_flag=True, help="Do not search the catalogue: only what the output directory knows.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Override the spec's output directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("-l", "--list", "show_list", is_flag=True, help="List pending and failed scenes.")
+def status_cmd(spec_path: Path, offline: bool, output: Path | None, as_json: bool, show_list: bool) -> None:
+    """Done, pending and failed scenes of SPEC (pending needs a catalogue search)."""
+    from .runner import job_status
+
+    spec = _load(spec_path, output)
+    st = job_status(spec, search=not offline)
+    if as_json:
+        click.echo(json.dumps(st.as_dict(), default=str))
+        return
+    pending = "?" if offline else str(len(st.pending))
+    click.echo(f"job {st.job} ({st.out_dir}): {len(st.done)} done, {pending} pending, {len(st.failed)} failed"
+               + (f", {st.done_elsewhere} more masks outside the current search" if st.done_elsewhere else ""))
+    if st.running:
+        click.echo(f"running now: pid {st.running.get('pid')} on {st.running.get('host')} "
+                   f"since {st.running.get('since')}")
+    if show_list:
+        for sid in st.pending:
+            click.echo(f"pending  {sid}")
+    for sid, err in st.failed.items():
+        click.echo(f"failed   {sid}: {err}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    job(prog_name="cloudmask job", args=sys.argv[1:])
