@@ -14,7 +14,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "predict": ".predict",
+    "predict": ".inference",
     "load_model": ".models",
     "list_models": ".models",
     "ModelCard": ".models",
@@ -30,5 +30,7 @@ __all__ = ["__version__", *_EXPORTS]
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name], __name__), name)
+        value = getattr(import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value  # cache: later lookups skip __getattr__
+        return value
     raise AttributeError(f"module 'cloudmask' has no attribute {name!r}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC
 from pathlib import Path
@@ -26,7 +26,7 @@ import numpy as np
 
 from .models import ModelCard
 from .pipeline import MaskResult, choose_model
-from .reader import ReaderConfig, RasterSource
+from .reader import RasterSource, ReaderConfig
 from .scene import SceneSpec
 
 if TYPE_CHECKING:
@@ -236,7 +236,7 @@ def mask_scene(
     return result
 
 
-def open_mask(mask: MaskResult | str | Path, *, chunks: Mapping[str, int] | bool | None = None) -> xr.DataArray:
+def open_mask(mask: MaskResult | str | Path, *, chunks: int | dict[str, int] | None = None) -> xr.DataArray:
     """A mask COG (or a :class:`MaskResult`'s) as a ``(y, x)`` uint8 DataArray with CRS and transform.
 
     Loaded eagerly unless ``chunks`` is given (then dask-backed). Attributes as :func:`cloudmask.predict`.
@@ -246,8 +246,11 @@ def open_mask(mask: MaskResult | str | Path, *, chunks: Mapping[str, int] | bool
     from .xr import FLAG_MEANINGS, FLAG_VALUES
 
     path = mask.mask if isinstance(mask, MaskResult) else Path(mask)
+    import xarray as xr
+
     arr = rioxarray.open_rasterio(path, chunks=chunks, mask_and_scale=False)
-    assert not isinstance(arr, list)
+    if not isinstance(arr, xr.DataArray):
+        raise ValueError(f"{path} is not a single-band mask raster")
     da = arr.squeeze("band", drop=True)
     if chunks is None:
         da = da.load()
@@ -260,7 +263,7 @@ def open_mask(mask: MaskResult | str | Path, *, chunks: Mapping[str, int] | bool
         "model": model,
         "nodata": 255,
     }
-    return da  # type: ignore[no-any-return]
+    return da
 
 
 __all__ = ["MaskResult", "mask_scene", "open_mask", "open_scene", "scene_of", "search"]

@@ -71,7 +71,7 @@ def _source_href(spec: SceneSpec) -> str | None:
 def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None) -> pystac.Item:
     """A STAC item describing ``result``'s mask COG.
 
-    Carries projection (``proj:code``, and ``proj:epsg`` for older readers), raster, file (checksum,
+    Carries projection v2 (``proj:code``; pystac drops the deprecated ``proj:epsg``), raster, file (checksum,
     size), classification (class table), eo (``eo:cloud_cover`` of valid pixels) and processing
     (software and versions, lineage, datetime) fields, the class percentages, and a ``derived_from``
     link to the source item. ``cloudmask:source_id`` keeps the source id (the item id is sanitised).
@@ -94,7 +94,6 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
         software[f"backend:{backend}"] = str(result.extra.get("backend_version") or "")
     props: dict[str, Any] = {
         "proj:code": code,
-        "proj:epsg": epsg,
         "proj:shape": [geobox.height, geobox.width],
         "proj:transform": list(geobox.transform)[:6],
         "proj:bbox": bounds,

@@ -89,6 +89,7 @@ class CogSink:
             tmp = _tmp_path(self.path, "blocks")
             self._tmp.append(tmp)
             self._mask = rasterio.open(tmp, "w", **self._profile(1, NODATA))
+            self._mask.write_colormap(1, MASK_COLORMAP)  # before any pixel: TIFF tags are fixed after
             if self.prob_path is not None:
                 ptmp = _tmp_path(self.prob_path, "blocks")
                 self._tmp.append(ptmp)
@@ -119,7 +120,6 @@ class CogSink:
         for ds, final, kind in outputs:
             if kind == "mask":
                 ds.update_tags(**self.tags)
-                ds.write_colormap(1, MASK_COLORMAP)
                 ds.set_band_description(1, "cloudmask classes: " + ", ".join(f"{k} {v}" for k, v in CLASSES.items()))
             else:
                 for b, name in CLASSES.items():

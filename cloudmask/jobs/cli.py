@@ -61,7 +61,10 @@ def job() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON on stdout.")
 def run_cmd(spec_path: Path, wait: bool, wait_timeout: float | None, scheduler: str | None,
             workers: int | None, output: Path | None, as_json: bool) -> None:
-    """Mask every scene of SPEC not done yet; write items, catalogue, journal and summary."""
+    """Mask every scene of SPEC not done yet; write items, catalogue, journal and summary.
+
+    Per-scene lines go to stderr on a terminal; unattended, use ``cloudmask -v --log-format json``.
+    """
     from .runner import SceneOutcome, run_job
 
     spec = _load(spec_path, output)
@@ -76,7 +79,7 @@ def run_cmd(spec_path: Path, wait: bool, wait_timeout: float | None, scheduler: 
             click.echo(f"FAILED {o.scene}: {o.error}", err=True)
 
     report = run_job(spec, wait=wait, wait_timeout=wait_timeout, scheduler=scheduler, workers=workers,
-                     on_outcome=None if as_json else echo, raise_on_failure=False)
+                     on_outcome=echo if sys.stderr.isatty() and not as_json else None, raise_on_failure=False)
     if as_json:
         click.echo(json.dumps({"job": report.job, "found": report.found, "skipped": report.skipped,
                                "processed": len(report.processed), "failed": len(report.failed),

@@ -2,8 +2,8 @@
 
 The collection is created (``POST /collections``) or updated (``PUT /collections/{id}``, so its
 extents follow the items); each item is created (``POST /collections/{id}/items``) or replaced on a
-409 (``PUT /collections/{id}/items/{item}``). What was pushed is journalled with the mask checksum,
-so items are pushed once, re-pushed when their mask changes, and a push interrupted by a crash or an
+409 (``PUT /collections/{id}/items/{item}``). What was pushed is journalled with the item's version
+(mask checksum and time made), so items are pushed once, re-pushed when re-made, and a push interrupted by a crash or an
 unreachable API is completed by the next run.
 """
 
@@ -116,8 +116,13 @@ def api_collection(out: Path) -> dict[str, Any]:
     return dict(doc)
 
 
+def item_version(item: pystac.Item) -> str:
+    """What identifies one version of an output item: its mask checksum and when it was made."""
+    return f"{item.assets['mask'].extra_fields.get('file:checksum')}@{item.properties.get('updated')}"
+
+
 def push_pending(spec: JobSpec, journal: Journal, run_id: str = "") -> PushResult:
-    """Push every output item not yet pushed with its current mask checksum; returns counts and errors."""
+    """Push every output item whose current version was not pushed yet; returns counts and errors."""
     from ..outputs import load_items
 
     assert spec.push_to is not None
@@ -126,9 +131,9 @@ def push_pending(spec: JobSpec, journal: Journal, run_id: str = "") -> PushResul
     todo: list[tuple[pystac.Item, str, Path]] = []
     for it in load_items(out):
         scene = str(it.properties.get("cloudmask:source_id", it.id))
-        checksum = str(it.assets["mask"].extra_fields.get("file:checksum"))
-        if done.get(scene) != checksum:
-            todo.append((it, checksum, out / "items" / f"{it.id}.json"))
+        version = item_version(it)
+        if done.get(scene) != version:
+            todo.append((it, version, out / "items" / f"{it.id}.json"))
     result = PushResult()
     if not todo:
         return result
@@ -141,7 +146,7 @@ def push_pending(spec: JobSpec, journal: Journal, run_id: str = "") -> PushResul
             result.failed[it.id] = str(err)
         journal.append("push-failed", run=run_id, error=str(err), items=len(todo))
         return result
-    for it, checksum, path in todo:
+    for it, version, path in todo:
         scene = str(it.properties.get("cloudmask:source_id", it.id))
         try:
             client.upsert_item(coll["id"], api_item(out, path, spec.public_url))
@@ -149,7 +154,7 @@ def push_pending(spec: JobSpec, journal: Journal, run_id: str = "") -> PushResul
             result.failed[scene] = str(err)
             journal.append("push-failed", run=run_id, scene=scene, error=str(err))
             continue
-        journal.append("pushed", run=run_id, scene=scene, item=it.id, checksum=checksum, url=spec.push_to)
+        journal.append("pushed", run=run_id, scene=scene, item=it.id, version=version, url=spec.push_to)
         result.pushed += 1
     log.info("pushed %d item(s) to %s (%d failed)", result.pushed, spec.push_to, len(result.failed))
     return result

@@ -415,6 +415,7 @@ def run_job(
             report.pushed, report.push_failed = pushed.pushed, pushed.failed
         report.seconds = time.perf_counter() - t0
         report.summary_paths = write_summary(out, report)
+        log.info("%s", report.line())
         journal.append("run-end", run=run_id, found=report.found, skipped=report.skipped,
                        processed=len(report.processed), failed=len(report.failed), pushed=report.pushed,
                        seconds=round(report.seconds, 2))

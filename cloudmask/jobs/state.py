@@ -175,9 +175,9 @@ class Journal:
         return out
 
     def pushed(self) -> dict[str, str]:
-        """Scene id -> mask checksum of every item pushed to a STAC API."""
+        """Scene id -> version (see :func:`cloudmask.jobs.push.item_version`) last pushed to a STAC API."""
         return {
-            str(ev["scene"]): str(ev.get("checksum"))
+            str(ev["scene"]): str(ev.get("version"))
             for ev in self.events()
             if ev.get("event") == "pushed" and "scene" in ev
         }

@@ -253,12 +253,77 @@ def calibration_set(
     return path
 
 
-def calibration_set_from_stac(*args: Any, **kwargs: Any) -> Path:
-    """Calibration set read from STAC scenes (reader + grid -> :func:`calibration_set`). Not wired yet."""
-    raise MetisNotWiredError(
-        "building a calibration set from STAC scenes is not wired to the reader yet: call "
-        "cloudmask.metis.calibration.calibration_set() with (scene_id, window, patch, nodata_fraction) tuples"
-    )
+def scene_patches(
+    spec: Any, card: ModelCard, *, stride: int | None = None, resolution: float | None = None
+) -> Iterator[CalibrationPatch]:
+    """Normalised patches of one scene read through the reader, on a ``stride`` grid (pixels).
+
+    The last row and column of windows touch the scene's far edges, so edge patches with nodata are
+    candidates too. Nodata pixels are set to 0 after normalisation (the band mean), as the engine does.
+    """
+    from ..reader import RasterSource
+
+    size = card.patch_size
+    step = stride or size // 2
+    geobox = spec.geobox(float(resolution or card.resolution))
+    h, w = geobox.shape
+    if h < size or w < size:
+        log.warning("scene %s (%dx%d px) is smaller than one patch; skipped", spec.id, h, w)
+        return
+
+    def starts(n: int) -> list[int]:
+        return sorted(set(range(0, n - size + 1, step)) | {n - size})
+
+    src = RasterSource(spec, card.bands, geobox)
+    try:
+        for r in starts(h):
+            strip = src.read_rows(r, r + size)
+            valid = ~np.isnan(strip).any(axis=0)
+            card.normalise(strip, out=strip)
+            strip[:, ~valid] = 0.0
+            for c in starts(w):
+                frac = 1.0 - float(valid[:, c:c + size].mean())
+                if frac >= 1.0:
+                    continue
+                yield CalibrationPatch(spec.id, (r, c, size, size), np.ascontiguousarray(strip[:, :, c:c + size]),
+                                       frac)
+    finally:
+        src.close()
+
+
+def calibration_set_from_stac(
+    stac: str,
+    out_dir: str | Path,
+    model: str | Path | ModelCard,
+    *,
+    samples: int = 200,
+    collection: str | None = None,
+    bbox: Any = None,
+    datetime: Any = None,
+    max_cloud: float | None = None,
+    limit: int | None = None,
+    stride: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """Calibration set from the scenes a STAC search returns (reader + grid -> :func:`calibration_set`).
+
+    Candidates are drawn from every scene found (``stride`` pixels apart, default half a patch) and
+    stratified by predicted class mix; returns the manifest path.
+    """
+    from ..catalog import search
+    from ..profiles import scene_spec
+
+    card = load_model(model)
+    items = search(stac, collection=collection, bbox=bbox, datetime=datetime, max_cloud=max_cloud, limit=limit)
+    if not items:
+        raise ConfigError(f"the search in {stac} found no scene to draw calibration patches from")
+    specs = [scene_spec(it) for it in items]
+
+    def candidates() -> Iterator[CalibrationPatch]:
+        for spec in specs:
+            yield from scene_patches(spec, card, stride=stride)
+
+    return calibration_set(candidates(), out_dir, card, samples=samples, seed=seed)
 
 
 def load_calibration(directory: str | Path, limit: int | None = None) -> list[tuple[dict[str, Any], np.ndarray]]:

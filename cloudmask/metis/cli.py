@@ -75,15 +75,34 @@ def check_cmd(onnx_path: Path, as_json: bool) -> None:
 
 
 @metis.command("calibration")
-@click.option("--model", "model", required=True)
+@click.option("--stac", required=True, help="STAC API URL, static catalogue, or earth-search|planetary-computer|cdse")
+@click.option("--model", "model", required=True, help="built-in model name or model card")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--samples", type=int, default=200, show_default=True)
+@click.option("--collection", default=None)
+@click.option("--bbox", default=None, help="west,south,east,north in degrees")
+@click.option("--datetime", "datetime_", default=None)
+@click.option("--max-cloud", type=float, default=None)
+@click.option("--limit", type=int, default=None, help="at most this many scenes")
+@click.option("--stride", type=int, default=None, help="pixels between candidate windows (default half a patch)")
+@click.option("--seed", type=int, default=0, show_default=True)
 @_errors
-def calibration_cmd(model: str, out: Path, samples: int) -> None:
-    """Build a stratified calibration set from STAC scenes (not wired to the reader yet)."""
+def calibration_cmd(stac: str, model: str, out: Path, samples: int, collection: str | None, bbox: str | None,
+                    datetime_: str | None, max_cloud: float | None, limit: int | None, stride: int | None,
+                    seed: int) -> None:
+    """Build a stratified calibration set (float32 NCHW batch-1 .npy + manifest) from STAC scenes."""
+    from ..cli import parse_bbox
     from .calibration import calibration_set_from_stac
 
-    calibration_set_from_stac(model=model, out_dir=out, samples=samples)
+    manifest = calibration_set_from_stac(
+        stac, out, model, samples=samples, collection=collection, bbox=parse_bbox(bbox) if bbox else None,
+        datetime=datetime_, max_cloud=max_cloud, limit=limit, stride=stride, seed=seed,
+    )
+    doc = json.loads(manifest.read_text())
+    click.echo(f"calibration set: {manifest} ({len(doc.get('items', []))} patches)")
+    for key in ("scenes", "strata"):
+        if key in doc:
+            click.echo(f"{key}: {json.dumps(doc[key])}")
 
 
 @metis.command("int8-preview")
