@@ -122,7 +122,6 @@ def make_tile(work: Path, size: int, wedge: float, name: str) -> Path:
 
 
 def compare_masks(a: str, b: str) -> dict:
-    import numpy as np
     import rasterio
 
     with rasterio.open(a) as da, rasterio.open(b) as db:

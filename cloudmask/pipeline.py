@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import ConfigError
 from .models import CLASSES, NODATA, ModelCard, load_model
-from .reader import ReaderConfig, RasterSource
+from .reader import RasterSource, ReaderConfig
 from .runtime import Runner, make_runners
 from .scene import SceneSpec
 from .stream import StreamConfig, StreamStats, stream_scene

@@ -15,6 +15,7 @@ Sources and sinks are protocols so that the same engine serves in-memory arrays 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -337,10 +338,8 @@ class _Engine:
                 self.stats.add("device", device)
                 self.stats.add("device_idle", idle)
                 self.stats.calls += calls
-            try:
+            with contextlib.suppress(_Abort):
                 self._put(self.out_q, ("done",))
-            except _Abort:
-                pass
 
     # ------------------------------------------------------------------------------------ consumer
     def run(self) -> StreamStats:

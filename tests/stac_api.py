@@ -272,6 +272,7 @@ def start_stac_api(startup_timeout: float = 90.0) -> Iterator[StacApi]:
         api_port = _free_port()
         env = dict(os.environ)
         env.update({
+            "ENABLE_TRANSACTIONS_EXTENSIONS": "true",
             "PGHOST": "127.0.0.1", "PGPORT": str(port), "PGUSER": "postgres", "PGPASSWORD": PASSWORD,
             "PGDATABASE": DATABASE,
             # names used by stac-fastapi-pgstac < 5

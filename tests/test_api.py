@@ -16,8 +16,8 @@ import xarray as xr
 import cloudmask
 from cloudmask.api import mask_scene, open_mask, open_scene, scene_of, search
 from cloudmask.errors import ConfigError, MissingBandError
-from cloudmask.pipeline import mask_scene_spec
 from cloudmask.inference import predict
+from cloudmask.pipeline import mask_scene_spec
 from cloudmask.sample import make_catalog
 
 

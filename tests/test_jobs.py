@@ -29,7 +29,6 @@ from cloudmask.pipeline import safe_name
 
 # The stac_api fixture starts stac-fastapi-pgstac with a copy of os.environ; the push test needs the
 # Transactions extension, which stac-fastapi-pgstac enables only with this setting.
-os.environ.setdefault("ENABLE_TRANSACTIONS_EXTENSIONS", "true")
 
 SCENES = 3
 

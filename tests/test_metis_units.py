@@ -13,14 +13,12 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from cloudmask.errors import CloudmaskError, ConfigError
+from cloudmask.errors import ConfigError
 from cloudmask.metis import graph as G
 from cloudmask.metis.calibration import (
     CalibrationPatch,
-    MetisNotWiredError,
     allocate,
     calibration_set,
-    calibration_set_from_stac,
     class_mix,
     load_calibration,
     stratum,
@@ -240,12 +238,10 @@ def test_cli_check_exit_codes(tmp_path: Path) -> None:
     assert json.loads(js.output)["compilable"] is False
 
 
-def test_cli_calibration_is_a_clear_stub(tmp_path: Path) -> None:
-    res = CliRunner().invoke(metis, ["calibration", "--model", "ukis-6b-l1c", "--out", str(tmp_path)])
-    assert res.exit_code == 1 and "not wired" in res.output
-    with pytest.raises(MetisNotWiredError) as err:
-        calibration_set_from_stac()
-    assert isinstance(err.value, CloudmaskError) and isinstance(err.value, NotImplementedError)
+def test_cli_calibration_needs_a_catalogue(tmp_path: Path) -> None:
+    res = CliRunner().invoke(metis, ["calibration", "--stac", str(tmp_path / "none.json"), "--model", "ukis-6b-l1c",
+                                     "--out", str(tmp_path / "c")])
+    assert res.exit_code != 0 and "does not exist" in res.output
 
 
 # ------------------------------------------------------------------------------------------ calibration

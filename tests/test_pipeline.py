@@ -10,9 +10,9 @@ import rasterio
 from rio_cogeo.cogeo import cog_validate
 
 from cloudmask.errors import MissingBandError, ReadError
+from cloudmask.inference import predict, predict_array
 from cloudmask.models import NODATA, load_model
 from cloudmask.pipeline import mask_paths, mask_scene_spec, safe_name
-from cloudmask.inference import predict, predict_array
 from cloudmask.profiles import scene_spec
 from cloudmask.reader import RasterSource
 from cloudmask.stream import StreamConfig

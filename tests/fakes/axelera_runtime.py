@@ -25,7 +25,8 @@ class TensorInfo:
 
 class Model:
     def __init__(self, path: str) -> None:
-        spec = json.loads(open(path).read())
+        with open(path) as f:
+            spec = json.load(f)
         b, c, size = spec["batch"], spec["channels"], spec["size"]
         cpad = (-c) % 8
         self._in = TensorInfo((b, size, size, c + cpad), (b, size, size, c), [(0, 0), (0, 0), (0, 0), (0, cpad)],
