@@ -83,7 +83,17 @@ def child_main(argv: list[str]) -> None:
     t0 = time.perf_counter()
     result = CASES[name](**kwargs)
     result["wall_s"] = time.perf_counter() - t0
+    result["vm_hwm_mib"] = _vm_hwm_mib()
     print("RESULT " + json.dumps(result))
+
+
+def _vm_hwm_mib() -> float:
+    """Peak resident memory of this process (VmHWM, reset at exec unlike rusage's ru_maxrss)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
 
 
 def run_case(name: str, **kwargs: object) -> dict:
@@ -101,12 +111,9 @@ def run_case(name: str, **kwargs: object) -> dict:
     line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
     result = json.loads(line[7:])
     result["process_s"] = elapsed
-    result["peak_rss_mib"] = _peak_rss_mib(usage)
+    result["peak_rss_mib"] = result["vm_hwm_mib"]
+    del usage
     return result
-
-
-def _peak_rss_mib(usage: object) -> float:
-    return float("nan") if usage is None else usage.ru_maxrss / 1024.0  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------------------------ scenes

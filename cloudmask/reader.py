@@ -74,35 +74,42 @@ def gdal_path(href: str) -> str:
 
 
 class _Handles:
-    """Per-thread open datasets and warped views, closed together."""
+    """A pool of open datasets per asset: a thread checks one out, reads, and gives it back.
+
+    GDAL handles are not thread-safe, so no two threads share one at a time; reusing the same
+    handle for the next strip of a band keeps GDAL's per-dataset block cache warm (each compressed
+    block is decoded once, not once per strip and thread).
+    """
 
     def __init__(self, env: Mapping[str, Any]) -> None:
-        self._env = dict(env)
-        self._local = threading.local()
+        self.env = dict(env)
+        self._free: dict[tuple[str, bool], list[Any]] = {}
         self._all: list[Any] = []
         self._lock = threading.Lock()
 
-    def dataset(self, asset: BandAsset, overviews: bool) -> Any:
-        """This thread's open dataset for ``asset`` (opened once per thread)."""
-        cache = getattr(self._local, "cache", None)
-        if cache is None:
-            cache = self._local.cache = {}
-            self._local.env = rasterio.Env(**self._env)
-            self._local.env.__enter__()
+    @contextmanager
+    def checkout(self, asset: BandAsset, overviews: bool) -> Iterator[Any]:
         key = (asset.href, overviews)
-        if key not in cache:
+        with self._lock:
+            free = self._free.setdefault(key, [])
+            ds = free.pop() if free else None
+        if ds is None:
             opts = {} if overviews else {"OVERVIEW_LEVEL": "NONE"}
             try:
-                ds = rasterio.open(gdal_path(asset.href), **opts)
+                with rasterio.Env(**self.env):
+                    ds = rasterio.open(gdal_path(asset.href), **opts)
             except rasterio.RasterioIOError as err:
                 raise ReadError(
                     f"cannot open band '{asset.band}' at {asset.href}: {err}; check the href, the file, "
                     "and credentials for remote storage"
                 ) from err
-            cache[key] = ds
             with self._lock:
                 self._all.append(ds)
-        return cache[key]
+        try:
+            yield ds
+        finally:
+            with self._lock:
+                self._free[key].append(ds)
 
     def close(self) -> None:
         with self._lock:
@@ -110,6 +117,7 @@ class _Handles:
                 with contextlib.suppress(Exception):  # closing is best effort
                     h.close()
             self._all.clear()
+            self._free.clear()
 
 
 def _native_window(ds: Any, asset: BandAsset, geobox: GeoBox, rows: tuple[int, int],
@@ -156,7 +164,9 @@ class RasterSource:
         self.assets = spec.assets_for(self.bands)
         self.geobox = geobox
         self.config = config or ReaderConfig()
-        self._handles = _Handles(self.config.gdal_env)
+        env = dict(self.config.gdal_env)
+        env.update(spec.properties.get("cloudmask:gdal_env", {}) or {})  # the provider profile's settings
+        self._handles = _Handles(env)
         self._name = f"cloudmask-read-{spec.id}-{id(self)}"
 
     @property
@@ -166,22 +176,21 @@ class RasterSource:
     def read_block(self, band: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         """Reflectance of one band over ``rows`` x ``cols`` (pixel ranges), float32, NaN = nodata."""
         asset = self.assets[band]
-        ds = self._handles.dataset(asset, self.config.overviews)
-        win = _native_window(ds, asset, self.geobox, rows, cols)
-        finer = ds.res[0] < abs(self.geobox.resolution.x)
-        resampling = Resampling[self.config.resampling if finer else self.config.upsampling]
-        nodata = asset.nodata if asset.nodata is not None else ds.nodata
         shape = (rows[1] - rows[0], cols[1] - cols[0])
-        try:
-            dn = ds.read(1, window=win, out_shape=shape, resampling=resampling, boundless=False,
-                         masked=False) if _inside(win, ds) else ds.read(
-                1, window=win, out_shape=shape, resampling=resampling, boundless=True,
-                fill_value=nodata if nodata is not None else 0)
-        except rasterio.RasterioIOError as err:
-            raise ReadError(
-                f"cannot read band '{asset.band}' of scene {self.spec.id} ({asset.href}): {err}; "
-                "the file may be corrupt or truncated"
-            ) from err
+        with self._handles.checkout(asset, self.config.overviews) as ds, rasterio.Env(**self._handles.env):
+            win = _native_window(ds, asset, self.geobox, rows, cols)
+            finer = ds.res[0] < abs(self.geobox.resolution.x)
+            resampling = Resampling[self.config.resampling if finer else self.config.upsampling]
+            nodata = asset.nodata if asset.nodata is not None else ds.nodata
+            inside = _inside(win, ds)
+            try:
+                dn = ds.read(1, window=win, out_shape=shape, resampling=resampling, boundless=not inside,
+                             fill_value=None if inside else (nodata if nodata is not None else 0))
+            except rasterio.RasterioIOError as err:
+                raise ReadError(
+                    f"cannot read band '{asset.band}' of scene {self.spec.id} ({asset.href}): {err}; "
+                    "the file may be corrupt or truncated"
+                ) from err
         out = dn.astype(np.float32)
         out *= np.float32(asset.scale)
         out += np.float32(asset.offset)
@@ -189,7 +198,7 @@ class RasterSource:
             out[dn == nodata] = np.nan
         return out
 
-    def to_dask(self, row_edges: Sequence[int] | None = None) -> da.Array:
+    def to_dask(self, row_edges: Sequence[int] | None = None, chunk_cols: int | None = None) -> da.Array:
         """The scene (or the rows from ``row_edges[0]`` to ``row_edges[-1]``) as a lazy dask array.
 
         ``row_edges`` are ascending row numbers that set the row chunks (default: 1024-row chunks).
@@ -198,7 +207,7 @@ class RasterSource:
         edges = list(row_edges) if row_edges is not None else list(range(0, h, 1024)) + [h]
         if edges != sorted(edges) or edges[0] < 0 or edges[-1] > h or len(edges) < 2:
             raise ValueError(f"row_edges must ascend within [0, {h}], got {edges}")
-        step = self.config.chunk_cols
+        step = chunk_cols or self.config.chunk_cols
         col_edges = list(range(0, w, step)) + [w]
         name = f"{self._name}-{edges[0]}-{edges[-1]}-{len(edges)}"
         dsk: dict[Any, Any] = {}
@@ -216,7 +225,8 @@ class RasterSource:
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` of every band, read in parallel dask tasks (threads)."""
-        (out,) = dask.compute(self.to_dask(row_edges=[start, stop]), scheduler="threads")
+        arr = self.to_dask(row_edges=[start, stop], chunk_cols=self.shape[1])  # one task per band
+        (out,) = dask.compute(arr, scheduler="threads")
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ class OrtConfig:
     inter_op_threads: int = 1
     providers: tuple[str, ...] | None = None
     graph_optimization: str = "all"
+    #: Session config entries, e.g. ``{"session.intra_op.allow_spinning": "0"}``.
     extra: dict[str, str] = field(default_factory=dict)
 
 
