@@ -25,7 +25,7 @@ BANDS6 = ("blue", "green", "red", "nir", "swir16", "swir22")
 # ------------------------------------------------------------------------------------------ cases
 # Each case is a function run in a child process; it prints one JSON line with its results.
 
-def case_reference(item_json: str, out: str) -> dict:
+def case_reference(item_json: str, out: str, shift: int = 0) -> dict:
     """What a user writes today: rasterio reads 6 bands at 30 m, ukis-csmask CSmask, rasterio writes."""
     import numpy as np
     import pystac
@@ -46,6 +46,10 @@ def case_reference(item_json: str, out: str) -> dict:
         img[:, :, k] = dn * 1e-4 - 0.1
     nodata = img[:, :, 0] <= -0.1
     t_read = time.perf_counter() - t0
+    if shift:  # the same reference on the scene less its first `shift` rows and columns
+        img, nodata = np.ascontiguousarray(img[shift:, shift:]), nodata[shift:, shift:]
+        h, w = h - shift, w - shift
+        transform = transform * transform.translation(shift, shift)
     csm = CSmask(img, band_order=list(BANDS6), product_level="l2a").csm[:, :, 0]
     t_model = time.perf_counter() - t0 - t_read
     csm[nodata] = 255
@@ -57,7 +61,7 @@ def case_reference(item_json: str, out: str) -> dict:
 
 
 def case_cloudmask(item_json: str, out_dir: str, backend: str = "onnxruntime", latency_ms: float = 0.0,
-                   resolution: float | None = None, margin: int = 32, blend: str = "tukey") -> dict:
+                   resolution: float | None = None, margin: int = 26, blend: str = "tukey") -> dict:
     """cloudmask end to end: COGs to finished COG mask through the streaming engine."""
     import pystac
 
@@ -72,7 +76,14 @@ def case_cloudmask(item_json: str, out_dir: str, backend: str = "onnxruntime", l
     runners = make_runners(card, backend, latency_s=latency_ms / 1000.0)
     res = mask_scene_spec(spec, Path(out_dir), card, runners=runners, resolution=resolution,
                           stream=StreamConfig(margin=margin, blend=blend))  # type: ignore[arg-type]
-    return {"stats": res.stats.as_dict(), "mask": str(res.mask), "fractions": res.fractions}
+    import rasterio
+
+    from cloudmask.grid import PatchLayout, seam_index
+
+    with rasterio.open(res.mask) as ds:
+        mask = ds.read(1)
+    seams = seam_index(mask, PatchLayout(mask.shape[0], mask.shape[1], card.patch_size, margin), mask != 255)
+    return {"stats": res.stats.as_dict(), "mask": str(res.mask), "fractions": res.fractions, "seam_index": seams}
 
 
 CASES = {"reference": case_reference, "cloudmask": case_cloudmask}
@@ -141,6 +152,16 @@ def compare_masks(a: str, b: str) -> dict:
     return {"agreement": float((x == y)[valid].mean()), "fractions": frac, "same_grid": bool(same_grid)}
 
 
+def self_agreement(a: Path, b: Path, shift: int) -> float:
+    """Agreement of the reference with itself run on the scene shifted by ``shift`` pixels."""
+    import rasterio
+
+    with rasterio.open(a) as da, rasterio.open(b) as db:
+        x, y = da.read(1)[shift:, shift:], db.read(1)
+    valid = (x != 255) | (y != 255)
+    return float((x == y)[valid].mean())
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child_main(sys.argv[2:])
@@ -162,6 +183,9 @@ def main() -> None:
         ref = run_case("reference", item_json=str(full), out=str(out / "reference.tif"))
         ours = run_case("cloudmask", item_json=str(full), out_dir=str(out / "a"))
         cmp = compare_masks(ours["mask"], str(out / "reference.tif"))
+        run_case("reference", item_json=str(full), out=str(out / "reference-shifted.tif"), shift=102)
+        results["a_reference_self_agreement"] = self_agreement(out / "reference.tif",
+                                                               out / "reference-shifted.tif", 102)
         results["a"] = {"reference": ref, "cloudmask": ours, "compare": cmp,
                         "time_ratio": ours["process_s"] / ref["process_s"],
                         "rss_ratio": ours["peak_rss_mib"] / ref["peak_rss_mib"]}
@@ -198,6 +222,8 @@ def summary(r: dict) -> dict:
         s["a_fractions_ours_vs_ref"] = {k: [round(x, 2) for x in v] for k, v in a["compare"]["fractions"].items()}
         s["a_seconds"] = [round(a["cloudmask"]["process_s"], 1), round(a["reference"]["process_s"], 1)]
         s["a_rss_mib"] = [round(a["cloudmask"]["peak_rss_mib"]), round(a["reference"]["peak_rss_mib"])]
+        s["a_seam_index"] = round(a["cloudmask"]["seam_index"], 3)
+        s["a_reference_self_agreement"] = r.get("a_reference_self_agreement")
     if "b" in r:
         s["b_patches_per_s"] = r["b"]["stats"]["patches_per_second"]
     if "c" in r:

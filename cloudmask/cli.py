@@ -107,7 +107,7 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Model instances fed round-robin (one device thread each)."),
         click.option("--threads", type=int, default=0, show_default=True,
                      help="ONNX Runtime threads per instance (0: ONNX Runtime decides)."),
-        click.option("--margin", type=int, default=None, help="Patch halo in pixels each side (default 32)."),
+        click.option("--margin", type=int, default=None, help="Patch halo in pixels each side (default 26: neighbours overlap by 52 px)."),
         click.option("--blend", type=click.Choice(["tukey", "linear", "hard"]), default="tukey", show_default=True),
         click.option("--resolution", type=float, default=None, help="Output resolution in metres (default: the model's)."),
         click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (uint8 percent)."),
@@ -131,7 +131,7 @@ def _mask_all(
     from .runtime import OrtConfig, make_runners
     from .stream import StreamConfig
 
-    cfg = StreamConfig(margin=32 if margin is None else margin, blend=blend,  # type: ignore[arg-type]
+    cfg = StreamConfig(margin=StreamConfig.margin if margin is None else margin, blend=blend,  # type: ignore[arg-type]
                        probabilities=probabilities)
     show = sys.stderr.isatty() if progress is None else progress
     runners_by_model: dict[str, Any] = {}
@@ -223,28 +223,79 @@ def _write_catalog(out: Path) -> None:
     click.echo(f"output catalogue: {update_output_catalog(out)}", err=True)
 
 
+def _search_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--stac", required=True,
+                     help="STAC API URL, static catalogue path, or earth-search | planetary-computer | cdse."),
+        click.option("--collection", default=None,
+                     help="Collection id (default: the endpoint's Sentinel-2 collection)."),
+        click.option("--bbox", default=None, help="west,south,east,north in degrees."),
+        click.option("--aoi", default=None,
+                     help="Area of interest: GeoJSON file or WKT; a scene counts when it intersects."),
+        click.option("--datetime", "datetime_", default=None,
+                     help="RFC 3339 instant or interval, e.g. 2024-06-01/2024-06-30."),
+        click.option("--max-cloud", type=float, default=None, help="Maximum eo:cloud_cover, percent."),
+        click.option("--min-cloud", type=float, default=None, help="Minimum eo:cloud_cover, percent."),
+        click.option("--limit", type=int, default=None, help="At most this many scenes."),
+        click.option("--sortby", default=None, help="e.g. -datetime or eo:cloud_cover."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _do_search(stac: str, collection: str | None, bbox: str | None, aoi: str | None, datetime_: str | None,
+               max_cloud: float | None, min_cloud: float | None, limit: int | None,
+               sortby: str | None = None) -> list[Any]:
+    from .catalog import search
+
+    return search(stac, collection=collection, bbox=parse_bbox(bbox) if bbox else None, aoi=aoi,
+                  datetime=datetime_, max_cloud=max_cloud, min_cloud=min_cloud, limit=limit, sortby=sortby)
+
+
+@main.command("search")
+@_search_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per item (the full STAC item).")
+def search_cmd(as_json: bool, **kw: Any) -> None:
+    """Search a catalogue and list the scenes (id, datetime, cloud %, tile, nodata %)."""
+    items = _do_search(**kw)
+    if not items:
+        click.echo("no scenes match the search", err=True)
+        return
+    if as_json:
+        for it in items:
+            click.echo(json.dumps(it.to_dict(transform_hrefs=False)))
+        return
+    rows = []
+    for it in items:
+        p = it.properties
+        tile = p.get("grid:code", "").removeprefix("MGRS-") or p.get("s2:mgrs_tile") or p.get("mgrs:grid_square", "")
+        rows.append({
+            "id": it.id,
+            "datetime": it.datetime.isoformat(timespec="seconds") if it.datetime else p.get("start_datetime", ""),
+            "cloud %": _fmt(p.get("eo:cloud_cover")),
+            "tile": tile,
+            "nodata %": _fmt(p.get("s2:nodata_pixel_percentage")),
+        })
+    click.echo(_table(rows, ["id", "datetime", "cloud %", "tile", "nodata %"]))
+
+
+def _fmt(v: Any) -> str:
+    return f"{float(v):.1f}" if isinstance(v, int | float) else "-"
+
+
 @main.command()
-@click.option("--stac", required=True,
-              help="STAC API URL, static catalogue path, or earth-search | planetary-computer | cdse.")
-@click.option("--collection", default=None, help="Collection id (default: the endpoint's Sentinel-2 collection).")
-@click.option("--bbox", default=None, help="west,south,east,north in degrees.")
-@click.option("--aoi", default=None, help="Area of interest: GeoJSON file or WKT; a scene counts when it intersects.")
-@click.option("--datetime", "datetime_", default=None, help="RFC 3339 instant or interval, e.g. 2024-06-01/2024-06-30.")
-@click.option("--max-cloud", type=float, default=None, help="Maximum eo:cloud_cover, percent.")
-@click.option("--min-cloud", type=float, default=None, help="Minimum eo:cloud_cover, percent.")
-@click.option("--limit", type=int, default=None, help="At most this many scenes.")
+@_search_options
 @click.option("--profile", default=None, help="Provider profile (default: detected from each item).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
 @_stream_options
 def run(stac: str, collection: str | None, bbox: str | None, aoi: str | None, datetime_: str | None,
-        max_cloud: float | None, min_cloud: float | None, limit: int | None, profile: str | None,
-        out: Path, **kw: Any) -> None:
+        max_cloud: float | None, min_cloud: float | None, limit: int | None, sortby: str | None,
+        profile: str | None, out: Path, **kw: Any) -> None:
     """Search a catalogue and mask every scene found."""
-    from .catalog import search
     from .profiles import scene_spec
 
-    items = search(stac, collection=collection, bbox=parse_bbox(bbox) if bbox else None, aoi=aoi,
-                   datetime=datetime_, max_cloud=max_cloud, min_cloud=min_cloud, limit=limit)
+    items = _do_search(stac, collection, bbox, aoi, datetime_, max_cloud, min_cloud, limit, sortby)
     if not items:
         click.echo("no scenes match the search; nothing to do", err=True)
         return

@@ -99,7 +99,7 @@ class StreamStats:
 class StreamConfig:
     """Engine settings: patch halo (pixels each side), blending, queue depth (batches) and outputs."""
 
-    margin: int = 32
+    margin: int = 26
     blend: Blend = "tukey"
     queue_batches: int = 8
     probabilities: bool = False

@@ -64,7 +64,7 @@ class TaskSettings:
     backend: str = "onnxruntime"
     resolution: float | None = None
     profile: str | None = None
-    margin: int = 32
+    margin: int = 26
     probabilities: bool = False
     quicklook: bool = False
     retries: RetryPolicy = field(default_factory=RetryPolicy)

@@ -82,7 +82,7 @@ class JobSpec:
     retries: RetryPolicy = field(default_factory=RetryPolicy)
     probabilities: bool = False
     quicklook: bool = False
-    margin: int = 32
+    margin: int = 26
     push_to: str | None = None
     public_url: str | None = None
     scheduler: str | None = None
