@@ -86,6 +86,17 @@ class StacApi:
         self.items[coll["id"]] = [d for d in self.items[coll["id"]] if d["id"] not in ids] + loaded
         return loaded
 
+    def unload(self, collection_id: str, ids: Iterable[str]) -> None:
+        """Delete items from pgstac and from this server's record of what it holds."""
+        from pypgstac.db import PgstacDB
+
+        ids = set(ids)
+        with PgstacDB(dsn=self.dsn) as db:
+            for item_id in ids:
+                list(db.query("SELECT delete_item(%s, %s);", [item_id, collection_id]))
+        if collection_id in self.items:
+            self.items[collection_id] = [d for d in self.items[collection_id] if d["id"] not in ids]
+
 
 def simple_collection(collection_id: str, items: Iterable[Mapping[str, Any]], description: str = "") -> dict[str, Any]:
     """A minimal valid STAC Collection whose extent covers ``items``."""
