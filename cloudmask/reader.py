@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import dask
@@ -83,18 +84,24 @@ class _Handles:
 
     def __init__(self, env: Mapping[str, Any]) -> None:
         self.env = dict(env)
-        self._free: dict[tuple[str, bool], list[Any]] = {}
+        self._free: dict[tuple[str, int | None], list[Any]] = {}
         self._all: list[Any] = []
         self._lock = threading.Lock()
 
+    def overview_levels(self, asset: BandAsset) -> list[int]:
+        """Decimation factors of the asset's overviews (e.g. ``[2, 4, 8]``)."""
+        with rasterio.Env(**self.env), rasterio.open(gdal_path(asset.href)) as ds:
+            return list(ds.overviews(1))
+
     @contextmanager
-    def checkout(self, asset: BandAsset, overviews: bool) -> Iterator[Any]:
-        key = (asset.href, overviews)
+    def checkout(self, asset: BandAsset, level: int | None) -> Iterator[Any]:
+        """A dataset of ``asset``: full resolution (``level=None``) or overview ``level`` (0 = first)."""
+        key = (asset.href, level)
         with self._lock:
             free = self._free.setdefault(key, [])
             ds = free.pop() if free else None
         if ds is None:
-            opts = {} if overviews else {"OVERVIEW_LEVEL": "NONE"}
+            opts: dict[str, Any] = {"OVERVIEW_LEVEL": "NONE"} if level is None else {"overview_level": level}
             try:
                 with rasterio.Env(**self.env):
                     ds = rasterio.open(gdal_path(asset.href), **opts)
@@ -139,6 +146,30 @@ def _native_window(ds: Any, asset: BandAsset, geobox: GeoBox, rows: tuple[int, i
     return Window(x0, y0, (cols[1] - cols[0]) * g.a / t.a, (rows[1] - rows[0]) * g.e / t.e)
 
 
+def _rational(ratio: float, max_den: int = 6) -> tuple[int, int] | None:
+    """``(q, p)`` with ``ratio == q / p`` for small integers, or None (e.g. 1.5 -> (3, 2), 3 -> (3, 1))."""
+    frac = Fraction(ratio).limit_denominator(max_den)
+    if abs(float(frac) - ratio) > 1e-9 or frac <= 0:
+        return None
+    return frac.numerator, frac.denominator
+
+
+def _read_upsampled(ds: Any, win: Window, shape: tuple[int, int], fill: float) -> np.ndarray:
+    """Nearest-neighbour values of a band coarser than (or as fine as) the grid, ``shape`` pixels.
+
+    Reads the whole native pixels under the fractional window ``win`` and indexes them in numpy:
+    GDAL's own upsampling path is orders of magnitude slower for row strips of large COGs.
+    """
+    h, w = shape
+    rows = np.floor(win.row_off + (np.arange(h) + 0.5) * win.height / h).astype(np.int64)
+    cols = np.floor(win.col_off + (np.arange(w) + 0.5) * win.width / w).astype(np.int64)
+    r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    native = Window(c0, r0, c1 - c0, r1 - r0)
+    inside = r0 >= 0 and c0 >= 0 and r1 <= ds.height and c1 <= ds.width
+    data = ds.read(1, window=native, boundless=not inside, fill_value=None if inside else fill)
+    return np.asarray(data[np.ix_(rows - r0, cols - c0)])
+
+
 def _inside(win: Window, ds: Any) -> bool:
     eps = 1e-6
     return (win.col_off >= -eps and win.row_off >= -eps and win.col_off + win.width <= ds.width + eps
@@ -167,31 +198,56 @@ class RasterSource:
         env = dict(self.config.gdal_env)
         env.update(spec.properties.get("cloudmask:gdal_env", {}) or {})  # the provider profile's settings
         self._handles = _Handles(env)
+        self._levels: dict[int, int | None] = {}
         self._name = f"cloudmask-read-{spec.id}-{id(self)}"
 
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.geobox.height), int(self.geobox.width)
 
+    def _level(self, band: int) -> int | None:
+        """Overview to read ``band`` from: the coarsest one still at least as fine as the grid (cached)."""
+        if band in self._levels:
+            return self._levels[band]
+        level: int | None = None
+        if self.config.overviews:
+            asset = self.assets[band]
+            try:
+                factors = self._handles.overview_levels(asset)
+                with self._handles.checkout(asset, None) as ds:
+                    native = ds.res[0]
+            except (ReadError, rasterio.RasterioIOError):
+                factors, native = [], 0.0
+            grid = abs(self.geobox.resolution.x)
+            for k, f in enumerate(factors):
+                if native * f <= grid + 1e-9 and _rational(grid / (native * f)) is not None:
+                    level = k
+        self._levels[band] = level
+        return level
+
     def read_block(self, band: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         """Reflectance of one band over ``rows`` x ``cols`` (pixel ranges), float32, NaN = nodata."""
         asset = self.assets[band]
         shape = (rows[1] - rows[0], cols[1] - cols[0])
-        with self._handles.checkout(asset, self.config.overviews) as ds, rasterio.Env(**self._handles.env):
+        level = self._level(band)
+        with self._handles.checkout(asset, level) as ds, rasterio.Env(**self._handles.env):
             win = _native_window(ds, asset, self.geobox, rows, cols)
-            finer = ds.res[0] < abs(self.geobox.resolution.x)
-            resampling = Resampling[self.config.resampling if finer else self.config.upsampling]
+            finer = ds.res[0] < abs(self.geobox.resolution.x) - 1e-9
             nodata = asset.nodata if asset.nodata is not None else ds.nodata
-            inside = _inside(win, ds)
+            fill = nodata if nodata is not None else 0
             try:
-                dn = ds.read(1, window=win, out_shape=shape, resampling=resampling, boundless=not inside,
-                             fill_value=None if inside else (nodata if nodata is not None else 0))
+                if not finer:  # read whole native pixels, then pick the one under each grid pixel centre
+                    dn = _read_upsampled(ds, win, shape, fill)
+                else:  # GDAL resamples the (fractional) native window down to the grid
+                    inside = _inside(win, ds)
+                    dn = ds.read(1, window=win, out_shape=shape, resampling=Resampling[self.config.resampling],
+                                 boundless=not inside, fill_value=None if inside else fill)
             except rasterio.RasterioIOError as err:
                 raise ReadError(
                     f"cannot read band '{asset.band}' of scene {self.spec.id} ({asset.href}): {err}; "
                     "the file may be corrupt or truncated"
                 ) from err
-        out = dn.astype(np.float32)
+        out = dn.astype(np.float32, copy=dn.dtype != np.float32)
         out *= np.float32(asset.scale)
         out += np.float32(asset.offset)
         if nodata is not None:
