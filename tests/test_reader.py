@@ -66,3 +66,16 @@ def test_lazy_dask_array_matches_row_reads(sample_items):
     assert np.array_equal(np.isnan(whole[:, 50:150]), np.isnan(rows))
     assert np.allclose(whole[:, 50:150], rows, equal_nan=True)
     assert np.isnan(whole).any()  # the wedge scene has nodata
+
+
+def test_footprint_skips_reading_but_loses_no_pixel(sample_items):
+    spec = scene_spec(sample_items[1])  # the scene with a 35 % nodata wedge
+    fast = RasterSource(spec, ("red", "swir16"), spec.geobox(30.0))
+    full = RasterSource(spec, ("red", "swir16"), spec.geobox(30.0), ReaderConfig(use_footprint=False))
+    c0, c1 = fast.footprint_cols(0, 20)
+    assert 0 < c0 and c1 == 200  # the wedge cuts the top-left corner: those columns are not read
+    a, b = fast.read_rows(0, 200), full.read_rows(0, 200)
+    fast.close()
+    full.close()
+    assert np.array_equal(np.isnan(a), np.isnan(b))
+    assert np.allclose(a, b, equal_nan=True)
