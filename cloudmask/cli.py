@@ -103,8 +103,9 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Built-in model name (see `cloudmask models`), a model card, or an ONNX file with a card."),
         click.option("--backend", type=click.Choice(["onnxruntime", "emulated", "metis"]), default="onnxruntime",
                      show_default=True, help="Inference backend."),
-        click.option("--instances", type=int, default=1, show_default=True,
-                     help="Model instances fed round-robin (one device thread each)."),
+        click.option("--instances", type=int, default=None,
+                     help="Model instances fed round-robin, one device thread each (default: 2 ONNX Runtime "
+                          "sessions on a multi-core CPU, else 1; for metis: 4 // compiled batch)."),
         click.option("--threads", type=int, default=0, show_default=True,
                      help="ONNX Runtime threads per instance (0: ONNX Runtime decides)."),
         click.option("--margin", type=int, default=None, help="Patch halo in pixels each side (default 26: neighbours overlap by 52 px)."),
@@ -122,7 +123,7 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _mask_all(
-    specs: Sequence[Any], out: Path, *, model: str, backend: str, instances: int, threads: int,
+    specs: Sequence[Any], out: Path, *, model: str, backend: str, instances: int | None, threads: int,
     margin: int | None, blend: str, resolution: float | None, probabilities: bool, show_stats: bool,
     progress: bool | None, quicklook: bool,
 ) -> list[dict[str, Any]]:
