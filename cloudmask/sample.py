@@ -150,7 +150,7 @@ def make_scene(
     _check_scene_args(scene_id, size, nodata_wedge, epsg, sun_azimuth, cloud_cover, datetime)
     if datetime.tzinfo is None:
         datetime = datetime.replace(tzinfo=dt.UTC)
-    scene_dir = Path(out_dir) / scene_id
+    scene_dir = Path(out_dir).resolve() / scene_id
     scene_dir.mkdir(parents=True, exist_ok=True)
     crs = CRS.from_epsg(epsg)
     x0, y0 = float(origin[0]), float(origin[1])
@@ -218,7 +218,7 @@ def make_catalog(
     if not collection_id or "/" in collection_id:
         raise ValueError(f"collection_id must be a plain name like 'sentinel-2-c1-l2a', got {collection_id!r}")
     _check_size(size)
-    root = Path(root)
+    root = Path(root).resolve()  # hrefs are built from it: relative roots would leak into them
     catalog_path = root / "catalog.json"
     params: dict[str, Any] = {
         "version": SAMPLE_VERSION, "n_scenes": n_scenes, "size": size, "seed": seed,

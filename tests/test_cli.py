@@ -95,3 +95,12 @@ def test_log_format_json(cli, sample_catalog, tmp_path):
     assert res.exit_code == 0, res.output
     logs = [json.loads(ln) for ln in res.output.splitlines() if ln.startswith("{")]
     assert logs and all({"level", "message", "logger"} <= set(d) for d in logs)
+
+
+def test_demo_with_relative_sample_dir(cli, tmp_path, monkeypatch):
+    """As `make demo` runs it: relative paths for the sample catalogue and the output."""
+    monkeypatch.chdir(tmp_path)
+    res = cli.invoke(main, ["demo", "--out", "out/demo", "--sample-dir", "data/sample", "--size", "300",
+                            "--scenes", "1", "--no-progress", "--no-quicklook"])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "out" / "demo").glob("*_cloudmask.tif"))) == 1
