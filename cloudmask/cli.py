@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from .errors import CloudmaskError
+from .cli_common import CloudmaskGroup
 
 log = logging.getLogger("cloudmask")
 
@@ -40,17 +40,6 @@ def setup_logging(verbose: int, fmt: str = "plain") -> None:
     root = logging.getLogger("cloudmask")
     root.handlers[:] = [handler]
     root.setLevel(level)
-
-
-class CloudmaskGroup(click.Group):
-    """Turns :class:`CloudmaskError` into a one-line message and its exit code."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except CloudmaskError as err:
-            click.echo(f"error: {err}", err=True)
-            ctx.exit(err.exit_code)
 
 
 @click.group(cls=CloudmaskGroup, context_settings={"help_option_names": ["-h", "--help"]})

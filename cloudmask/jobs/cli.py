@@ -9,20 +9,9 @@ from typing import Any
 
 import click
 
-from ..errors import CloudmaskError
+from ..cli_common import CloudmaskGroup
 
 _COLUMNS = ("scene", "status", "cloud", "shadow", "clear", "nodata", "seconds", "attempts", "error")
-
-
-class _JobGroup(click.Group):
-    """Turns :class:`CloudmaskError` into ``error: ...`` and its exit code (also when used standalone)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except CloudmaskError as err:
-            click.echo(f"error: {err}", err=True)
-            ctx.exit(err.exit_code)
 
 
 def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
@@ -41,7 +30,7 @@ def _load(spec_path: Path, output: Path | None) -> Any:
     return spec.with_output(output.resolve()) if output is not None else spec
 
 
-@click.group(cls=_JobGroup)
+@click.group(cls=CloudmaskGroup)
 def job() -> None:
     """Catalogue jobs: incremental, resumable batch runs driven by a job spec (TOML or YAML).
 
