@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from .cli_common import CloudmaskGroup
+from .cli_common import table as _table
 
 log = logging.getLogger("cloudmask")
 
@@ -53,15 +54,6 @@ def main(verbose: int, log_format: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[k]) for row in cells]) for k, c in enumerate(columns)]
-    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(out)
-
 
 @contextmanager
 def _progress(enabled: bool, label: str) -> Iterator[Callable[[int, int], None] | None]:
@@ -116,8 +108,9 @@ def _mask_all(
     margin: int | None, blend: str, resolution: float | None, probabilities: bool, show_stats: bool,
     progress: bool | None, quicklook: bool,
 ) -> list[dict[str, Any]]:
+    from .api import mask_scene
     from .models import load_model
-    from .pipeline import choose_model, mask_scene_spec
+    from .pipeline import choose_model
     from .runtime import OrtConfig, make_runners
     from .stream import StreamConfig
 
@@ -134,15 +127,8 @@ def _mask_all(
                     card, backend, instances=instances, ort=OrtConfig(intra_op_threads=threads) if threads else None
                 )
             with _progress(show, spec.id[:40]) as cb:
-                res = mask_scene_spec(spec, out, card, runners=runners_by_model[card.name], stream=cfg,
-                                      resolution=resolution, progress=cb)
-            if quicklook:
-                from .quicklook import quicklook_for_result
-
-                quicklook_for_result(spec, res)
-            from .outputs import mask_item, write_item
-
-            write_item(out, mask_item(spec, res))
+                res = mask_scene(spec, out, card, runners=runners_by_model[card.name], stream=cfg,
+                                 resolution=resolution, progress=cb, quicklook=quicklook, catalog=False)
             rows.append(res.row())
             if show_stats:
                 click.echo(f"{spec.id}:\n{res.stats.table()}", err=True)

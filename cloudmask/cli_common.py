@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -18,3 +19,14 @@ class CloudmaskGroup(click.Group):
         except CloudmaskError as err:
             click.echo(f"error: {err}", err=True)
             ctx.exit(err.exit_code)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], drop_empty: bool = False,
+          max_width: int = 80) -> str:
+    """A plain-text table; ``drop_empty`` leaves out columns with no value in any row."""
+    cols = [c for c in columns if not drop_empty or any(r.get(c) not in (None, "") for r in rows)]
+    cells = [["" if r.get(c) is None else str(r.get(c))[:max_width] for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(row[k]) for row in cells]) for k, c in enumerate(cols)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(out)

@@ -273,10 +273,3 @@ def _summaries(items: list[pystac.Item]) -> dict[str, Any]:
     if clouds:
         out["eo:cloud_cover"] = {"minimum": min(clouds), "maximum": max(clouds)}
     return out
-
-
-def record_result(out_dir: Path, spec: SceneSpec, result: MaskResult) -> Path:
-    """Write the mask's item and refresh the catalogue; returns the item path."""
-    path = write_item(out_dir, mask_item(spec, result))
-    update_output_catalog(out_dir)
-    return path

@@ -110,11 +110,11 @@ def class_fractions(mask: Any, where: Any = None) -> dict[str, float]:
         if sel.shape != m.shape:
             raise ValueError(f"where has shape {sel.shape} but the mask has {m.shape}")
         m = m[sel]
-    counts = np.bincount(m.ravel(), minlength=256)
-    total = int(counts.sum())
-    valid = int(counts[: len(CLASSES)].sum())
-    out = {name: (100.0 * counts[v] / valid if valid else 0.0) for v, name in CLASSES.items()}
-    out["nodata"] = 100.0 * counts[NODATA] / total if total else 0.0
+    from .pipeline import valid_fractions
+    from .writer import fractions_from_counts
+
+    shares = fractions_from_counts(np.bincount(m.ravel(), minlength=256))
+    out = {**valid_fractions(shares), "nodata": shares["nodata"]}
     return {k: float(v) for k, v in out.items()}
 
 

@@ -176,7 +176,6 @@ class _Engine:
         self.expected: dict[int, int] = {}  # patch row -> patches sent (set before they are queued)
         self.valid_blocks: dict[int, np.ndarray] = {}  # core row -> valid mask of its scene rows
         self.weights = blend_weights(layout.patch, layout.margin, cfg.blend)
-        self.class_index = card.class_index
         self.lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------ plumbing
@@ -378,6 +377,7 @@ class _Engine:
         total = lay.n_patches
         w = self.weights
         merge = self.card.class_index
+        identity = len(merge) == N_CLASSES and bool(np.array_equal(merge, np.arange(N_CLASSES)))
         probs_in = self.card.output == "probabilities"
 
         def block(k: int) -> np.ndarray:
@@ -397,7 +397,7 @@ class _Engine:
                 probs = scores if probs_in else softmax(scores)
                 for task, pr in zip(tasks, probs, strict=True):
                     weighted = np.empty((n_ch, lay.patch, lay.patch), np.float32)
-                    if len(merge) == N_CLASSES and np.array_equal(merge, np.arange(N_CLASSES)):
+                    if identity:
                         np.multiply(pr, w, out=weighted[:N_CLASSES])
                     else:
                         weighted[:N_CLASSES] = 0

@@ -164,15 +164,6 @@ MASK_COLORMAP = {
 }
 
 
-def class_fractions(path: Path) -> dict[str, float]:
-    """Percent of pixels per class and nodata in a mask file (nodata share of all pixels)."""
-    with rasterio.open(path) as ds:
-        counts = np.zeros(256, np.int64)
-        for _, win in ds.block_windows(1):
-            counts += np.bincount(ds.read(1, window=win).ravel(), minlength=256)
-    return fractions_from_counts(counts)
-
-
 def fractions_from_counts(counts: np.ndarray) -> dict[str, float]:
     """Percentages from a 256-bin histogram of a mask: classes share of all pixels, and ``nodata``."""
     total = counts.sum()

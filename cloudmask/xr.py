@@ -267,18 +267,10 @@ def _mask_like(arr: xr.DataArray, classes: np.ndarray, card: ModelCard, stats: S
     return mask
 
 
-def class_fractions(mask: xr.DataArray | np.ndarray, where: Any = None) -> dict[str, float]:
-    """Percent of valid pixels per class plus ``nodata`` percent of all pixels (see :mod:`cloudmask.quicklook`)."""
-    from .quicklook import class_fractions as _fractions
-
-    return _fractions(mask, where)
-
-
 __all__ = [
     "FLAG_MEANINGS",
     "FLAG_VALUES",
     "XarrayRowSource",
-    "class_fractions",
     "predict_xarray",
     "spatial_dims",
     "to_band_array",

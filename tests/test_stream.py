@@ -15,7 +15,7 @@ from cloudmask.stream import ArraySink, ArraySource, StreamConfig, stream_scene
 class RecordingRunner:
     """Returns scores that encode where each patch came from, and records calls."""
 
-    def __init__(self, shape, cls_of=None):
+    def __init__(self, shape):
         self._shape = shape
         self.calls = 0
         self.threads: set[str] = set()

@@ -9,18 +9,13 @@ from typing import Any
 
 import click
 
-from ..cli_common import CloudmaskGroup
+from ..cli_common import CloudmaskGroup, table
 
 _COLUMNS = ("scene", "status", "cloud", "shadow", "clear", "nodata", "seconds", "attempts", "error")
 
 
 def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
-    cols = [c for c in columns if any(r.get(c) not in (None, "") for r in rows)]
-    cells = [["" if r.get(c) is None else str(r.get(c))[:80] for c in cols] for r in rows]
-    widths = [max([len(c)] + [len(row[k]) for row in cells]) for k, c in enumerate(cols)]
-    out = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)), "  ".join("-" * w for w in widths)]
-    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(out)
+    return table(rows, columns, drop_empty=True)
 
 
 def _load(spec_path: Path, output: Path | None) -> Any:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import CloudmaskError, ConfigError
 from ..models import ModelCard, load_model
+from ..stream import softmax
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,6 @@ class StrataRules:
     water_ndwi: float = 0.10
 
 
-def _softmax(x: np.ndarray, axis: int = 0) -> np.ndarray:
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    out: np.ndarray = e / e.sum(axis=axis, keepdims=True)
-    return out
-
-
 def class_mix(
     patch: np.ndarray, scores: np.ndarray, card: ModelCard, rules: StrataRules = StrataRules()
 ) -> dict[str, float]:
@@ -80,7 +75,7 @@ def class_mix(
 
     ``patch`` is the normalised ``(C, H, W)`` input, ``scores`` the model's ``(K, H, W)`` output.
     """
-    probs = _softmax(scores.astype(np.float32), 0) if card.output == "logits" else scores.astype(np.float32)
+    probs = softmax(scores.astype(np.float32), 0) if card.output == "logits" else scores.astype(np.float32)
     cls = card.class_index[np.argmax(probs, axis=0)]
     p_cloud = probs[card.class_index == 1].sum(axis=0)
     refl = patch * np.asarray(card.std, np.float32)[:, None, None] + np.asarray(card.mean, np.float32)[:, None, None]

@@ -1,37 +1,20 @@
 """``cloudmask metis ...``: export, check, calibration and INT8 preview on the command line.
 
-Register with ``main.add_command(metis)``; each command maps :class:`CloudmaskError` to its exit code.
+Registered by ``cloudmask.cli``; the group maps :class:`CloudmaskError` to ``error: ...`` and its exit code.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
-from ..errors import CloudmaskError
-
-F = TypeVar("F", bound=Callable[..., Any])
+from ..cli_common import CloudmaskGroup
 
 
-def _errors(fn: F) -> F:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except CloudmaskError as err:
-            click.echo(f"error: {err}", err=True)
-            sys.exit(err.exit_code)
-
-    return wrapper  # type: ignore[return-value]
-
-
-@click.group("metis")
+@click.group("metis", cls=CloudmaskGroup)
 def metis() -> None:
     """Prepare models for the Axelera Metis accelerator (batch 1)."""
 
@@ -41,7 +24,6 @@ def metis() -> None:
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--cores", type=click.Choice(["single", "batch4"]), default="single", show_default=True,
               help="single: 4 one-core instances; batch4: one instance over 4 cores (runtime batch 4)")
-@_errors
 def export_cmd(model: str, out: Path, cores: str) -> None:
     """Write a static batch-1 float32 ONNX, its card, compiler config and compile.py to OUT."""
     from .check import check
@@ -59,7 +41,6 @@ def export_cmd(model: str, out: Path, cores: str) -> None:
 @metis.command("check")
 @click.argument("onnx_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-@_errors
 def check_cmd(onnx_path: Path, as_json: bool) -> None:
     """Check every node against the Metis rules; exit 1 when the graph would not compile.
 
@@ -86,7 +67,6 @@ def check_cmd(onnx_path: Path, as_json: bool) -> None:
 @click.option("--limit", type=int, default=None, help="at most this many scenes")
 @click.option("--stride", type=int, default=None, help="pixels between candidate windows (default half a patch)")
 @click.option("--seed", type=int, default=0, show_default=True)
-@_errors
 def calibration_cmd(stac: str, model: str, out: Path, samples: int, collection: str | None, bbox: str | None,
                     datetime_: str | None, max_cloud: float | None, limit: int | None, stride: int | None,
                     seed: int) -> None:
@@ -116,7 +96,6 @@ def calibration_cmd(stac: str, model: str, out: Path, samples: int, collection: 
               show_default=True)
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
               help="where the int8 model and card go (default CALIBRATION/int8)")
-@_errors
 def int8_cmd(model: str, calibration: Path, held_out: Path | None, per_channel: bool, method: str,
              out: Path | None) -> None:
     """Quantize to INT8 on the CPU (ONNX Runtime) and compare with fp32."""
