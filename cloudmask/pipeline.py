@@ -78,9 +78,15 @@ def valid_fractions(fractions: dict[str, float]) -> dict[str, float]:
 
 
 def choose_model(model: str | Path | ModelCard | None, spec: SceneSpec) -> ModelCard:
-    """Resolve ``model``; ``None``/``"auto"`` picks the 6-band ukis model of the scene's product level."""
+    """Resolve ``model``; ``None``/``"auto"`` picks the ukis model of the scene's product level: the
+    6-band one when the scene has both SWIR bands, else the 4-band (blue, green, red, nir) one."""
     if model is None or str(model) == "auto":
-        return load_model(f"ukis-6b-{spec.product_level}")
+        six = load_model(f"ukis-6b-{spec.product_level}")
+        if all(b in spec.bands for b in six.bands):
+            return six
+        log.info("scene %s has no %s: model auto uses the 4-band model", spec.id,
+                 "/".join(b for b in six.bands if b not in spec.bands))
+        return load_model(f"ukis-4b-{spec.product_level}")
     card = load_model(model)
     if card.product_level != spec.product_level:
         log.warning(
