@@ -20,14 +20,12 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
+from .classes import CLASSES, NODATA, ClassTable, canonical, class_names, class_value  # noqa: F401 - re-exported
 from .errors import ModelCardError, UnknownModelError
 
 log = logging.getLogger(__name__)
 
-#: Output classes of every cloudmask mask, by value.
-CLASSES: dict[int, str] = {0: "clear", 1: "cloud", 2: "shadow"}
-#: Mask value for pixels without valid input.
-NODATA: int = 255
+# The mask contract lives in classes.py; CLASSES (the three-class table) and NODATA stay importable here.
 #: STAC common names a card may ask for.
 KNOWN_BANDS = (
     "coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3",
@@ -70,9 +68,13 @@ class ModelCard:
 
     @property
     def class_index(self) -> np.ndarray:
-        """cloudmask class value (0 clear, 1 cloud, 2 shadow) of every output channel."""
-        by_name = {v: k for k, v in CLASSES.items()}
-        return np.array([by_name[c] for c in self.classes], dtype=np.uint8)
+        """Mask class value (0 clear, 1 cloud, 2 shadow, 3 thin cloud, 4 snow) of every output channel."""
+        return np.array([class_value(c) for c in self.classes], dtype=np.uint8)
+
+    @property
+    def class_table(self) -> ClassTable:
+        """The classes this model's masks hold (values 0 .. highest named; see :mod:`cloudmask.classes`)."""
+        return ClassTable.for_names(self.classes)
 
     def normalise(self, reflectance: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Standardise ``(C, ...)`` reflectance in model band order, in float32 (in place if ``out``)."""
@@ -141,13 +143,21 @@ def _validate(card: ModelCard) -> None:
         raise ModelCardError(f"{where}: normalisation std values must be > 0")
     if card.patch_size < 16:
         raise ModelCardError(f"{where}: patch_size must be >= 16 pixels, got {card.patch_size}")
-    bad = [c for c in card.classes if c not in CLASSES.values()]
+    bad = [c for c in card.classes if not _known_class(c)]
     if bad or not card.classes:
         raise ModelCardError(
-            f"{where}: classes must name each output channel as one of {sorted(CLASSES.values())}; got {bad}"
+            f"{where}: classes must name each output channel as one of {', '.join(class_names())}; got {bad}"
         )
     if card.output not in ("logits", "probabilities"):
         raise ModelCardError(f"{where}: output must be 'logits' or 'probabilities', got {card.output!r}")
+
+
+def _known_class(name: str) -> bool:
+    try:
+        canonical(name)
+    except ValueError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------- registry
