@@ -34,6 +34,11 @@ KNOWN_BANDS = (
 CARD_SUFFIXES = (".yaml", ".yml", ".json")
 
 ProductLevel = Literal["l1c", "l2a"]
+#: Model kinds and their I/O contract: ``segmentation`` [B, C, H, W] -> [B, K, H, W]; ``pixel`` one spectrum per
+#: sample, [N, C] (or [N, C, 1, 1]) -> [N, K], no patch or halo; ``patch-classifier`` [B, C, H, W] -> [B, K], one
+#: label per patch (the mask is written at patch resolution).
+ModelKind = Literal["segmentation", "pixel", "patch-classifier"]
+KINDS: tuple[str, ...] = ("segmentation", "pixel", "patch-classifier")
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class ModelCard:
     patch_size: int = 256
     classes: tuple[str, ...] = ("clear", "cloud", "shadow")
     output: Literal["logits", "probabilities"] = "logits"
+    kind: ModelKind = "segmentation"
     version: str = ""
     description: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -106,6 +112,7 @@ class ModelCard:
             "patch_size": self.patch_size,
             "classes": list(self.classes),
             "output": self.output,
+            "kind": self.kind,
         }
         if self.version:
             d["version"] = self.version
@@ -141,7 +148,9 @@ def _validate(card: ModelCard) -> None:
         )
     if any(s <= 0 for s in card.std):
         raise ModelCardError(f"{where}: normalisation std values must be > 0")
-    if card.patch_size < 16:
+    if card.kind not in KINDS:
+        raise ModelCardError(f"{where}: kind must be one of {', '.join(KINDS)}, got {card.kind!r}")
+    if card.kind != "pixel" and card.patch_size < 16:
         raise ModelCardError(f"{where}: patch_size must be >= 16 pixels, got {card.patch_size}")
     bad = [c for c in card.classes if not _known_class(c)]
     if bad or not card.classes:
@@ -228,7 +237,7 @@ def card_from_dict(raw: Mapping[str, Any], base: Path, source: str = "model card
     onnx_path = (base / str(raw["onnx"])).resolve()
     if not onnx_path.is_file():
         raise ModelCardError(f"{source}: ONNX file {onnx_path} does not exist; fix the card's 'onnx' path")
-    known = {"name", "onnx", "bands", "product_level", "resolution", "normalisation", "patch_size",
+    known = {"name", "onnx", "bands", "product_level", "resolution", "normalisation", "patch_size", "kind",
              "classes", "output", "version", "description"}
     try:
         return ModelCard(
@@ -242,6 +251,7 @@ def card_from_dict(raw: Mapping[str, Any], base: Path, source: str = "model card
             patch_size=int(raw.get("patch_size", 256)),
             classes=tuple(str(c) for c in _seq(raw.get("classes", CLASSES.values()), "classes", source)),
             output=str(raw.get("output", "logits")),  # type: ignore[arg-type]
+            kind=str(raw.get("kind", "segmentation")),  # type: ignore[arg-type]
             version=str(raw.get("version", "")),
             description=str(raw.get("description", "")),
             extra={k: v for k, v in raw.items() if k not in known},
