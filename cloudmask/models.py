@@ -22,6 +22,7 @@ import yaml
 
 from .classes import CLASSES, NODATA, ClassTable, canonical, class_names, class_value  # noqa: F401 - re-exported
 from .errors import ModelCardError, UnknownModelError
+from .normalisation import Normalisation, from_card, standardize
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ KINDS: tuple[str, ...] = ("segmentation", "pixel", "patch-classifier")
 class ModelCard:
     """What the pipeline must know about a segmentation model.
 
-    ``mean``/``std`` are in reflectance units (0–1); the model input is ``(reflectance - mean) / std``
-    per band. ``classes`` maps each output channel to a cloudmask class name (``clear``, ``cloud``,
+    ``normalisation`` turns reflectance (0–1) into model input (:mod:`cloudmask.normalisation`: standardize,
+    scale, minmax, log1p, clip, chains); ``mean``/``std`` are the classic per-band ``(reflectance - mean) / std``
+    (given alone they make the normalisation; they mirror it when it is one ``standardize``). ``classes`` maps each output channel to a cloudmask class name (``clear``, ``cloud``,
     ``shadow``); several channels may map to one class (their probabilities add up).
     """
 
@@ -55,8 +57,8 @@ class ModelCard:
     bands: tuple[str, ...]
     product_level: ProductLevel
     resolution: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
     patch_size: int = 256
     classes: tuple[str, ...] = ("clear", "cloud", "shadow")
     output: Literal["logits", "probabilities"] = "logits"
@@ -64,8 +66,19 @@ class ModelCard:
     version: str = ""
     description: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    normalisation: Normalisation | None = None
 
     def __post_init__(self) -> None:
+        if self.normalisation is None:
+            if len(self.mean) != len(self.bands) or len(self.std) != len(self.bands):
+                raise ModelCardError(
+                    f"model card '{self.name}': normalisation mean and std need one value per band "
+                    f"({len(self.bands)}), got {len(self.mean)} and {len(self.std)}"
+                )
+            object.__setattr__(self, "normalisation", standardize(self.mean, self.std))
+        elif not self.mean and not self.std and (std := self.normalisation.standardize) is not None:
+            object.__setattr__(self, "mean", std.mean * (self.n_bands if len(std.mean) == 1 else 1))
+            object.__setattr__(self, "std", std.std * (self.n_bands if len(std.std) == 1 else 1))
         _validate(self)
 
     @property
@@ -83,12 +96,9 @@ class ModelCard:
         return ClassTable.for_names(self.classes)
 
     def normalise(self, reflectance: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Standardise ``(C, ...)`` reflectance in model band order, in float32 (in place if ``out``)."""
-        mean = np.asarray(self.mean, np.float32).reshape((-1,) + (1,) * (reflectance.ndim - 1))
-        std = np.asarray(self.std, np.float32).reshape(mean.shape)
-        out = np.subtract(reflectance, mean, out=out, dtype=np.float32)
-        out /= std
-        return out
+        """Normalise ``(C, ...)`` reflectance in model band order, in float32 (in place if ``out``)."""
+        assert self.normalisation is not None  # set in __post_init__
+        return self.normalisation.apply(reflectance, out=out)
 
     def with_onnx(self, path: Path, **changes: Any) -> ModelCard:
         """A copy of this card pointing at another graph (e.g. an exported or quantized one)."""
@@ -108,7 +118,7 @@ class ModelCard:
             "bands": list(self.bands),
             "product_level": self.product_level,
             "resolution": self.resolution,
-            "normalisation": {"type": "standardize", "mean": list(self.mean), "std": list(self.std)},
+            "normalisation": self.normalisation.to_dict() if self.normalisation is not None else {},
             "patch_size": self.patch_size,
             "classes": list(self.classes),
             "output": self.output,
@@ -141,13 +151,8 @@ def _validate(card: ModelCard) -> None:
         raise ModelCardError(f"{where}: product_level must be 'l1c' or 'l2a', got {card.product_level!r}")
     if not card.resolution or card.resolution <= 0:
         raise ModelCardError(f"{where}: resolution must be a positive number of metres")
-    if len(card.mean) != len(card.bands) or len(card.std) != len(card.bands):
-        raise ModelCardError(
-            f"{where}: normalisation mean and std need one value per band "
-            f"({len(card.bands)}), got {len(card.mean)} and {len(card.std)}"
-        )
-    if any(s <= 0 for s in card.std):
-        raise ModelCardError(f"{where}: normalisation std values must be > 0")
+    if card.normalisation is not None:
+        card.normalisation.validate(card.n_bands, f"{where}: normalisation")
     if card.kind not in KINDS:
         raise ModelCardError(f"{where}: kind must be one of {', '.join(KINDS)}, got {card.kind!r}")
     if card.kind != "pixel" and card.patch_size < 16:
@@ -231,23 +236,20 @@ def card_from_dict(raw: Mapping[str, Any], base: Path, source: str = "model card
             f"{source}: missing field(s) {', '.join(missing)}; a card needs {', '.join(required)} "
             "(see README, 'Bring your own model')"
         )
-    norm = raw["normalisation"]
-    if not isinstance(norm, Mapping) or "mean" not in norm or "std" not in norm:
-        raise ModelCardError(f"{source}: normalisation needs 'mean' and 'std' lists (reflectance units)")
+    norm = from_card(raw["normalisation"], source)
     onnx_path = (base / str(raw["onnx"])).resolve()
     if not onnx_path.is_file():
         raise ModelCardError(f"{source}: ONNX file {onnx_path} does not exist; fix the card's 'onnx' path")
     known = {"name", "onnx", "bands", "product_level", "resolution", "normalisation", "patch_size", "kind",
              "classes", "output", "version", "description"}
     try:
-        return ModelCard(
+        card = ModelCard(
             name=str(raw.get("name", onnx_path.stem)),
             onnx_path=onnx_path,
             bands=tuple(str(b) for b in _seq(raw["bands"], "bands", source)),
             product_level=str(raw["product_level"]).lower(),  # type: ignore[arg-type]
             resolution=float(raw["resolution"]),
-            mean=tuple(float(v) for v in _seq(norm["mean"], "normalisation.mean", source)),
-            std=tuple(float(v) for v in _seq(norm["std"], "normalisation.std", source)),
+            normalisation=norm,
             patch_size=int(raw.get("patch_size", 256)),
             classes=tuple(str(c) for c in _seq(raw.get("classes", CLASSES.values()), "classes", source)),
             output=str(raw.get("output", "logits")),  # type: ignore[arg-type]
@@ -258,6 +260,33 @@ def card_from_dict(raw: Mapping[str, Any], base: Path, source: str = "model card
         )
     except (TypeError, ValueError) as err:
         raise ModelCardError(f"{source}: {err}") from err
+    check_graph(card, source)
+    return card
+
+
+def graph_output_channels(onnx_path: Path) -> int | None:
+    """Channel count (axis 1) of the ONNX graph's first output, ``None`` when it is not fixed."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as err:  # onnx raises several types for corrupt files
+        raise ModelCardError(f"cannot read ONNX model {onnx_path}: {err}; check the file or re-export it") from err
+    if not model.graph.output:
+        return None
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    return int(dims[1].dim_value) if len(dims) >= 2 and dims[1].dim_value else None
+
+
+def check_graph(card: ModelCard, source: str | None = None) -> None:
+    """Refuse a card whose ``classes`` do not name every output channel of its ONNX graph."""
+    channels = graph_output_channels(card.onnx_path)
+    if channels is not None and channels != len(card.classes):
+        raise ModelCardError(
+            f"{source or f'model card {card.name!r}'}: the ONNX output has {channels} channels but the card "
+            f"lists {len(card.classes)} classes {list(card.classes)}; list one class per output channel in "
+            f"'classes' (several channels may name the same class, e.g. [clear, cloud, cloud, shadow])"
+        )
 
 
 def _seq(value: Any, name: str, source: str) -> Sequence[Any]:

@@ -53,7 +53,11 @@ def test_user_card_roundtrip(tmp_path):
     ("change", "message"),
     [
         ({"bands": ["blue", "purple"]}, "common names"),
-        ({"normalisation": {"mean": [0.1], "std": [0.1]}}, "one value per band"),
+        ({"normalisation": {"mean": [0.1, 0.2], "std": [0.1, 0.2]}}, "one value or one per band"),
+        ({"normalisation": {"type": "minmax", "low": 0, "high": 0}}, "high' > 'low"),
+        ({"normalisation": {"type": "whiten"}}, "standardize, scale, minmax, log1p, clip, chain"),
+        ({"classes": ["clear", "cloud"]}, "ONNX output has 3 channels but the card lists 2 classes"),
+        ({"classes": ["clear", "cloud", "shadow", "thin_cloud"]}, "ONNX output has 3 channels.*4 classes"),
         ({"onnx": "missing.onnx"}, "does not exist"),
         ({"classes": ["clear", "fog"]}, "classes"),
         ({"product_level": "l3"}, "product_level"),
