@@ -7,11 +7,16 @@ from typing import Any
 
 import click
 
+from .atomic import is_no_space, write_error
 from .errors import CloudmaskError
 
 
 class CloudmaskGroup(click.Group):
-    """Turns :class:`CloudmaskError` into a one-line ``error: ...`` message and its exit code."""
+    """Turns :class:`CloudmaskError` into a one-line ``error: ...`` message and its exit code.
+
+    A full disk is an ordinary failure too, wherever it strikes (a lock, a journal, a sidecar): it
+    becomes a :class:`~cloudmask.errors.WriteError` (exit 7) instead of a traceback.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -19,6 +24,12 @@ class CloudmaskGroup(click.Group):
         except CloudmaskError as err:
             click.echo(f"error: {err}", err=True)
             ctx.exit(err.exit_code)
+        except Exception as err:
+            if not is_no_space(err):
+                raise
+            wrapped = write_error(err, getattr(err, "filename", None) or "an output")
+            click.echo(f"error: {wrapped}", err=True)
+            ctx.exit(wrapped.exit_code)
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], drop_empty: bool = False,

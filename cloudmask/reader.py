@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import rasterio
@@ -29,21 +30,11 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from .errors import GridError, ReadError
+from .gdal_config import configure_gdal, dataset_options
 from .scene import BandAsset, SceneSpec
 
 log = logging.getLogger(__name__)
 
-#: GDAL settings for remote COGs: no directory listing, bounded retries, range-request friendly.
-DEFAULT_GDAL_ENV: dict[str, Any] = {
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-    "GDAL_HTTP_MAX_RETRY": 3,
-    "GDAL_HTTP_RETRY_DELAY": 1,
-    "GDAL_HTTP_MULTIRANGE": "YES",
-    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
-    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff,.jp2,.JP2",
-    "VSI_CACHE": "TRUE",
-    "GDAL_CACHEMAX": 256,
-}
 
 
 @dataclass(frozen=True)
@@ -55,14 +46,18 @@ class ReaderConfig:
     default; several times faster on 10 m bands, within a few DN of the exact area average);
     ``False`` averages native pixels exactly. ``use_footprint`` skips reading columns outside the
     item's valid-data geometry (swath edges). ``chunk_cols`` is the dask chunk width, pixels.
+    ``gdal_env`` holds per-dataset GDAL options (credentials, endpoints) on top of the provider
+    profile's; process-wide ones (block cache) are set once by :func:`~cloudmask.gdal_config.configure_gdal`.
+    ``threads`` is the number of band reads in flight (default: one per core, at most one per band).
     """
 
     resampling: str = "average"
     overviews: bool = True
     use_footprint: bool = True
     upsampling: str = "nearest"
-    gdal_env: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_GDAL_ENV))
+    gdal_env: Mapping[str, Any] = field(default_factory=dict)
     chunk_cols: int = 2048
+    threads: int | None = None
 
 
 def gdal_path(href: str) -> str:
@@ -82,17 +77,30 @@ class _Handles:
     GDAL handles are not thread-safe, so no two threads share one at a time; reusing the same
     handle for the next strip of a band keeps GDAL's per-dataset block cache warm (each compressed
     block is decoded once, not once per strip and thread).
+
+    :meth:`close` closes the free handles at once and a checked-out handle when it is returned, so a
+    read in flight never has its dataset closed under it; a closed pool refuses new checkouts.
     """
 
     def __init__(self, env: Mapping[str, Any]) -> None:
-        self.env = dict(env)
+        self.env = dataset_options(env)
         self._free: dict[tuple[str, int | None], list[Any]] = {}
-        self._all: list[Any] = []
+        self._out: set[int] = set()  # id() of checked-out handles
+        self._closed = False
         self._lock = threading.Lock()
+
+    @contextmanager
+    def _env(self) -> Iterator[None]:
+        """Per-dataset options around an open (thread-local in worker threads); nothing when there are none."""
+        if self.env:
+            with rasterio.Env(**self.env):
+                yield
+        else:
+            yield
 
     def overview_levels(self, asset: BandAsset) -> list[int]:
         """Decimation factors of the asset's overviews (e.g. ``[2, 4, 8]``)."""
-        with rasterio.Env(**self.env), rasterio.open(gdal_path(asset.href)) as ds:
+        with self.checkout(asset, None) as ds:
             return list(ds.overviews(1))
 
     @contextmanager
@@ -100,12 +108,16 @@ class _Handles:
         """A dataset of ``asset``: full resolution (``level=None``) or overview ``level`` (0 = first)."""
         key = (asset.href, level)
         with self._lock:
+            if self._closed:
+                raise ReadError(f"the reader of band '{asset.band}' is closed; open the scene again")
             free = self._free.setdefault(key, [])
             ds = free.pop() if free else None
+            if ds is not None:
+                self._out.add(id(ds))
         if ds is None:
             opts: dict[str, Any] = {"OVERVIEW_LEVEL": "NONE"} if level is None else {"overview_level": level}
             try:
-                with rasterio.Env(**self.env):
+                with self._env():
                     ds = rasterio.open(gdal_path(asset.href), **opts)
             except rasterio.RasterioIOError as err:
                 raise ReadError(
@@ -113,20 +125,31 @@ class _Handles:
                     "and credentials for remote storage"
                 ) from err
             with self._lock:
-                self._all.append(ds)
+                self._out.add(id(ds))
         try:
             yield ds
         finally:
             with self._lock:
-                self._free[key].append(ds)
+                self._out.discard(id(ds))
+                keep = not self._closed
+                if keep:
+                    self._free.setdefault(key, []).append(ds)
+            if not keep:
+                _close_quietly(ds)
 
     def close(self) -> None:
+        """Close the free handles now and the checked-out ones as they come back."""
         with self._lock:
-            for h in self._all:
-                with contextlib.suppress(Exception):  # closing is best effort
-                    h.close()
-            self._all.clear()
+            self._closed = True
+            free = [h for hs in self._free.values() for h in hs]
             self._free.clear()
+        for h in free:
+            _close_quietly(h)
+
+
+def _close_quietly(ds: Any) -> None:
+    with contextlib.suppress(Exception):  # closing is best effort
+        ds.close()
 
 
 def _native_window(ds: Any, asset: BandAsset, geobox: GeoBox, rows: tuple[int, int],
@@ -199,7 +222,11 @@ class RasterSource:
         self.config = config or ReaderConfig()
         env = dict(self.config.gdal_env)
         env.update(spec.properties.get("cloudmask:gdal_env", {}) or {})  # the provider profile's settings
+        configure_gdal()
         self._handles = _Handles(env)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._closed = False
         self._levels: dict[int, int | None] = {}
         self._footprint = self._pixel_footprint()
         self._name = f"cloudmask-read-{spec.id}-{id(self)}"
@@ -233,7 +260,7 @@ class RasterSource:
         asset = self.assets[band]
         shape = (rows[1] - rows[0], cols[1] - cols[0])
         level = self._level(band)
-        with self._handles.checkout(asset, level) as ds, rasterio.Env(**self._handles.env):
+        with self._handles.checkout(asset, level) as ds:
             win = _native_window(ds, asset, self.geobox, rows, cols)
             finer = ds.res[0] < abs(self.geobox.resolution.x) - 1e-9
             nodata = asset.nodata if asset.nodata is not None else ds.nodata
@@ -282,18 +309,46 @@ class RasterSource:
         graph = HighLevelGraph.from_collections(name, dsk, dependencies=[])
         return da.Array(graph, name, chunks, dtype=np.float32)
 
-    def read_rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``[start, stop)`` of every band, read in parallel dask tasks (threads).
+    def read_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``[start, stop)`` of every band, one band per worker thread.
 
         Columns outside the item's valid-data footprint (when known) are not read: they are NaN.
+        ``out`` (``(bands, stop - start, width)`` float32) is filled in place when given. Every band
+        read has finished when this returns or raises (the first error is raised after the others
+        end), so closing the source afterwards never closes a dataset under a read.
         """
         c0, c1 = self.footprint_cols(start, stop)
-        out = np.full((len(self.bands), stop - start, self.shape[1]), np.nan, np.float32)
-        if c1 > c0:
-            tasks = [dask.delayed(self.read_block)(b, (start, stop), (c0, c1)) for b in range(len(self.bands))]
-            for b, block in enumerate(dask.compute(*tasks, scheduler="threads")):
-                out[b, :, c0:c1] = block
+        shape = (len(self.bands), stop - start, self.shape[1])
+        if out is None:
+            out = np.empty(shape, np.float32)
+        elif out.shape != shape or out.dtype != np.float32:
+            raise ValueError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
+        if c0 > 0:
+            out[:, :, :c0] = np.nan
+        if c1 < shape[2]:
+            out[:, :, max(c0, c1):] = np.nan
+        if c1 <= c0:
+            return out
+
+        def one(b: int) -> None:
+            out[b, :, c0:c1] = self.read_block(b, (start, stop), (c0, c1))
+
+        futures = [self._executor().submit(one, b) for b in range(len(self.bands))]
+        wait(futures)
+        for f in futures:
+            err = f.exception()
+            if err is not None:
+                raise err
         return out
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._closed:
+                raise ReadError(f"the reader of scene {self.spec.id} is closed; open the scene again")
+            if self._pool is None:
+                n = self.config.threads or min(len(self.bands), os.cpu_count() or 1)
+                self._pool = ThreadPoolExecutor(max(1, n), thread_name_prefix="cloudmask-read")
+            return self._pool
 
     def footprint_cols(self, start: int, stop: int) -> tuple[int, int]:
         """Columns ``[c0, c1)`` of rows ``[start, stop)`` that the item's footprint touches (plus 2 px)."""
@@ -332,6 +387,12 @@ class RasterSource:
             return None
 
     def close(self) -> None:
+        """Wait for reads in flight, then close every dataset (idempotent)."""
+        with self._pool_lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         self._handles.close()
 
     def __enter__(self) -> RasterSource:
@@ -343,15 +404,3 @@ class RasterSource:
 
 def _read_one(src: RasterSource, band: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
     return src.read_block(band, rows, cols)[None]
-
-
-@contextmanager
-def open_source(
-    spec: SceneSpec, bands: Sequence[str], resolution: float, config: ReaderConfig | None = None
-) -> Iterator[RasterSource]:
-    """Open ``spec``'s ``bands`` on its grid at ``resolution`` metres; closes handles on exit."""
-    src = RasterSource(spec, bands, spec.geobox(resolution), config)
-    try:
-        yield src
-    finally:
-        src.close()
