@@ -1,0 +1,290 @@
+"""Blenders: scores in, finished mask row blocks out. Plain objects, no threads (tested on their own).
+
+A blender is told what the producer cut (:meth:`cut`), is fed the device's scores (:meth:`feed`) in
+any order, and returns every row block that became final, top to bottom, as :class:`Block`s. It
+is done when every block was returned. One blender per model kind:
+
+* :class:`PatchBlender` (segmentation): weighted blending of overlapping patches into per-core-row
+  accumulators; a row block is final when no patch can touch it any more;
+* :class:`PixelBlender` (pixel models): scatters each pixel's class back to its place in its strip;
+* :class:`PatchClassBlender` (patch classifiers): one mask pixel per patch, a row per patch row.
+
+Mask values are class values (see :mod:`cloudmask.classes`), NODATA where there was no valid input.
+The number of classes is that of the card's class table (highest class value + 1); several output
+channels naming one class add their probabilities.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..classes import NODATA
+from ..errors import CloudmaskError
+from ..grid import PatchLayout
+from ..models import ModelCard
+from .messages import PatchTask, PixelRun, RowCut, StripCut, Task
+from .stats import StreamStats
+
+
+def softmax(scores: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Numerically stable softmax in float32."""
+    e = np.exp(scores - scores.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Finished mask rows ``[row, row + classes.shape[0])``: classes uint8, probabilities uint8 percent or None."""
+
+    row: int
+    classes: np.ndarray
+    probabilities: np.ndarray | None
+
+
+class _ClassMerge:
+    """Output channels -> mask classes: softmax (for logits) and the card's channel -> class sum."""
+
+    def __init__(self, card: ModelCard) -> None:
+        self.index = card.class_index
+        self.n = len(card.class_table)
+        self.identity = len(self.index) == self.n and bool(np.array_equal(self.index, np.arange(self.n)))
+        self.logits = card.output != "probabilities"
+
+    def probabilities(self, scores: np.ndarray, axis: int) -> np.ndarray:
+        """Class probabilities along ``axis`` (channels -> ``self.n`` classes)."""
+        probs = softmax(scores, axis) if self.logits else scores
+        if self.identity:
+            return probs
+        shape = list(probs.shape)
+        shape[axis] = self.n
+        out = np.zeros(shape, np.float32)
+        for ch, cls in enumerate(self.index):
+            _along(out, axis, int(cls))[...] += _along(probs, axis, ch)
+        return out
+
+
+def _along(a: np.ndarray, axis: int, i: int) -> np.ndarray:
+    sl: list[slice | int] = [slice(None)] * a.ndim
+    sl[axis] = i
+    return a[tuple(sl)]
+
+
+class PatchBlender:
+    """Blends overlapping segmentation patches (weights from :func:`~cloudmask.grid.blend_weights`)."""
+
+    def __init__(
+        self, layout: PatchLayout, card: ModelCard, weights: np.ndarray, probabilities: bool, stats: StreamStats
+    ) -> None:
+        self.layout, self.weights, self.want_probs, self.stats = layout, weights, probabilities, stats
+        self.merge = _ClassMerge(card)
+        self.width = layout.n_cols * layout.stride
+        self.acc: dict[int, np.ndarray] = {}
+        self.expected: dict[int, int] = {}
+        self.valid: dict[int, np.ndarray] = {}
+        self.done: dict[int, int] = {}
+        self.next_block = 0
+
+    @property
+    def is_done(self) -> bool:
+        return self.next_block >= self.layout.n_rows
+
+    def cut(self, msg: RowCut) -> list[Block]:
+        self.expected[msg.row] = msg.expected
+        self.valid[msg.row] = msg.valid
+        self.done.setdefault(msg.row, 0)
+        return self._ready()
+
+    def feed(self, tasks: Sequence[Task], scores: np.ndarray) -> list[Block]:
+        """Blend the scores ``(>= len(tasks), K, patch, patch)`` of ``tasks``; returns the blocks now final."""
+        t0 = time.perf_counter()
+        n = self.merge.n
+        probs = self.merge.probabilities(scores[: len(tasks)], axis=1)
+        w = self.weights
+        lay = self.layout
+        for task, pr in zip(tasks, probs, strict=True):
+            assert isinstance(task, PatchTask)
+            weighted = np.empty((n + 1, lay.patch, lay.patch), np.float32)
+            np.multiply(pr, w, out=weighted[:n])
+            weighted[n] = w
+            self._accumulate(task, weighted)
+            self.done[task.row] = self.done.get(task.row, 0) + 1
+        self.stats.patches += len(tasks)
+        self.stats.add("blend", time.perf_counter() - t0)
+        return self._ready()
+
+    def _block(self, k: int) -> np.ndarray:
+        if k not in self.acc:
+            self.acc[k] = np.zeros((self.merge.n + 1, self.layout.stride, self.width), np.float32)
+        return self.acc[k]
+
+    def _accumulate(self, task: PatchTask, weighted: np.ndarray) -> None:
+        lay = self.layout
+        s, m, p = lay.stride, lay.margin, lay.patch
+        c0 = task.col * s - m
+        pc0, pc1 = max(0, -c0), min(p, self.width - c0)
+        dc0 = c0 + pc0
+        # patch rows [0, m) -> block row-1 rows [s-m, s); [m, m+s) -> block row; [m+s, p) -> block row+1 rows [0, m)
+        parts = ((task.row - 1, 0, m, s - m), (task.row, m, m + s, 0), (task.row + 1, m + s, p, 0))
+        for k, a, b, dst in parts:
+            if b <= a or not 0 <= k < lay.n_rows:
+                continue
+            tgt = self._block(k)
+            tgt[:, dst : dst + (b - a), dc0 : dc0 + (pc1 - pc0)] += weighted[:, a:b, pc0:pc1]
+
+    def _row_complete(self, r: int) -> bool:
+        return r in self.expected and self.done.get(r, 0) >= self.expected[r]
+
+    def _ready(self) -> list[Block]:
+        out = []
+        lay = self.layout
+        while self.next_block < lay.n_rows and all(
+            self._row_complete(r) for r in (self.next_block - 1, self.next_block, self.next_block + 1)
+            if 0 <= r < lay.n_rows
+        ):
+            out.append(self._finish(self.next_block, self.acc.pop(self.next_block, None)))
+            self.next_block += 1
+        return out
+
+    def _finish(self, k: int, accumulated: np.ndarray | None) -> Block:
+        t0 = time.perf_counter()
+        lay, n = self.layout, self.merge.n
+        r0, r1 = lay.block_rows(k)
+        rows = r1 - r0
+        valid = self.valid.pop(k)
+        if accumulated is None:
+            classes = np.full((rows, lay.width), NODATA, np.uint8)
+            probs = np.zeros((n, rows, lay.width), np.uint8) if self.want_probs else None
+        else:
+            a = accumulated[:, :rows, : lay.width]
+            classes = np.argmax(a[:n], axis=0).astype(np.uint8)
+            classes[~valid] = NODATA
+            probs = None
+            if self.want_probs:
+                wsum = np.where(a[n] > 0, a[n], 1.0)
+                probs = np.rint(100.0 * a[:n] / wsum).astype(np.uint8)
+                probs[:, ~valid] = 0
+        self.stats.add("blend", time.perf_counter() - t0)
+        return Block(r0, classes, probs)
+
+
+def pixel_scores(scores: np.ndarray) -> np.ndarray:
+    """A pixel runner's output as ``(K, N)``: from ``[N, K]``, ``[N, K, 1, 1]`` or a folded ``[1, K, H, W]``."""
+    if scores.ndim == 2:
+        return scores.T
+    if scores.ndim == 4 and scores.shape[2:] == (1, 1):
+        return scores[:, :, 0, 0].T
+    if scores.ndim == 4 and scores.shape[0] == 1:
+        return scores.reshape(scores.shape[1], -1)
+    raise CloudmaskError(
+        f"a pixel model must output [N, K], [N, K, 1, 1] or folded [1, K, H, W] scores, got {scores.shape}"
+    )
+
+
+class PixelBlender:
+    """Scatters per-pixel classes back into their strips; a strip is final when all its valid pixels are in."""
+
+    def __init__(self, card: ModelCard, width: int, n_strips: int, probabilities: bool, stats: StreamStats,
+                 to_channels_first: Callable[[np.ndarray], np.ndarray] = pixel_scores) -> None:
+        self.merge = _ClassMerge(card)
+        self.width, self.n_strips, self.want_probs, self.stats = width, n_strips, probabilities, stats
+        self.to_cf = to_channels_first
+        self.strips: dict[int, tuple[int, np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        self.filled: dict[int, int] = {}
+        self.next_strip = 0
+
+    @property
+    def is_done(self) -> bool:
+        return self.next_strip >= self.n_strips
+
+    def cut(self, msg: StripCut) -> list[Block]:
+        rows, index = msg.rows, msg.index
+        classes = np.full(rows * self.width, NODATA, np.uint8)
+        probs = np.zeros((self.merge.n, rows * self.width), np.uint8) if self.want_probs else None
+        self.strips[msg.strip] = (msg.row, index, classes, probs)
+        self.filled[msg.strip] = 0
+        return self._ready()
+
+    def feed(self, tasks: Sequence[Task], scores: np.ndarray, filled: int) -> list[Block]:
+        """Scatter the classes of the first ``filled`` pixels of a block to the runs ``tasks`` name."""
+        t0 = time.perf_counter()
+        cf = self.to_cf(scores)[:, :filled]
+        probs = self.merge.probabilities(cf, axis=0)
+        cls = np.argmax(probs, axis=0).astype(np.uint8)
+        pct = np.rint(100.0 * probs).astype(np.uint8) if self.want_probs else None
+        for run in tasks:
+            assert isinstance(run, PixelRun)
+            _, index, classes, sprobs = self.strips[run.strip]
+            where = index[run.start : run.start + run.count]
+            src = slice(run.offset, run.offset + run.count)
+            classes[where] = cls[src]
+            if sprobs is not None and pct is not None:
+                sprobs[:, where] = pct[:, src]
+            self.filled[run.strip] += run.count
+        self.stats.pixels += filled
+        self.stats.add("blend", time.perf_counter() - t0)
+        return self._ready()
+
+    def _ready(self) -> list[Block]:
+        out = []
+        while self.next_strip in self.strips and self.filled[self.next_strip] >= len(self.strips[self.next_strip][1]):
+            row, _, classes, probs = self.strips.pop(self.next_strip)
+            del self.filled[self.next_strip]
+            rows = classes.size // self.width
+            out.append(Block(row, classes.reshape(rows, self.width),
+                             None if probs is None else probs.reshape(-1, rows, self.width)))
+            self.next_strip += 1
+        return out
+
+
+class PatchClassBlender:
+    """One mask pixel per patch: the patch's class, NODATA for patches without a valid pixel."""
+
+    def __init__(self, layout: PatchLayout, card: ModelCard, probabilities: bool, stats: StreamStats) -> None:
+        self.layout, self.want_probs, self.stats = layout, probabilities, stats
+        self.merge = _ClassMerge(card)
+        self.rows: dict[int, tuple[int, np.ndarray, np.ndarray | None]] = {}
+        self.next_row = 0
+
+    @property
+    def is_done(self) -> bool:
+        return self.next_row >= self.layout.n_rows
+
+    def cut(self, msg: RowCut) -> list[Block]:
+        classes = np.full((1, self.layout.n_cols), NODATA, np.uint8)
+        probs = np.zeros((self.merge.n, 1, self.layout.n_cols), np.uint8) if self.want_probs else None
+        self.rows[msg.row] = (msg.expected, classes, probs)
+        return self._ready()
+
+    def feed(self, tasks: Sequence[Task], scores: np.ndarray) -> list[Block]:
+        """Classes of patches from ``[>= len(tasks), K]`` (or ``[B, K, 1, 1]``) scores."""
+        t0 = time.perf_counter()
+        sc = scores[: len(tasks)]
+        if sc.ndim == 4 and sc.shape[2:] == (1, 1):
+            sc = sc[:, :, 0, 0]
+        if sc.ndim != 2:
+            raise CloudmaskError(f"a patch classifier must output [B, K] scores, got {scores.shape}")
+        probs = self.merge.probabilities(sc, axis=1)
+        cls = np.argmax(probs, axis=1).astype(np.uint8)
+        for k, task in enumerate(tasks):
+            assert isinstance(task, PatchTask)
+            left, classes, p = self.rows[task.row]
+            classes[0, task.col] = cls[k]
+            if p is not None:
+                p[:, 0, task.col] = np.rint(100.0 * probs[k]).astype(np.uint8)
+            self.rows[task.row] = (left - 1, classes, p)
+        self.stats.patches += len(tasks)
+        self.stats.add("blend", time.perf_counter() - t0)
+        return self._ready()
+
+    def _ready(self) -> list[Block]:
+        out = []
+        while self.next_row in self.rows and self.rows[self.next_row][0] <= 0:
+            _, classes, probs = self.rows.pop(self.next_row)
+            out.append(Block(self.next_row, classes, probs))
+            self.next_row += 1
+        return out

@@ -1,0 +1,229 @@
+"""The producer thread: read the scene strip by strip (each pixel once), normalise, cut, batch.
+
+Two cutters share the plumbing:
+
+* :class:`PatchProducer` (segmentation and patch classifiers): mirrors rows and columns at the
+  scene's edges, cuts each row strip into the layout's patches, drops patches without a valid pixel,
+  and groups patches into the runner's batch;
+* :class:`PixelProducer` (pixel models): packs only the valid pixels of each strip, densely, into
+  blocks of the runner's size; a block may span strips, so the device sees
+  ``ceil(valid pixels / block)`` calls and only the last block is partly filled.
+
+Batch arrays come from a :class:`~cloudmask.engine.control.BufferPool` (preallocated, recycled by the
+device threads); each sample is copied once, from the normalised strip into the batch.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..grid import PatchLayout
+from ..models import ModelCard
+from .control import Abort, BufferPool, Control
+from .io import PatchSource
+from .messages import Batch, PatchTask, PixelRun, RowCut, StripCut
+from .stats import StreamStats
+
+
+class Producer:
+    """Base: reads through ``source``, sends :class:`Batch` to ``in_q`` and cuts to ``out_q``."""
+
+    def __init__(self, source: PatchSource, card: ModelCard, control: Control, in_q: queue.Queue[Any],
+                 out_q: queue.Queue[Any], pool: BufferPool, n_devices: int) -> None:
+        self.source, self.card, self.control = source, card, control
+        self.in_q, self.out_q, self.pool, self.n_devices = in_q, out_q, pool, n_devices
+        self.stats = StreamStats()
+
+    def run(self) -> None:
+        """Thread body: cut the scene, then tell every device thread to stop (``None``)."""
+        try:
+            self.cut()
+        except Abort:
+            pass
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            self.control.fail(err)
+        finally:
+            for _ in range(self.n_devices):
+                try:
+                    self.control.put(self.in_q, None)
+                except Abort:
+                    break
+
+    def cut(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``[start, stop)`` normalised in place, and their valid mask (nodata set to 0)."""
+        t0 = time.perf_counter()
+        new = self.source.read_rows(start, stop)
+        t1 = time.perf_counter()
+        valid = ~np.isnan(new).any(axis=0)
+        self.card.normalise(new, out=new)
+        new[:, ~valid] = 0.0
+        self.stats.add("read", t1 - t0)
+        self.stats.add("normalise", time.perf_counter() - t1)
+        return new, valid
+
+
+class PatchProducer(Producer):
+    """Cuts row strips into the patches of ``layout`` and batches them ``batch`` at a time."""
+
+    def __init__(self, *args: Any, layout: PatchLayout, batch: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.layout, self.batch = layout, batch
+
+    def cut(self) -> None:
+        lay, card = self.layout, self.card
+        p, s = lay.patch, lay.stride
+        cols = lay.strip_cols()
+        contiguous_cols = bool(np.all(np.diff(cols) == 1)) and len(cols) > 0
+        cache = np.empty((card.n_bands, 0, lay.width), np.float32)
+        vcache = np.empty((0, lay.width), bool)
+        lo = 0  # scene row of cache[:, 0]
+        pending: list[tuple[PatchTask, np.ndarray]] = []
+        for i in range(lay.n_rows):
+            rows = lay.strip_rows(i)
+            need_lo, need_hi = int(rows.min()), int(rows.max()) + 1
+            hi = lo + cache.shape[1]
+            if need_hi > hi:
+                new, valid = self.read(max(hi, need_lo), need_hi)
+                keep = max(0, min(need_lo, hi) - lo)
+                cache = np.concatenate([cache[:, keep:], new], axis=1)
+                vcache = np.concatenate([vcache[keep:], valid], axis=0)
+                lo = need_hi - cache.shape[1]
+            t0 = time.perf_counter()
+            r0, r1 = lay.block_rows(i)
+            block_valid = vcache[r0 - lo : r1 - lo].copy()
+            local = rows - lo
+            if np.all(np.diff(local) == 1):
+                strip = cache[:, local[0] : local[-1] + 1]
+                vstrip = vcache[local[0] : local[-1] + 1]
+            else:
+                strip = cache[:, local]
+                vstrip = vcache[local]
+            if not contiguous_cols:
+                strip = strip[:, :, cols]
+                vstrip = vstrip[:, cols]
+            else:
+                strip = strip[:, :, cols[0] : cols[-1] + 1]
+                vstrip = vstrip[:, cols[0] : cols[-1] + 1]
+            tasks: list[tuple[PatchTask, np.ndarray]] = []
+            for j in range(lay.n_cols):
+                if not vstrip[:, j * s : j * s + p].any():
+                    self.stats.skipped += 1
+                    continue
+                tasks.append((PatchTask(i, j), strip[:, :, j * s : j * s + p]))
+            self.stats.add("normalise", time.perf_counter() - t0)
+            self.control.put(self.out_q, RowCut(i, len(tasks), tuple(t.col for t, _ in tasks), block_valid))
+            for task in tasks:
+                pending.append(task)
+                if len(pending) == self.batch:
+                    self._emit(pending)
+                    pending = []
+            # drop rows no later strip needs
+            if i + 1 < lay.n_rows:
+                nxt = int(lay.strip_rows(i + 1).min())
+                if nxt > lo:
+                    cut = min(nxt - lo, cache.shape[1])
+                    cache, vcache, lo = cache[:, cut:], vcache[cut:], lo + cut
+        if pending:
+            self._emit(pending)
+
+    def _emit(self, tasks: list[tuple[PatchTask, np.ndarray]]) -> None:
+        arr = self.pool.take()
+        t0 = time.perf_counter()
+        for k, (_, patch) in enumerate(tasks):
+            arr[k] = patch
+        if len(tasks) < arr.shape[0]:
+            arr[len(tasks) :] = 0.0
+        self.stats.add("normalise", time.perf_counter() - t0)
+        self.control.put(self.in_q, Batch([t for t, _ in tasks], arr, len(tasks)))
+
+
+class PixelProducer(Producer):
+    """Packs the valid pixels of strips of ``strip_rows`` rows densely into blocks of ``block`` pixels.
+
+    ``layout`` is how a block sits in the runner's input: ``"nc"`` (``[N, C]`` or ``[N, C, 1, 1]``) or
+    ``"folded"`` (``[1, C, H, W]``, pixel ``i`` at row ``i // W``, column ``i % W``).
+    """
+
+    def __init__(self, *args: Any, block: int, layout: str, strip_rows: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.block, self.layout, self.strip_rows = block, layout, strip_rows
+
+    @staticmethod
+    def n_strips(height: int, strip_rows: int) -> int:
+        return max(1, math.ceil(height / strip_rows))
+
+    def _view(self, arr: np.ndarray) -> np.ndarray:
+        """The batch array as ``(C, block)`` (folded) or ``(block, C)`` (nc) without copying."""
+        c = self.card.n_bands
+        return arr.reshape(c, self.block) if self.layout == "folded" else arr.reshape(self.block, c)
+
+    def cut(self) -> None:
+        h, _ = self.source.shape
+        arr: np.ndarray | None = None
+        runs: list[PixelRun] = []
+        fill = 0
+        for k in range(self.n_strips(h, self.strip_rows)):
+            r0, r1 = k * self.strip_rows, min(h, (k + 1) * self.strip_rows)
+            data, valid = self.read(r0, r1)
+            t0 = time.perf_counter()
+            flat = data.reshape(data.shape[0], -1)
+            index = np.flatnonzero(valid)
+            dense = index.size == valid.size  # every pixel valid: plain slices, no gather
+            self.control.put(self.out_q, StripCut(k, r0, valid.shape[0], index))
+            start = 0
+            while start < index.size:
+                if arr is None:
+                    self.stats.add("normalise", time.perf_counter() - t0)
+                    arr = self.pool.take()
+                    t0 = time.perf_counter()
+                view = self._view(arr)
+                n = min(self.block - fill, index.size - start)
+                if self.layout == "folded":
+                    dst = view[:, fill : fill + n]
+                    if dense:
+                        dst[...] = flat[:, start : start + n]
+                    else:
+                        np.take(flat, index[start : start + n], axis=1, out=dst, mode="clip")
+                else:
+                    dst = view[fill : fill + n]
+                    if dense:
+                        dst[...] = flat[:, start : start + n].T
+                    else:
+                        np.take(flat.T, index[start : start + n], axis=0, out=dst, mode="clip")
+                runs.append(PixelRun(k, start, n, fill))
+                fill += n
+                start += n
+                if fill == self.block:
+                    self.stats.add("normalise", time.perf_counter() - t0)
+                    self.control.put(self.in_q, Batch(runs, arr, fill))
+                    t0 = time.perf_counter()
+                    arr, runs, fill = None, [], 0
+            self.stats.add("normalise", time.perf_counter() - t0)
+        if arr is not None and fill:
+            view = self._view(arr)
+            if self.layout == "folded":
+                view[:, fill:] = 0.0
+            else:
+                view[fill:] = 0.0
+            self.control.put(self.in_q, Batch(runs, arr, fill))
+
+
+def pixel_block(shape: Sequence[int], bands: int) -> tuple[int, str]:
+    """Pixels per call and block layout of a pixel runner's input shape (see :class:`PixelProducer`)."""
+    dims = tuple(int(v) for v in shape)
+    if len(dims) == 2 and dims[1] == bands:
+        return dims[0], "nc"
+    if len(dims) == 4 and dims[1] == bands and dims[2:] == (1, 1):
+        return dims[0], "nc"
+    if len(dims) == 4 and dims[0] == 1 and dims[1] == bands:
+        return dims[2] * dims[3], "folded"
+    raise ValueError(f"a pixel model takes [N, {bands}], [N, {bands}, 1, 1] or folded [1, {bands}, H, W]; got {dims}")
