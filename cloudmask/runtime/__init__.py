@@ -10,11 +10,13 @@ from ..models import ModelCard
 from .base import Runner
 from .emulated import EmulatedRunner
 from .onnx import OnnxRunner, OrtConfig
+from .shapes import PIXEL_BLOCK, fold_of, runner_shapes
 
 Backend = Literal["onnxruntime", "emulated", "metis"]
 BACKENDS: tuple[str, ...] = ("onnxruntime", "emulated", "metis")
 
-__all__ = ["BACKENDS", "EmulatedRunner", "OnnxRunner", "OrtConfig", "Runner", "make_runners"]
+__all__ = ["BACKENDS", "PIXEL_BLOCK", "EmulatedRunner", "OnnxRunner", "OrtConfig", "Runner", "fold_of", "make_runners",
+           "runner_shapes"]
 
 
 def make_runners(
@@ -25,8 +27,12 @@ def make_runners(
     batch: int = 1,
     ort: OrtConfig | None = None,
     latency_s: float = 0.0,
+    block: int | None = None,
 ) -> Sequence[Runner]:
     """Build ``instances`` runners of ``backend`` for ``card`` (each used by one device thread).
+
+    ``batch`` is patches per call for patch models; ``block`` pixels per call for pixel models whose
+    graph leaves ``N`` open (default :data:`PIXEL_BLOCK`; a folded card's fold decides).
 
     ``instances=None`` chooses: for ONNX Runtime on CPU, two sessions sharing the cores (two batch-1
     sessions of one thread each kept 2 cores busier than one session of two threads: about 55 vs 65 ms
@@ -42,13 +48,10 @@ def make_runners(
             instances = 2 if cpus >= 2 and not _gpu_providers(ort) else 1
         if ort is None and instances > 1:
             ort = OrtConfig(intra_op_threads=max(1, cpus // instances))
-        return [OnnxRunner(card, batch=batch, config=ort) for _ in range(instances)]
+        return [OnnxRunner(card, batch=batch, config=ort, block=block) for _ in range(instances)]
     instances = instances or 1
     if backend == "emulated":
-        return [
-            EmulatedRunner(card.n_bands, card.patch_size, len(card.classes), batch=batch, latency_s=latency_s)
-            for _ in range(instances)
-        ]
+        return [EmulatedRunner.for_card(card, batch, latency_s, block) for _ in range(instances)]
     if backend == "metis":
         try:
             from .metis import make_metis_runners

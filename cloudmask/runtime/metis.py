@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import RuntimeBackendError
 from ..models import ModelCard
+from .shapes import runner_shapes
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,16 @@ class MetisRunner:
         self._out_info = model.outputs()[0]
         n, h, w, c = self._in_info.unpadded_shape  # NHWC
         self._shape = (int(n), int(c), int(h), int(w))
-        if (c, h, w) != (card.n_bands, card.patch_size, card.patch_size):
+        if card.kind == "pixel" and h * w == 1:
+            raise RuntimeBackendError(
+                f"model '{card.name}' is a pixel model compiled for one pixel per call; export it folded "
+                "(`cloudmask metis export --model CARD`, many pixels per call) and use the exported card"
+            )
+        expected = runner_shapes(card, int(n))[0]
+        if self._shape != expected:
             raise RuntimeBackendError(
                 f"compiled model input {self._in_info.unpadded_shape} (NHWC) does not match card "
-                f"'{card.name}' ({card.n_bands} bands, {card.patch_size} px)"
+                f"'{card.name}' ({card.n_bands} bands, input {list(expected)} NCHW)"
             )
         self._inputs = [np.zeros(self._in_info.shape, np.int8)]
         self._outputs = [np.zeros(self._out_info.shape, np.int8)]
@@ -88,7 +95,7 @@ class MetisRunner:
         self.lag = 2 if double_buffer else 0
 
     @property
-    def input_shape(self) -> tuple[int, int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
         return self._shape
 
     def run(self, batch: np.ndarray) -> np.ndarray:

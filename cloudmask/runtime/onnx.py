@@ -11,6 +11,7 @@ import onnx
 
 from ..errors import ModelError, RuntimeBackendError
 from ..models import ModelCard
+from .shapes import PIXEL_BLOCK, fold_of
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +70,63 @@ def static_graph(onnx_path: Path, batch: int, height: int, width: int) -> onnx.M
     return model
 
 
-class OnnxRunner:
-    """A Runner over one ``onnxruntime.InferenceSession`` with a static batch."""
+def _load(onnx_path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(onnx_path))
+    except Exception as err:  # onnx raises several types for corrupt files
+        raise ModelError(f"cannot load ONNX model {onnx_path}: {err}; check the file or re-export it") from err
 
-    def __init__(self, card: ModelCard, batch: int = 1, config: OrtConfig | None = None) -> None:
+
+def pixel_graph(onnx_path: Path, block: int = PIXEL_BLOCK) -> tuple[onnx.ModelProto, tuple[int, ...]]:
+    """Load a pixel model and pin a dynamic sample dimension ``N`` to ``block``; returns (model, input shape).
+
+    Inputs: ``[N, C]``, ``[N, C, 1, 1]``, or a folded ``[1, C, H, W]`` (static). A static ``N`` is kept.
+    """
+    model = _load(onnx_path)
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if len(inputs) != 1:
+        raise ModelError(f"{onnx_path}: expected one input, found {len(inputs)}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    values = [d.dim_value for d in dims]
+    ok = len(dims) == 2 or (len(dims) == 4 and (values[2:] == [1, 1] or (values[0] == 1 and all(values[2:]))))
+    if not ok:
+        raise ModelError(
+            f"{onnx_path}: a pixel model takes [N, C], [N, C, 1, 1] or folded [1, C, H, W], got {values}; "
+            "set the card's kind to match the model"
+        )
+    n = values[0] or block
+    for d in (dims[0], *(o.type.tensor_type.shape.dim[0] for o in model.graph.output
+                         if len(o.type.tensor_type.shape.dim) >= 1)):
+        if not d.dim_value:
+            d.ClearField("dim_param")
+            d.dim_value = n
+    return model, tuple(d.dim_value for d in dims)
+
+
+class OnnxRunner:
+    """A Runner over one ``onnxruntime.InferenceSession`` with a static batch.
+
+    Patch models (segmentation, patch classifiers) run ``batch`` patches per call; pixel models run
+    ``block`` pixels per call (a dynamic ``N`` is pinned to it; default :data:`PIXEL_BLOCK`).
+    """
+
+    def __init__(self, card: ModelCard, batch: int = 1, config: OrtConfig | None = None,
+                 block: int | None = None) -> None:
         import onnxruntime as ort
 
         cfg = config or OrtConfig()
         self.card = card
         p = card.patch_size
-        model = static_graph(card.onnx_path, batch, p, p)
+        shape: tuple[int, ...]
+        if card.kind == "pixel":
+            model, shape = pixel_graph(card.onnx_path, block or PIXEL_BLOCK)
+            fold = fold_of(card)
+            if fold is not None and tuple(shape[2:]) != fold:
+                raise ModelError(f"model '{card.name}': the card's fold {list(fold)} does not match the "
+                                 f"ONNX input {list(shape)}; re-export or fix the card's 'fold'")
+        else:
+            model = static_graph(card.onnx_path, batch, p, p)
+            shape = (batch, card.n_bands, p, p)
         channels = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
         if channels and channels != card.n_bands:
             raise ModelError(
@@ -107,11 +155,11 @@ class OnnxRunner:
         except Exception as err:
             raise ModelError(f"ONNX Runtime cannot load model '{card.name}': {err}") from err
         self._input = self._session.get_inputs()[0].name
-        self._shape = (batch, card.n_bands, p, p)
+        self._shape = shape
         log.debug("ONNX Runtime session for %s, shape %s, providers %s", card.name, self._shape, providers)
 
     @property
-    def input_shape(self) -> tuple[int, int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
         return self._shape
 
     @property
