@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,7 +80,7 @@ def parse_classes(text: str | Mapping[int, str] | None) -> dict[int, str]:
 
 def _split_pairs(text: str) -> list[tuple[str, str]]:
     pairs = []
-    for part in re.split(r"[,\s]+", text.strip()):
+    for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
         if "=" not in part:
