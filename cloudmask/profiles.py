@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +28,8 @@ import pystac
 
 from .errors import ItemLayoutError
 from .scene import BandAsset, SceneSpec
+from .stac.items import processing_baseline
+from .stac.sign import SIGNERS, sign_href
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ def _load_table() -> _Table:
         unknown_src = [s for s in p.get("scale_offset", ()) if s not in _SCALE_SOURCES]
         if unknown_src:  # pragma: no cover - guards the data file
             raise ValueError(f"profile {p['name']}: unknown scale_offset source(s) {unknown_src}")
+        if p.get("sign") not in (None, *SIGNERS):  # pragma: no cover - guards the data file
+            raise ValueError(f"profile {p['name']}: unknown signing scheme {p['sign']!r}")
         profiles.append(
             Profile(
                 name=p["name"],
@@ -137,6 +140,14 @@ def _table() -> _Table:
 def list_profiles() -> list[Profile]:
     """Every built-in profile, in detection order."""
     return list(_table().profiles)
+
+
+def describe_rule(rule: Mapping[str, Any]) -> str:
+    """A detection rule in words, e.g. ``collection sentinel-2-l2a and asset B02|B04|B08``."""
+    words = {"collections": "collection", "assets_any": "asset", "assets_all": "all assets",
+             "properties_any": "property", "href_prefix": "href starts"}
+    sep = {"assets_all": "+"}
+    return " and ".join(f"{words.get(k, k)} {sep.get(k, '|').join(map(str, v))}" for k, v in rule.items())
 
 
 def get_profile(name: str) -> Profile:
@@ -169,28 +180,6 @@ def detect_profile(item: pystac.Item) -> Profile:
 
 
 # ------------------------------------------------------------------------------------------ metadata
-
-
-def processing_baseline(item: pystac.Item) -> str | None:
-    """The item's processing baseline as ``"NN.NN"`` (e.g. ``"05.11"``), or ``None`` if unknown.
-
-    Looks at ``s2:processing_baseline``, ``processing:version``, then the ``_Nxxyy_`` part of product
-    ids (``s2:product_uri``, ``sentinel:product_id``, the item id) or of ``s2:datatake_id``.
-    """
-    props = item.properties
-    for key in ("s2:processing_baseline", "processing:version"):
-        value = props.get(key)
-        if isinstance(value, str) and re.fullmatch(r"\d{1,2}\.\d{1,2}", value.strip()):
-            major, minor = value.strip().split(".")
-            return f"{int(major):02d}.{int(minor):02d}"
-    for key in ("s2:product_uri", "sentinel:product_id", "s2:datatake_id", "s2:tile_id", "id"):
-        text = item.id if key == "id" else props.get(key)
-        if not isinstance(text, str):
-            continue
-        m = re.search(r"_N(\d{2})\.?(\d{2})(?:_|\.|$)", text)
-        if m:
-            return f"{m.group(1)}.{m.group(2)}"
-    return None
 
 
 def _baseline_tuple(baseline: str | None) -> tuple[int, int] | None:
@@ -333,26 +322,7 @@ def _resolution_of(asset: pystac.Asset, band: str) -> float | None:
 
 
 def _href_of(asset: pystac.Asset, profile: Profile) -> str:
-    href = asset.get_absolute_href() or asset.href
-    if profile.sign == "planetary-computer":
-        href = _sign_planetary_computer(href)
-    return href
-
-
-def _sign_planetary_computer(href: str) -> str:
-    """Sign a Planetary Computer blob href with the optional ``planetary-computer`` package."""
-    if not href.startswith("https://") or "blob.core.windows.net" not in href:
-        return href
-    try:
-        import planetary_computer  # optional extra: pip install 's2-cloudmask[planetary-computer]'
-    except ImportError:
-        log.debug("planetary-computer not installed; leaving href %s unsigned", href)
-        return href
-    try:
-        return str(planetary_computer.sign(href))
-    except Exception as err:  # network or token service trouble: reading will say more
-        log.warning("could not sign %s with planetary-computer: %s", href, err)
-        return href
+    return sign_href(asset.get_absolute_href() or asset.href, profile.sign)
 
 
 def scene_spec(item: pystac.Item | Mapping[str, Any], profile: str | Profile | None = None) -> SceneSpec:

@@ -355,3 +355,140 @@ def load_real_items(server: StacApi, stac_dir: Path) -> dict[str, list[dict[str,
 def require_stac_api() -> bool:
     """Whether a missing STAC API must fail the tests rather than skip them (``CLOUDMASK_REQUIRE_STAC_API=1``)."""
     return os.environ.get(REQUIRE_ENV, "") not in ("", "0", "false", "no")
+
+
+# ---------------------------------------------------------------------------------------- a scripted fake
+
+
+def fake_item(k: int, collection: str = "fake-s2", cloud: float = 10.0) -> dict[str, Any]:
+    """A small valid STAC item (no assets needed for searching), one day apart per ``k``."""
+    west, south = 1.0 + 0.1 * k, 43.0
+    ring = [[west, south], [west + 0.1, south], [west + 0.1, south + 0.1], [west, south + 0.1], [west, south]]
+    return {
+        "type": "Feature", "stac_version": "1.0.0", "id": f"fake-item-{k:03d}", "collection": collection,
+        "geometry": {"type": "Polygon", "coordinates": [ring]}, "bbox": [west, south, west + 0.1, south + 0.1],
+        "properties": {"datetime": f"2024-06-{1 + k % 28:02d}T10:00:00Z", "eo:cloud_cover": cloud},
+        "links": [], "assets": {},
+    }
+
+
+#: What a scripted page answer can be.
+FAULTS = ("ok", "hang", "truncated", "html", "503", "cut")
+
+
+class FakeStacApi:
+    """A STAC API on 127.0.0.1 (``http.server`` in a thread) that answers as scripted.
+
+    ``pages``: the item dicts of each search page (page 1 answers ``POST /search``, page N ``GET
+    /search/page/N``, linked by ``next``). ``faults[page]`` lists how successive requests of that
+    page (0 = the landing page) are answered, then ``ok``: ``hang`` (accept, never answer),
+    ``truncated`` (200 with half the JSON, honest Content-Length), ``html`` (a proxy's 502 page with
+    status 200), ``503``, ``cut`` (Content-Length of the whole page, half sent, connection closed).
+    ``hits[page]`` counts requests; ``bodies`` keeps each ``POST /search`` body.
+    """
+
+    def __init__(self, pages: list[list[dict[str, Any]]], faults: dict[int, list[str]] | None = None) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.pages = pages
+        self.faults = {k: list(v) for k, v in (faults or {}).items()}
+        assert all(f in FAULTS for v in self.faults.values() for f in v), self.faults
+        self.hits: dict[int, int] = {}
+        self.bodies: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path.rstrip("/") == "":
+                    fake._answer(self, 0, fake.landing())
+                elif self.path.startswith("/search/page/"):
+                    n = int(self.path.rsplit("/", 1)[1])
+                    fake._answer(self, n, fake.page(n))
+                else:
+                    fake._send(self, 404, b'{"code": "NotFound"}')
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with fake._lock:
+                    fake.bodies.append(json.loads(body or b"{}"))
+                fake._answer(self, 1, fake.page(1))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def landing(self) -> dict[str, Any]:
+        return {
+            "type": "Catalog", "id": "fake", "description": "scripted fake STAC API", "stac_version": "1.0.0",
+            "conformsTo": [
+                "https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search",
+                "https://api.stacspec.org/v1.0.0/item-search#sort",
+                "https://api.stacspec.org/v1.0.0-rc.2/item-search#filter",
+                "http://www.opengis.net/spec/cql2/1.0/conf/cql2-json",
+                "http://www.opengis.net/spec/cql2/1.0/conf/basic-cql2",
+            ],
+            "links": [
+                {"rel": "self", "href": self.url + "/", "type": "application/json"},
+                {"rel": "root", "href": self.url + "/", "type": "application/json"},
+                {"rel": "search", "href": self.url + "/search", "type": "application/geo+json", "method": "POST"},
+            ],
+        }
+
+    def page(self, n: int) -> dict[str, Any]:
+        links = []
+        if n < len(self.pages):
+            links.append({"rel": "next", "href": f"{self.url}/search/page/{n + 1}", "type": "application/geo+json",
+                          "method": "GET"})
+        return {"type": "FeatureCollection", "features": self.pages[n - 1], "links": links}
+
+    def _answer(self, h: Any, n: int, doc: dict[str, Any]) -> None:
+        with self._lock:
+            self.hits[n] = self.hits.get(n, 0) + 1
+            script = self.faults.get(n, [])
+            fault = script.pop(0) if script else "ok"
+        data = json.dumps(doc).encode()
+        if fault == "hang":
+            self._stop.wait(120)
+            h.close_connection = True
+        elif fault == "truncated":
+            self._send(h, 200, data[: len(data) // 2])
+        elif fault == "html":
+            self._send(h, 200, b"<html><body><h1>502 Bad Gateway</h1>nginx</body></html>", "text/html")
+        elif fault == "503":
+            self._send(h, 503, b'{"code": "ServiceUnavailable"}')
+        elif fault == "cut":
+            h.send_response(200)
+            h.send_header("Content-Type", "application/geo+json")
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data[: len(data) // 2])
+            h.wfile.flush()
+            h.close_connection = True
+        else:
+            self._send(h, 200, data)
+
+    @staticmethod
+    def _send(h: Any, code: int, data: bytes, ctype: str = "application/json") -> None:
+        h.send_response(code)
+        h.send_header("Content-Type", ctype)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def __enter__(self) -> FakeStacApi:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,4 +1,5 @@
-"""Static-catalogue search (cloudmask.catalog.search) over real items, AOIs, dedupe and errors."""
+"""Static-catalogue search (cloudmask.stac.search) over real items, AOIs, dedupe and errors; the one
+search query parser (cloudmask.stac.query) that the CLI, job specs, the API and Metis share."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pystac
 import pytest
 from shapely.geometry import box, mapping, shape
 
-from cloudmask.catalog import ENDPOINTS, dedupe, parse_aoi, parse_datetime, scene_spec, search
+from cloudmask.profiles import scene_spec
+from cloudmask.stac import ENDPOINTS, SearchQuery, dedupe, parse_aoi, parse_bbox, parse_datetime, search
 from cloudmask.errors import CatalogError, CatalogNotFoundError, ConfigError
 
 try:
@@ -112,7 +114,8 @@ def test_static_collection_min_cloud_limit_sortby(es_catalog: Path, es_items: li
     assert all(i.collection_id == "sentinel-2-c1-l2a" for i in found)
     top2 = search(es_catalog, collection="sentinel-2-c1-l2a", min_cloud=25, sortby="-eo:cloud_cover", limit=2)
     assert [i.id for i in top2] == [i.id for i in found[:2]]
-    assert search(es_catalog, limit=0) == []
+    with pytest.raises(ConfigError, match="limit must be"):
+        search(es_catalog, limit=0)
     two = search(es_catalog, collection=["sentinel-2-l1c", "sentinel-2-l2a"])
     assert {i.collection_id for i in two} == {"sentinel-2-l1c", "sentinel-2-l2a"}
 
@@ -233,3 +236,51 @@ def test_sample_catalogue_searches_and_maps(sample_catalog: Path) -> None:
     assert spec.bands["red"].offset == pytest.approx(-0.1)
     low = search(sample_catalog, max_cloud=20)
     assert all(i.properties["eo:cloud_cover"] <= 20 for i in low)
+
+
+PC = "planetary-computer/pystac-client_cassettes/sentinel-2-l2a"  # Kamchatka, 169-175 E
+
+
+@pytest.mark.shared
+def test_antimeridian_bbox(tmp_path: Path) -> None:
+    """west > east is a box across the antimeridian, the same from a tuple or from CLI text."""
+    pc = _real(PC)
+    cat = _build_catalog(tmp_path / "c", pc)
+    for bbox in ((172.7, 55.0, -170.0, 60.0), (179.0, 55.0, 171.1, 60.0)):
+        w, s, e, n = bbox
+        area = box(w, s, 180.0, n).union(box(-180.0, s, e, n))
+        want = {d["id"] for d in pc if shape(d["geometry"]).intersects(area)}
+        assert want and want != {d["id"] for d in pc}  # neither empty nor everything
+        assert {i.id for i in search(cat, bbox=bbox)} == want
+        assert {i.id for i in search(cat, bbox=",".join(map(str, bbox)))} == want
+
+
+def test_one_query_parser() -> None:
+    assert parse_bbox("5.9, 45.8,10.5,47.8") == parse_bbox([5.9, 45.8, 10.5, 47.8]) == (5.9, 45.8, 10.5, 47.8)
+    assert parse_bbox("170,50,-170,60") == (170.0, 50.0, -170.0, 60.0)
+    for bad, words in (("1,2,3", "needs 4 numbers"), ("1,5,2,4", "south"), ("1,2,1,3", "no width"),
+                       ("190,0,191,1", "longitudes"), ("0,-95,1,1", "latitudes"), ("a,b,c,d", "needs 4"),
+                       ("0,nan,1,1", "non-finite")):
+        with pytest.raises(ConfigError, match=words):
+            parse_bbox(bad)
+    for kw, words in (({"max_cloud": 150}, "max_cloud"), ({"min_cloud": -1}, "min_cloud"),
+                      ({"limit": 0}, "limit"), ({"limit": True}, "limit"),
+                      ({"datetime": "2024-13"}, "cannot read datetime"), ({"aoi": "POLYGON((0 0"}, "WKT")):
+        with pytest.raises(ConfigError, match=words):
+            SearchQuery.build(**kw)  # type: ignore[arg-type]
+    now = datetime(2024, 6, 20, 12, tzinfo=UTC)
+    q = SearchQuery.build(datetime="last 10 days", now=now)
+    assert (q.start, q.end) == (datetime(2024, 6, 10, 12, tzinfo=UTC), now)
+    assert SearchQuery.build(datetime="P1W", now=now).start == datetime(2024, 6, 13, 12, tzinfo=UTC)
+    q = SearchQuery.build(collection="a, b", bbox="170,50,-170,60", min_cloud=5, max_cloud=60,
+                          sortby="-eo:cloud_cover,datetime")
+    params = q.api_params()
+    assert params["collections"] == ["a", "b"]
+    assert "bbox" not in params and params["intersects"]["type"] == "MultiPolygon"
+    assert params["filter"] == {"op": "and", "args": [
+        {"op": "<=", "args": [{"property": "eo:cloud_cover"}, 60.0]},
+        {"op": ">=", "args": [{"property": "eo:cloud_cover"}, 5.0]}]}
+    assert params["filter_lang"] == "cql2-json"
+    assert params["sortby"] == [{"field": "properties.eo:cloud_cover", "direction": "desc"},
+                                {"field": "properties.datetime", "direction": "asc"}]
+    assert SearchQuery.build(bbox=(1, 2, 3, 4)).api_params()["bbox"] == [1.0, 2.0, 3.0, 4.0]

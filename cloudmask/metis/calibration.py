@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -293,8 +293,8 @@ def calibration_set_from_stac(
     *,
     samples: int = 200,
     collection: str | None = None,
-    bbox: Any = None,
-    datetime: Any = None,
+    bbox: str | Sequence[float] | None = None,
+    datetime: str | None = None,
     max_cloud: float | None = None,
     limit: int | None = None,
     stride: int | None = None,
@@ -305,11 +305,12 @@ def calibration_set_from_stac(
     Candidates are drawn from every scene found (``stride`` pixels apart, default half a patch) and
     stratified by predicted class mix; returns the manifest path.
     """
-    from ..catalog import search
     from ..profiles import scene_spec
+    from ..stac import SearchQuery, search
 
+    query = SearchQuery.build(collection=collection, bbox=bbox, datetime=datetime, max_cloud=max_cloud, limit=limit)
     card = load_model(model)
-    items = search(stac, collection=collection, bbox=bbox, datetime=datetime, max_cloud=max_cloud, limit=limit)
+    items = search(stac, query)
     if not items:
         raise ConfigError(f"the search in {stac} found no scene to draw calibration patches from")
     specs = [scene_spec(it) for it in items]

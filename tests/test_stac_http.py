@@ -1,0 +1,162 @@
+"""STAC API faults against a real local HTTP server (tests/stac_api.py FakeStacApi, no mocks):
+timeouts on every request, retries with backoff, truncated/non-JSON pages, and what the CLI prints."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from cloudmask.errors import CatalogError, CatalogUnreachableError, ConfigError
+from cloudmask.retry import RetryPolicy
+from cloudmask.stac import HttpPolicy, search
+
+try:
+    from .stac_api import FakeStacApi, closed_port, fake_item
+except ImportError:  # tests/ not a package
+    from stac_api import FakeStacApi, closed_port, fake_item  # type: ignore[no-redef]
+
+#: Short limits so a fault costs a second, not a minute: 0.5 s timeouts, one retry after 0.01 s.
+FAST = HttpPolicy(connect_timeout=0.5, read_timeout=0.5, retry=RetryPolicy(count=1, backoff=0.01, backoff_max=0.01))
+PAGES = [[fake_item(k) for k in range(0, 3)], [fake_item(k) for k in range(3, 6)]]
+ALL_IDS = [d["id"] for page in PAGES for d in page]
+
+
+def cli_search(url: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``cloudmask search`` in a fresh interpreter, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "cloudmask.cli", "search", "--stac", url, *extra],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})},
+    )
+
+
+def assert_one_error_line(proc: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    for w in words:
+        assert w in errors[0], errors[0]
+
+
+def test_paging_works() -> None:
+    with FakeStacApi(PAGES) as api:
+        assert [i.id for i in search(api.url, http=FAST)] == ALL_IDS
+        assert (api.hits[1], api.hits[2]) == (1, 1)
+
+
+@pytest.mark.timeout(60)
+def test_second_page_that_never_answers_fails_with_unreachable() -> None:
+    with FakeStacApi(PAGES, faults={2: ["hang"] * 5}) as api:
+        with pytest.raises(CatalogUnreachableError, match="search/page/2 failed after 1 retries") as err:
+            search(api.url, http=FAST)
+        assert "timed out" in str(err.value).lower()
+        assert api.hits[2] == 2  # the first try and one retry, each cut off by the read timeout
+
+
+@pytest.mark.timeout(60)
+def test_landing_page_that_never_answers_keeps_its_timeout() -> None:
+    """``Client.open`` resets the StacApiIO timeout to None; ours must survive it."""
+    with FakeStacApi(PAGES, faults={0: ["hang"] * 5}) as api:
+        with pytest.raises(CatalogUnreachableError, match="failed after 1 retries"):
+            search(api.url, http=FAST)
+        assert api.hits[0] == 2
+
+
+@pytest.mark.timeout(120)
+def test_cli_search_second_page_hangs_one_error_line() -> None:
+    with FakeStacApi(PAGES, faults={2: ["hang"] * 5}) as api:
+        proc = cli_search(api.url, "--http-timeout", "0.5", "--http-retries", "1")
+        assert_one_error_line(proc, 4, "search/page/2", "failed after 1 retries")
+        assert api.hits[2] == 2
+        # the same limits from the environment
+        proc = cli_search(api.url, env={"CLOUDMASK_HTTP_TIMEOUT": "0.5,0.5", "CLOUDMASK_HTTP_RETRIES": "0"})
+        assert_one_error_line(proc, 4, "failed after 0 retries")
+
+
+@pytest.mark.parametrize("fault", ["truncated", "html"])
+@pytest.mark.timeout(60)
+def test_bad_page_is_retried_then_fails(fault: str, caplog: pytest.LogCaptureFixture) -> None:
+    with FakeStacApi(PAGES, faults={2: [fault] * 5}) as api:
+        with caplog.at_level(logging.WARNING, logger="cloudmask"), pytest.raises(CatalogUnreachableError) as err:
+            search(api.url, http=FAST)
+        assert "not JSON" in str(err.value) and "search/page/2" in str(err.value)
+        assert api.hits[2] == 2
+        assert sum("Retrying GET" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.timeout(120)
+def test_cli_truncated_page_gives_error_not_traceback() -> None:
+    with FakeStacApi(PAGES, faults={2: ["truncated"] * 5}) as api:
+        proc = cli_search(api.url, "--http-timeout", "2", "--http-retries", "1")
+        assert_one_error_line(proc, 4, "not JSON", "search/page/2")
+
+
+@pytest.mark.parametrize("fault", ["truncated", "html", "cut", "503", "hang"])
+@pytest.mark.timeout(60)
+def test_one_bad_answer_is_retried_and_the_search_completes(fault: str) -> None:
+    with FakeStacApi(PAGES, faults={2: [fault]}) as api:
+        assert [i.id for i in search(api.url, http=FAST)] == ALL_IDS
+        assert api.hits[2] == 2
+
+
+def test_5xx_is_retried_and_cloud_cover_goes_as_cql2() -> None:
+    policy = HttpPolicy(2.0, 2.0, RetryPolicy(count=3, backoff=0.01, backoff_max=0.01))
+    with FakeStacApi(PAGES[:1], faults={1: ["503", "503"]}) as api:
+        found = search(api.url, collection="fake-s2", max_cloud=20, http=policy)
+        assert [i.id for i in found] == ALL_IDS[:3]
+        assert api.hits[1] == 3
+        body = api.bodies[-1]
+        assert body["filter"] == {"op": "<=", "args": [{"property": "eo:cloud_cover"}, 20.0]}
+        assert body["filter-lang"] == "cql2-json"
+        assert "query" not in body
+    with FakeStacApi(PAGES[:1], faults={1: ["503"] * 10}) as api:
+        with pytest.raises(CatalogUnreachableError, match="after 2 retries"):
+            search(api.url, http=HttpPolicy(2.0, 2.0, RetryPolicy(count=2, backoff=0.01, backoff_max=0.01)))
+        assert api.hits[1] == 3
+
+
+def test_unreachable_api_fails_after_retries(caplog: pytest.LogCaptureFixture) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/"
+    with caplog.at_level(logging.WARNING, logger="cloudmask"), pytest.raises(
+        CatalogUnreachableError, match="failed after 2 retries"
+    ):
+        search(url, max_cloud=20, http=HttpPolicy(1.0, 1.0, RetryPolicy(count=2, backoff=0.01, backoff_max=0.01)))
+    assert sum("Retrying GET" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_items_the_server_should_have_filtered_are_dropped() -> None:
+    """A server that ignores the filter (as some ignore ``query``) still yields only matching scenes."""
+    cloudy = [[fake_item(0, cloud=90.0), fake_item(1, cloud=10.0)]]
+    with FakeStacApi(cloudy) as api:
+        assert [i.id for i in search(api.url, max_cloud=20, http=FAST)] == ["fake-item-001"]
+        assert [i.id for i in search(api.url, min_cloud=20, http=FAST)] == ["fake-item-000"]
+
+
+def test_http_404_is_a_catalog_error_not_unreachable() -> None:
+    with FakeStacApi(PAGES) as api:
+        with pytest.raises(CatalogError) as err:
+            search(api.url + "/no/such/api", http=FAST)
+        assert not isinstance(err.value, CatalogUnreachableError)
+        assert api.hits == {}  # a 404 is not retried
+
+
+def test_http_settings_from_environment_and_options() -> None:
+    env: dict[str, Any] = {"CLOUDMASK_HTTP_TIMEOUT": "3,7", "CLOUDMASK_HTTP_RETRIES": "5"}
+    p = HttpPolicy.from_env(env)
+    assert (p.connect_timeout, p.read_timeout, p.retry.count) == (3.0, 7.0, 5)
+    assert HttpPolicy.from_env({"CLOUDMASK_HTTP_TIMEOUT": "4"}).timeout == (4.0, 4.0)
+    assert HttpPolicy.from_env({}) == HttpPolicy()
+    for bad in ({"CLOUDMASK_HTTP_TIMEOUT": "soon"}, {"CLOUDMASK_HTTP_TIMEOUT": "0"},
+                {"CLOUDMASK_HTTP_TIMEOUT": "1,2,3"}, {"CLOUDMASK_HTTP_RETRIES": "-1"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            HttpPolicy.from_env(bad)
+
+
+def test_cli_bad_http_option_is_an_argument_error() -> None:
+    proc = cli_search("http://127.0.0.1:9/", "--http-timeout", "soon")
+    assert_one_error_line(proc, 2, "--http-timeout")
