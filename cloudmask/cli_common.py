@@ -24,6 +24,10 @@ class CloudmaskGroup(click.Group):
         except CloudmaskError as err:
             click.echo(f"error: {err}", err=True)
             ctx.exit(err.exit_code)
+        except click.UsageError as err:  # a bad option value: one line, exit 2, the option named
+            hint = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
+            click.echo(f"error: {err.format_message()}{hint}", err=True)
+            ctx.exit(err.exit_code)
         except Exception as err:
             if not is_no_space(err):
                 raise

@@ -1,0 +1,188 @@
+"""Many scenes into one output directory, one after the other, each failure kept to its scene.
+
+What ``cloudmask run`` and ``cloudmask demo`` do: mask every scene (a scene that fails is reported and
+the others go on), always rebuild the output catalogue from the items on disk, and write a summary
+(``summary.json``) of what was done, skipped and failed. A full disk stops the batch at once (every
+later scene would fail the same way) but keeps what was already written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import atomic
+from .errors import CloudmaskError, ConfigError, JobError, ModelError, WriteError
+from .scene import SceneSpec
+
+log = logging.getLogger(__name__)
+
+#: Exit code of a batch in which some scenes failed (as for ``cloudmask job run``).
+FAILED_SCENES_EXIT = JobError.exit_code
+
+
+class ScenesFailedError(JobError):
+    """Some scenes of a batch failed; the others were masked and catalogued."""
+
+
+@dataclass
+class BatchReport:
+    """Rows of a batch: one per scene, ``status`` done | skipped | failed."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    catalog: Path | None = None
+    summary: Path | None = None
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["status"] == "failed"]
+
+    def raise_for_failures(self) -> None:
+        """Raise :class:`ScenesFailedError` (exit 8) when any scene failed."""
+        if self.failed:
+            names = ", ".join(r["scene"] for r in self.failed[:3]) + (" ..." if len(self.failed) > 3 else "")
+            raise ScenesFailedError(
+                f"{len(self.failed)} of {len(self.rows)} scenes failed ({names}); the others are in "
+                f"{self.catalog or 'the output directory'}; see {self.summary or 'the summary'} for each error"
+            )
+
+
+def existing_output(out: Path, spec: SceneSpec, model: str) -> dict[str, Any] | None:
+    """The summary row of a finished, valid mask of ``spec`` by ``model`` in ``out``, or None.
+
+    Finished and valid: the output item exists, names this source scene and model, and its mask file
+    has the size and checksum the item records.
+    """
+    from .jobs.state import check_done  # the job's own notion of "done"
+
+    check = check_done(out, spec.id)
+    if not check.done or check.item_path is None:
+        return None
+    doc = json.loads(check.item_path.read_text())
+    props = doc.get("properties", {})
+    if props.get("cloudmask:model") not in (None, model):
+        return None
+    return {"scene": spec.id, "status": "skipped", "model": model,
+            "mask": str((check.item_path.parent / doc["assets"]["mask"]["href"]).resolve())}
+
+
+def mask_many(
+    specs: Iterable[SceneSpec],
+    out: Path,
+    mask_one: Callable[[SceneSpec], dict[str, Any]],
+    *,
+    model_of: Callable[[SceneSpec], str] | None = None,
+    skip_existing: bool = False,
+    write_catalog: Callable[[Path], Path] | None = None,
+    failed: Sequence[dict[str, Any]] = (),
+) -> BatchReport:
+    """Mask ``specs`` with ``mask_one`` (scene -> summary row); isolate failures; catalogue + summary.
+
+    ``model_of`` names the model a scene would get (for ``skip_existing``). ``write_catalog`` rebuilds
+    the output catalogue (default: :func:`cloudmask.outputs.update_output_catalog`). ``failed`` are rows
+    of scenes that failed before masking (e.g. an item without a needed band). Never raises for a
+    failed scene; raises :class:`~cloudmask.errors.WriteError` when the disk is full.
+    """
+    out = prepare_out_dir(out)
+    report = BatchReport(rows=[dict(r) for r in failed])
+    fatal: WriteError | None = None
+    for spec in specs:
+        if skip_existing and model_of is not None:
+            kept = existing_output(out, spec, model_of(spec))
+            if kept is not None:
+                log.info("scene %s: a valid mask exists, kept (--skip-existing)", spec.id)
+                report.rows.append(kept)
+                continue
+        t0 = time.perf_counter()
+        try:
+            row = mask_one(spec)
+        except (ConfigError, ModelError):
+            raise  # the user's settings, not the scene: every scene would fail the same way
+        except CloudmaskError as err:
+            log.error("scene %s failed: %s", spec.id, err)
+            report.rows.append({"scene": spec.id, "status": "failed", "error": str(err),
+                                "seconds": round(time.perf_counter() - t0, 2)})
+            if isinstance(err, WriteError) and atomic.is_no_space(err):
+                fatal = err
+                break
+            continue
+        except Exception as err:  # noqa: BLE001 - one scene's failure must not lose the others
+            wrapped = atomic.write_error(err, out) if isinstance(err, OSError) else err
+            if isinstance(err, OSError):
+                log.error("scene %s failed: %s", spec.id, wrapped)
+            else:
+                log.exception("scene %s failed unexpectedly: %s", spec.id, err)
+            report.rows.append({"scene": spec.id, "status": "failed", "error": f"{wrapped}",
+                                "seconds": round(time.perf_counter() - t0, 2)})
+            if atomic.is_no_space(err):
+                fatal = atomic.write_error(err, out)
+                break
+            continue
+        report.rows.append({"status": "done", **row})
+    try:
+        report.catalog = _catalog(out, write_catalog, report)
+        report.summary = write_summary(out, report.rows)
+    except (CloudmaskError, OSError) as err:
+        if fatal is None:
+            raise err if isinstance(err, CloudmaskError) else atomic.write_error(err, out) from err
+        log.error("could not write the catalogue or summary: %s", err)
+    if fatal is not None:
+        raise fatal
+    return report
+
+
+def _catalog(out: Path, write_catalog: Callable[[Path], Path] | None, report: BatchReport) -> Path | None:
+    if not any(r["status"] in ("done", "skipped") for r in report.rows) and not (out / "items").is_dir():
+        return None
+    if write_catalog is None:
+        from .outputs import update_output_catalog
+
+        write_catalog = update_output_catalog
+    return write_catalog(out)
+
+
+def prepare_out_dir(out: Path | str) -> Path:
+    """Create the output directory ``out`` or say why it cannot be one (:class:`ConfigError`, exit 2)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is an existing file; give a directory (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot create the output directory ({err.strerror}); "
+                          "choose a writable place") from err
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out} is not writable; choose a writable directory")
+    return out
+
+
+def specs_of(items: Iterable[Any], profile: str | None = None) -> tuple[list[SceneSpec], list[dict[str, Any]]]:
+    """Scene specs of ``items``, and a failed row for each item that cannot be read as a scene."""
+    from .profiles import scene_spec
+
+    specs: list[SceneSpec] = []
+    failed: list[dict[str, Any]] = []
+    for it in items:
+        try:
+            specs.append(scene_spec(it, profile))
+        except ConfigError:
+            raise
+        except CloudmaskError as err:
+            log.error("scene %s failed: %s", getattr(it, "id", it), err)
+            failed.append({"scene": getattr(it, "id", str(it)), "status": "failed", "error": str(err)})
+    return specs, failed
+
+
+def write_summary(out: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """``summary.json`` in ``out``: counts by status and one row per scene (written atomically)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    doc = {"scenes": len(rows), **{k: counts.get(k, 0) for k in ("done", "skipped", "failed")}, "rows": list(rows)}
+    return atomic.write_text(Path(out) / "summary.json", json.dumps(doc, indent=1, default=str))
