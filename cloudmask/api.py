@@ -62,9 +62,9 @@ def search(
 
     ``bbox`` is ``(west, south, east, north)`` in degrees; ``aoi`` a shapely geometry (lon/lat), a
     GeoJSON dict/path or WKT; ``datetime`` an RFC 3339 instant or interval; cloud limits in percent.
-    A thin wrapper over :func:`cloudmask.catalog.search` (other keywords go through).
+    A thin wrapper over :func:`cloudmask.stac.search` (other keywords go through).
     """
-    from .catalog import search as _search
+    from .stac import search as _search
 
     return _search(
         stac, collection=collection, bbox=bbox, aoi=aoi, datetime=datetime, max_cloud=max_cloud,

@@ -140,16 +140,11 @@ def _mask_all(
 
 
 def parse_bbox(text: str) -> tuple[float, float, float, float]:
-    """``west,south,east,north`` in degrees."""
-    from .errors import ConfigError
+    """``west,south,east,north`` in degrees (west > east crosses the antimeridian); see
+    :func:`cloudmask.stac.query.parse_bbox`, the one bbox parser."""
+    from .stac.query import parse_bbox as _parse_bbox
 
-    try:
-        w, s, e, n = (float(v) for v in text.replace(" ", "").split(","))
-    except ValueError as err:
-        raise ConfigError(f"--bbox must be west,south,east,north in degrees, got {text!r}") from err
-    if w >= e or s >= n:
-        raise ConfigError(f"--bbox {text!r}: west must be < east and south < north")
-    return w, s, e, n
+    return _parse_bbox(text, "--bbox")
 
 
 _SUMMARY = ("scene", "cloud", "shadow", "clear", "nodata", "seconds", "mask")
@@ -214,19 +209,34 @@ def _search_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--min-cloud", type=float, default=None, help="Minimum eo:cloud_cover, percent."),
         click.option("--limit", type=int, default=None, help="At most this many scenes."),
         click.option("--sortby", default=None, help="e.g. -datetime or eo:cloud_cover."),
+        click.option("--http-timeout", default=None, expose_value=False, callback=_keep_http_option,
+                     help="STAC API request timeout, READ or CONNECT,READ seconds "
+                          "[default: 10,20 or $CLOUDMASK_HTTP_TIMEOUT]."),
+        click.option("--http-retries", default=None, expose_value=False, callback=_keep_http_option,
+                     help="Retries of a failed or timed-out STAC API request, with backoff "
+                          "[default: 3 or $CLOUDMASK_HTTP_RETRIES]."),
     ]
     for opt in reversed(opts):
         f = opt(f)
     return f
 
 
+def _keep_http_option(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """``--http-timeout``/``--http-retries`` go to :func:`_do_search` through ``ctx.meta`` (not as arguments)."""
+    ctx.meta[f"cloudmask.{param.name}"] = value
+
+
 def _do_search(stac: str, collection: str | None, bbox: str | None, aoi: str | None, datetime_: str | None,
                max_cloud: float | None, min_cloud: float | None, limit: int | None,
                sortby: str | None = None) -> list[Any]:
-    from .catalog import search
+    from .stac import HttpPolicy, SearchQuery, search
 
-    return search(stac, collection=collection, bbox=parse_bbox(bbox) if bbox else None, aoi=aoi,
-                  datetime=datetime_, max_cloud=max_cloud, min_cloud=min_cloud, limit=limit, sortby=sortby)
+    meta = click.get_current_context().meta
+    http = HttpPolicy.from_env().with_overrides(meta.get("cloudmask.http_timeout"), meta.get("cloudmask.http_retries"),
+                                                names=("--http-timeout", "--http-retries"))
+    query = SearchQuery.build(collection=collection, bbox=bbox, aoi=aoi, datetime=datetime_, max_cloud=max_cloud,
+                              min_cloud=min_cloud, limit=limit, sortby=sortby)
+    return search(stac, query, http=http)
 
 
 @main.command("search")
@@ -258,6 +268,44 @@ def search_cmd(as_json: bool, **kw: Any) -> None:
 
 def _fmt(v: Any) -> str:
     return f"{float(v):.1f}" if isinstance(v, int | float) else "-"
+
+
+@main.command("profiles")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Every profile as JSON (the full band -> asset key map).")
+def profiles_cmd(name: str | None, as_json: bool) -> None:
+    """List the provider profiles (how each STAC provider's items map to bands), or show NAME in full.
+
+    Profiles are tried in the order listed; pass one with `run --profile NAME` when detection picks
+    the wrong one.
+    """
+    from dataclasses import asdict
+
+    from .profiles import describe_rule, get_profile, list_profiles
+
+    profs = [get_profile(name)] if name else list_profiles()
+    if as_json:
+        click.echo(json.dumps([asdict(p) for p in profs], indent=1, default=list))
+        return
+    if name:
+        p = profs[0]
+        click.echo(f"{p.name}: {p.title}")
+        click.echo(f"aliases: {', '.join(p.aliases) or '-'}")
+        click.echo(f"product level: {p.product_level}")
+        click.echo("detected by: " + ("; or ".join(describe_rule(r) for r in p.detect) or "only when named"))
+        click.echo(f"scale/offset from: {', '.join(p.scale_offset)}")
+        if p.gdal_env:
+            click.echo("GDAL settings: " + " ".join(f"{k}={v}" for k, v in p.gdal_env.items()))
+        if p.sign:
+            click.echo(f"hrefs signed: {p.sign}")
+        click.echo(_table([{"band": b, "asset keys (first found wins)": " | ".join(keys)}
+                           for b, keys in p.assets.items()], ["band", "asset keys (first found wins)"]))
+        return
+    rows = [{"profile": p.name, "aliases": ",".join(p.aliases), "level": p.product_level,
+             "red / nir assets": f"{'|'.join(p.assets.get('red', ()))} / {'|'.join(p.assets.get('nir', ()))}",
+             "detected by": "; or ".join(describe_rule(r) for r in p.detect)} for p in profs]
+    click.echo(_table(rows, ["profile", "aliases", "level", "red / nir assets", "detected by"], max_width=70))
+    click.echo("`cloudmask profiles NAME` shows every band of one profile", err=True)
 
 
 @main.command()

@@ -71,11 +71,10 @@ def calibration_cmd(stac: str, model: str, out: Path, samples: int, collection: 
                     datetime_: str | None, max_cloud: float | None, limit: int | None, stride: int | None,
                     seed: int) -> None:
     """Build a stratified calibration set (float32 NCHW batch-1 .npy + manifest) from STAC scenes."""
-    from ..cli import parse_bbox
     from .calibration import calibration_set_from_stac
 
     manifest = calibration_set_from_stac(
-        stac, out, model, samples=samples, collection=collection, bbox=parse_bbox(bbox) if bbox else None,
+        stac, out, model, samples=samples, collection=collection, bbox=bbox,
         datetime=datetime_, max_cloud=max_cloud, limit=limit, stride=stride, seed=seed,
     )
     doc = json.loads(manifest.read_text())
