@@ -10,11 +10,13 @@ thread keeps its own open handles (GDAL handles are not thread-safe).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -225,6 +227,8 @@ class RasterSource:
         configure_gdal()
         self._handles = _Handles(env)
         self._pool: ThreadPoolExecutor | None = None
+        self._ahead: ThreadPoolExecutor | None = None  # prefetch thread (started on first use)
+        self._prefetched: tuple[int, int, Future[np.ndarray]] | None = None
         self._pool_lock = threading.Lock()
         self._closed = False
         self._levels: dict[int, int | None] = {}
@@ -317,12 +321,23 @@ class RasterSource:
         read has finished when this returns or raises (the first error is raised after the others
         end), so closing the source afterwards never closes a dataset under a read.
         """
+        shape = (len(self.bands), stop - start, self.shape[1])
+        if out is not None and (out.shape != shape or out.dtype != np.float32):
+            raise ValueError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
+        if self._prefetched is not None:
+            got = self._take_prefetched(start, stop)
+            if got is not None:
+                if out is None:
+                    return got
+                out[...] = got
+                return out
+        return self._read(start, stop, out)
+
+    def _read(self, start: int, stop: int, out: np.ndarray | None) -> np.ndarray:
         c0, c1 = self.footprint_cols(start, stop)
         shape = (len(self.bands), stop - start, self.shape[1])
         if out is None:
             out = np.empty(shape, np.float32)
-        elif out.shape != shape or out.dtype != np.float32:
-            raise ValueError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
         if c0 > 0:
             out[:, :, :c0] = np.nan
         if c1 < shape[2]:
@@ -340,6 +355,30 @@ class RasterSource:
             if err is not None:
                 raise err
         return out
+
+    def prefetch(self, start: int, stop: int) -> None:
+        """Start reading rows ``[start, stop)`` in the background (e.g. the next scene's first strip
+        while the device still works on this one); a later :meth:`read_rows` inside that range is
+        served from it. Opening the bands and finding their overview levels happen there too."""
+        with self._pool_lock:
+            if self._closed:
+                raise ReadError(f"the reader of scene {self.spec.id} is closed; open the scene again")
+            if self._ahead is None:
+                self._ahead = ThreadPoolExecutor(1, thread_name_prefix="cloudmask-prefetch")
+            self._prefetched = (start, stop, self._ahead.submit(self._read, start, stop, None))
+
+    def _take_prefetched(self, start: int, stop: int) -> np.ndarray | None:
+        """The prefetched rows ``[start, stop)`` (a view) when a prefetch covers them; drops the prefetch."""
+        with self._pool_lock:
+            found, self._prefetched = self._prefetched, None
+        if found is None:
+            return None
+        p0, p1, fut = found
+        if not p0 <= start <= stop <= p1:
+            wait([fut])  # a read in flight must end before its buffer is dropped
+            return None
+        data: np.ndarray = fut.result()  # a failed prefetch raises here, as the read itself would
+        return data[:, start - p0 : stop - p0]
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -391,6 +430,9 @@ class RasterSource:
         with self._pool_lock:
             self._closed = True
             pool, self._pool = self._pool, None
+            ahead, self._ahead, self._prefetched = self._ahead, None, None
+        if ahead is not None:  # its read uses the band pool: it must end first
+            ahead.shutdown(wait=True, cancel_futures=True)
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         self._handles.close()
@@ -400,6 +442,110 @@ class RasterSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RowWindows:
+    """Row windows of a source, each pixel read once and the next window read ahead.
+
+    ``windows`` are ``(start, stop)`` row ranges whose starts and stops never decrease; a window
+    keeps the rows it shares with the previous one (copied, not read again) and reads the rest. While
+    the caller works on window ``k``, a background thread reads window ``k + 1`` into the other of two
+    preallocated buffers and prepares it: the valid mask (no NaN in any band), ``prepare(data)``
+    in place on the new rows (e.g. the model's normalisation), then ``fill`` at invalid pixels.
+
+    Iterating yields ``(data, valid)``: ``(bands, rows, width)`` float32 and ``(rows, width)`` bool
+    views, valid until the next window is asked for (the buffers alternate). ``seconds`` holds the
+    background ``read`` and ``prepare`` time and the caller's ``wait`` for windows not ready yet.
+    """
+
+    def __init__(self, source: Any, windows: Sequence[tuple[int, int]],
+                 prepare: Callable[[np.ndarray], Any] | None = None, fill: float = 0.0,
+                 ahead: bool = True) -> None:
+        self.source, self.windows, self.prepare, self.fill, self.ahead = source, list(windows), prepare, fill, ahead
+        for (a0, a1), (b0, b1) in zip(self.windows[:-1], self.windows[1:], strict=True):
+            if b0 < a0 or b1 < a1:
+                raise ValueError(f"row windows must not go back: {(a0, a1)} then {(b0, b1)}")
+        bands = len(getattr(source, "bands", ())) or None
+        self._bands = bands
+        self._rows = max((b - a for a, b in self.windows), default=0)
+        self._buffers: list[tuple[np.ndarray, np.ndarray]] = []
+        self.seconds = {"read": 0.0, "prepare": 0.0, "wait": 0.0}
+        try:
+            self._takes_out = "out" in inspect.signature(source.read_rows).parameters
+        except (TypeError, ValueError):
+            self._takes_out = False
+
+    def _buffer(self, k: int, bands: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        while len(self._buffers) <= k % 2:
+            self._buffers.append((np.empty((bands, self._rows, width), np.float32),
+                                  np.empty((self._rows, width), bool)))
+        return self._buffers[k % 2]
+
+    def _fill(self, k: int, prev: tuple[int, int, np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
+        """Window ``k`` into buffer ``k % 2``: rows shared with ``prev`` copied, the others read."""
+        start, stop = self.windows[k]
+        keep0 = start
+        if prev is not None:
+            p0, p1, pdata, pvalid = prev
+            keep0 = max(start, min(p1, stop))  # rows [start, keep0) come from the previous window
+        t0 = time.perf_counter()
+        if self._takes_out and self._bands is not None:
+            data, valid = self._buffer(k, self._bands, self.source.shape[1])
+            data, valid = data[:, : stop - start], valid[: stop - start]
+            if keep0 < stop:
+                self.source.read_rows(keep0, stop, out=data[:, keep0 - start :])
+        else:
+            new = self.source.read_rows(keep0, stop) if keep0 < stop else None
+            width = new.shape[2] if new is not None else prev[2].shape[2]  # type: ignore[index]
+            bands = new.shape[0] if new is not None else prev[2].shape[0]  # type: ignore[index]
+            data, valid = self._buffer(k, bands, width)
+            data, valid = data[:, : stop - start], valid[: stop - start]
+            if new is not None:
+                data[:, keep0 - start :] = new
+        if prev is not None and keep0 > start:
+            p0, _, pdata, pvalid = prev
+            data[:, : keep0 - start] = pdata[:, start - p0 : keep0 - p0]
+            valid[: keep0 - start] = pvalid[start - p0 : keep0 - p0]
+        t1 = time.perf_counter()
+        if keep0 < stop:
+            new_data, new_valid = data[:, keep0 - start :], valid[keep0 - start :]
+            np.isnan(new_data.sum(axis=0), out=new_valid)  # NaN in any band -> NaN sum
+            np.logical_not(new_valid, out=new_valid)
+            if self.prepare is not None:
+                self.prepare(new_data)
+            if not new_valid.all():
+                np.copyto(new_data, np.float32(self.fill), where=~new_valid)
+        self.seconds["read"] += t1 - t0
+        self.seconds["prepare"] += time.perf_counter() - t1
+        return data, valid
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if not self.windows:
+            return
+        pool = ThreadPoolExecutor(1, thread_name_prefix="cloudmask-rows") if self.ahead else None
+        try:
+            nxt: Future[tuple[np.ndarray, np.ndarray]] | None = None
+            cur = self._fill(0, None)
+            for k in range(len(self.windows)):
+                if k > 0:
+                    assert nxt is not None
+                    t0 = time.perf_counter()
+                    cur = nxt.result()
+                    self.seconds["wait"] += time.perf_counter() - t0
+                if k + 1 < len(self.windows):
+                    prev = (*self.windows[k], *cur)
+                    if pool is not None:
+                        nxt = pool.submit(self._fill, k + 1, prev)
+                    else:
+                        done: Future[tuple[np.ndarray, np.ndarray]] = Future()
+                        nxt = done
+                        yield cur
+                        done.set_result(self._fill(k + 1, prev))
+                        continue
+                yield cur
+        finally:
+            if pool is not None:  # a read in flight ends before the source may be closed
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _read_one(src: RasterSource, band: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from cloudmask.errors import GridError
+from cloudmask.errors import GridError, ReadError
 from cloudmask.profiles import scene_spec
 from cloudmask.reader import RasterSource, ReaderConfig
 
@@ -79,3 +79,63 @@ def test_footprint_skips_reading_but_loses_no_pixel(sample_items):
     full.close()
     assert np.array_equal(np.isnan(a), np.isnan(b))
     assert np.allclose(a, b, equal_nan=True)
+
+
+def _prepare(x: np.ndarray) -> None:
+    x *= 2.0
+    x += 1.0
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+def test_row_windows_match_whole_reads(sample_items, ahead):
+    from cloudmask.reader import RowWindows
+
+    spec = scene_spec(sample_items[1])  # nodata wedge: invalid pixels are filled
+    with RasterSource(spec, ("red", "swir16", "nir"), spec.geobox(30.0)) as src:
+        whole = src.read_rows(0, 200)
+        windows = [(0, 40), (20, 70), (60, 70), (60, 130), (130, 200), (150, 200)]
+        rw = RowWindows(src, windows, prepare=_prepare, fill=-5.0, ahead=ahead)
+        got = [(d.copy(), v.copy()) for d, v in rw]
+    assert len(got) == len(windows)
+    for (a, b), (data, valid) in zip(windows, got, strict=True):
+        ref = whole[:, a:b]
+        ok = ~np.isnan(ref).any(axis=0)
+        assert data.shape == ref.shape and np.array_equal(valid, ok)
+        assert np.allclose(data[:, ok], ref[:, ok] * 2.0 + 1.0)
+        assert np.all(data[:, ~ok] == -5.0)
+    assert (~got[0][1]).any()  # the wedge is there
+    assert rw.seconds["read"] > 0
+
+
+def test_row_windows_refuse_going_back(sample_items):
+    from cloudmask.reader import RowWindows
+
+    with pytest.raises(ValueError, match="go back"):
+        RowWindows(None, [(0, 50), (10, 40)])
+
+
+def test_row_windows_over_an_array_source():
+    from cloudmask.engine.io import ArraySource
+    from cloudmask.reader import RowWindows
+
+    data = np.arange(2 * 30 * 5, dtype=np.float32).reshape(2, 30, 5)
+    data[1, 3, 2] = np.nan
+    got = [d.copy() for d, _ in RowWindows(ArraySource(data), [(0, 10), (5, 20), (20, 30)])]
+    assert np.array_equal(got[1], data[:, 5:20]) and np.array_equal(got[2], data[:, 20:30])
+    assert got[0][0, 3, 2] == 0 and got[0][1, 3, 2] == 0  # invalid in one band: filled in all
+
+
+def test_prefetch_serves_later_reads_and_closes_cleanly(sample_items):
+    spec = scene_spec(sample_items[0])
+    with RasterSource(spec, ("blue", "swir16"), spec.geobox(30.0)) as plain:
+        ref = plain.read_rows(0, 120)
+    src = RasterSource(spec, ("blue", "swir16"), spec.geobox(30.0))
+    src.prefetch(0, 120)
+    got = src.read_rows(10, 60)  # inside the prefetched rows
+    assert np.array_equal(got, ref[:, 10:60], equal_nan=True)
+    again = src.read_rows(60, 120)  # the prefetch was used up: a plain read
+    assert np.array_equal(again, ref[:, 60:120], equal_nan=True)
+    src.prefetch(0, 120)
+    src.close()  # with a prefetch in flight or done: returns, and the source refuses reads
+    with pytest.raises(ReadError):
+        src.read_rows(0, 10)
