@@ -24,12 +24,21 @@ def metis() -> None:
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--cores", type=click.Choice(["single", "batch4"]), default="single", show_default=True,
               help="single: 4 one-core instances; batch4: one instance over 4 cores (runtime batch 4)")
-def export_cmd(model: str, out: Path, cores: str) -> None:
-    """Write a static batch-1 float32 ONNX, its card, compiler config and compile.py to OUT."""
+@click.option("--fold", "fold", default=None, metavar="HxW",
+              help="pixel models: pixels per call as an H x W grid (default 256x256 = 65,536)")
+@click.option("--patches-per-call", "patches_per_call", type=int, default=1, show_default=True,
+              help="segmentation models: compile at a k x k patch input (4 = 2 x 2, 9 = 3 x 3)")
+def export_cmd(model: str, out: Path, cores: str, fold: str | None, patches_per_call: int) -> None:
+    """Write a static batch-1 float32 ONNX, its card, compiler config and compile.py to OUT.
+
+    Pixel models ([N, C] -> [N, K]) are batch-folded: every Gemm / MatMul+Add becomes a 1x1 Conv over
+    [1, C, H, W], so one call classifies H x W pixels.
+    """
     from .check import check
     from .export import export
 
-    result = export(model, out, cores)
+    result = export(model, out, cores, fold=_parse_fold(fold) if fold else None,
+                    patches_per_call=patches_per_call)
     click.echo(f"exported {result.card.name} -> {result.onnx_path} (input {list(result.input_shape)})")
     click.echo(f"card {result.card_path}; compiler config {result.config_path}; script {result.compile_script}")
     report = check(result.onnx_path)
@@ -103,3 +112,16 @@ def int8_cmd(model: str, calibration: Path, held_out: Path | None, per_channel: 
     report = int8_preview(model, calibration, held_out=held_out, per_channel=per_channel, out_dir=out,
                           calibrate_method=method)
     click.echo(report.format())
+
+
+def _parse_fold(text: str) -> tuple[int, int]:
+    """``"256x256"`` -> ``(256, 256)``."""
+    from ..errors import ConfigError
+
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError as err:
+        raise ConfigError(f"--fold must be HxW in pixels, e.g. 256x256; got {text!r}") from err
+    if h < 1 or w < 1:
+        raise ConfigError(f"--fold sizes must be positive, got {text!r}")
+    return h, w

@@ -6,6 +6,16 @@ Output directory layout::
     card.yaml             the model card (normalisation and softmax/argmax run on the host)
     compiler_config.json  Voyager CompilerConfig settings for the chosen multicore mode
     compile.py            quantize + compile with the Voyager SDK's Python API (run where it is installed)
+
+Pixel models (``kind: pixel``, ``[N, C] -> [N, K]``) are exported **batch-folded**: every ``Gemm`` and
+``MatMul`` (+ ``Add``) becomes a 1x1 ``Conv`` over ``[1, C, H, W]`` (default 256 x 256 = 65,536 pixels per
+call), so one batch-1 call classifies ``H * W`` pixels with the same weights. The exported card keeps
+``kind: pixel`` and adds ``fold: [H, W]`` and ``folded_from``; the engine packs valid pixels into
+``[1, C, H, W]`` blocks (pixel ``i`` at row ``i // W``, column ``i % W``).
+
+Segmentation models can be exported for ``patches_per_call`` = 4 (or 9) patches per call (spatial
+batching): the graph is compiled at a 2 x 2 (3 x 3) patch input and the card's ``patch_size`` grows
+accordingly, so the engine cuts patches of that size.
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ log = logging.getLogger(__name__)
 Cores = Literal["single", "batch4"]
 CORES: tuple[str, ...] = ("single", "batch4")
 MAX_OPSET = 17
+#: Default fold of a pixel model: 256 x 256 = 65,536 pixels per call.
+DEFAULT_FOLD = (256, 256)
 
 #: Voyager ``CompilerConfig`` settings per multicore mode (METIS.md, "Multi-core").
 COMPILER_SETTINGS: dict[str, dict[str, Any]] = {
@@ -146,28 +158,73 @@ def compiler_config(card: ModelCard, cores: str, input_shape: list[int]) -> dict
     }
 
 
+def folded_model(card: ModelCard, fold: tuple[int, int] = DEFAULT_FOLD) -> tuple[onnx.ModelProto, dict[str, int], bool]:
+    """A pixel model's graph batch-folded to ``[1, C, H, W]``; returns (model, pass counts, softmax removed)."""
+    h, w = fold
+    if h < 1 or w < 1:
+        raise ConfigError(f"fold must be positive, got {h}x{w}")
+    try:
+        model = onnx.load(str(card.onnx_path))
+    except Exception as err:
+        raise ModelError(f"cannot load ONNX model {card.onnx_path}: {err}") from err
+    passes = {"float16_to_float32": G.float16_to_float32(model)}
+    softmax = G.strip_trailing_softmax(model)
+    try:
+        model, counts = G.fold_pixel_model(model, h, w)
+    except ValueError as err:
+        raise ModelError(f"cannot fold pixel model '{card.name}' for Metis: {err}") from err
+    passes.update(counts)
+    passes["identity_casts_removed"] = G.remove_identity_casts(model)
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        onnx.checker.check_model(model)
+    except Exception as err:
+        raise ModelError(f"folded graph of '{card.name}' is invalid: {err}") from err
+    c = int(G.dims(G.image_input(model))[1] or 0)  # type: ignore[arg-type]
+    if c != card.n_bands:
+        raise ModelError(f"{card.onnx_path}: input has {c} channels, the card lists {card.n_bands} bands")
+    return model, passes, softmax
+
+
 def export(
     model: str | Path | ModelCard,
     out_dir: str | Path,
     cores: str = "single",
     *,
     patch_size: int | None = None,
+    fold: tuple[int, int] | None = None,
+    patches_per_call: int = 1,
 ) -> ExportResult:
     """Export ``model`` (built-in name, card, or ONNX with card) for Metis into ``out_dir``.
 
+    Pixel models are batch-folded to ``fold`` = ``(H, W)`` pixels per call (default 256 x 256).
+    ``patches_per_call`` (1, 4, 9, ...: a square) exports a segmentation model at a ``k x k`` patch input.
     Raises :class:`ModelError` when the graph cannot be made static or folding fails, and
-    :class:`ConfigError` for a bad ``cores`` value.
+    :class:`ConfigError` for a bad ``cores``, ``fold`` or ``patches_per_call``.
     """
     if cores not in CORES:
         raise ConfigError(f"cores must be one of {', '.join(CORES)}, got {cores!r}")
     card = load_model(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    side = int(round(patches_per_call**0.5))
+    if patches_per_call < 1 or side * side != patches_per_call:
+        raise ConfigError(f"patches per call must be a square (1, 4, 9, ...), got {patches_per_call}")
+    if card.kind == "pixel":
+        if patches_per_call != 1:
+            raise ConfigError("--patches-per-call is for segmentation models; pixel models take --fold HxW")
+        return _export_folded(card, out, cores, fold or DEFAULT_FOLD)
+    if fold is not None:
+        raise ConfigError(f"--fold is for pixel models; '{card.name}' is a {card.kind} model")
+    if patches_per_call > 1:
+        if card.kind != "segmentation":
+            raise ConfigError("--patches-per-call needs a fully convolutional segmentation model")
+        patch_size = (patch_size or card.patch_size) * side
     static, passes, softmax = static_model(card, patch_size)
     shape = [int(v) for v in G.dims(G.image_input(static))]  # type: ignore[arg-type]
     onnx_path = out / "model.onnx"
     onnx.save(static, str(onnx_path))
-    meta = {
+    meta: dict[str, Any] = {
         "cores": cores,
         "exported_from": str(card.onnx_path),
         "input_shape": shape,
@@ -176,6 +233,9 @@ def export(
         "host_postprocess": "softmax (if probabilities are wanted) and argmax over channels",
         "graph_passes": passes,
     }
+    if patches_per_call > 1:
+        meta["patches_per_call"] = patches_per_call
+        meta["model_patch_size"] = card.patch_size
     extra = {k: v for k, v in card.extra.items() if k != "metis"}
     new_card = card.with_onnx(onnx_path, output="logits", patch_size=shape[2], extra={**extra, "metis": meta})
     if softmax:
@@ -199,3 +259,39 @@ def export(
         input_shape=(shape[0], shape[1], shape[2], shape[3]),
         passes=passes,
     )
+
+
+def _export_folded(card: ModelCard, out: Path, cores: str, fold: tuple[int, int]) -> ExportResult:
+    folded, passes, softmax = folded_model(card, fold)
+    shape = [int(v) for v in G.dims(G.image_input(folded))]  # type: ignore[arg-type]
+    onnx_path = out / "model.onnx"
+    onnx.save(folded, str(onnx_path))
+    original = [d if isinstance(d, int) else str(d) for d in G.dims(G.image_input(onnx.load(str(card.onnx_path))))]
+    meta = {
+        "cores": cores,
+        "exported_from": str(card.onnx_path),
+        "input_shape": shape,
+        "opset": G.opset(folded),
+        "pixels_per_call": fold[0] * fold[1],
+        "host_preprocess": ("reflectance (0-1) -> (x - mean) / std per band; valid pixels packed densely, "
+                            "pixel i of a block at row i // W, column i % W of [1, C, H, W]"),
+        "host_postprocess": "softmax (if probabilities are wanted) and argmax over channels, scattered back",
+        "graph_passes": passes,
+    }
+    extra = {k: v for k, v in card.extra.items() if k not in ("metis", "fold", "folded_from")}
+    extra.update({"fold": [fold[0], fold[1]], "folded_from": {"kind": "pixel", "onnx": str(card.onnx_path),
+                                                              "input": original}, "metis": meta})
+    output = "logits" if softmax else card.output
+    new_card = card.with_onnx(onnx_path, output=output, extra=extra)
+    if softmax:
+        log.info("removed the graph's final Softmax: the host applies it (card output: logits)")
+    card_path = new_card.save(out / "card.yaml")
+    config_path = out / "compiler_config.json"
+    config_path.write_text(json.dumps(compiler_config(card, cores, shape), indent=2) + "\n")
+    script = out / "compile.py"
+    with resources.as_file(resources.files("cloudmask.metis").joinpath("compile_script.py")) as src:
+        shutil.copyfile(src, script)
+    log.info("exported pixel model %s folded to %s (passes %s)", card.name, shape, passes)
+    return ExportResult(out_dir=out, onnx_path=onnx_path, card_path=card_path, config_path=config_path,
+                        compile_script=script, card=new_card, input_shape=(shape[0], shape[1], shape[2], shape[3]),
+                        passes=passes)

@@ -251,3 +251,171 @@ def _set_attr(node: onnx.NodeProto, name: str, value: list[int]) -> None:
         if a.name == name:
             node.attribute.remove(a)
     node.attribute.append(helper.make_attribute(name, value))
+
+
+# ------------------------------------------------------------------------------ batch folding
+
+#: Element-wise ops a folded pixel graph keeps unchanged (they act per value, whatever the layout).
+ELEMENTWISE = frozenset({
+    "Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Elu", "Selu",
+    "Softplus", "Gelu", "Mish", "Identity", "Neg", "Abs", "Exp", "Sqrt", "Erf",
+})
+_BINARY = frozenset({"Add", "Sub", "Mul", "Div"})
+_SHAPE_ONLY = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze"})
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    out: dict[str, list[int]] = {}
+    for v in list(g.value_info) + list(g.input) + list(g.output):
+        d = dims(v)
+        if all(isinstance(x, int) for x in d):
+            out[v.name] = [int(x) for x in d]  # type: ignore[arg-type]
+    for t in g.initializer:
+        out[t.name] = list(t.dims)
+    return out
+
+
+def fold_pixel_model(model: onnx.ModelProto, height: int, width: int) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Batch folding: a per-pixel graph ``[N, C] -> [N, K]`` as ``[1, C, H, W] -> [1, K, H, W]``.
+
+    Every ``Gemm`` (``transA = 0``, constant weights) and every ``MatMul`` with a constant right-hand
+    side (with the ``Add`` of a constant bias that follows it) becomes a 1x1 ``Conv`` with the same
+    weights; element-wise activations stay; constants broadcast over features become ``[1, F, 1, 1]``;
+    ``Flatten``/``Reshape``/``Squeeze`` that only drop the 1x1 axes of an ``[N, C, 1, 1]`` input go.
+    Pixel ``i`` of a block sits at row ``i // W``, column ``i % W``. A trailing ``Softmax`` over the
+    features stays a ``Softmax`` over channels (axis 1). Returns the new model and pass counts;
+    raises ``ValueError`` naming an op it cannot fold.
+    """
+    constants_to_initializers(model)
+    inp = image_input(model)
+    idims = dims(inp)
+    if len(idims) not in (2, 4) or (len(idims) == 4 and idims[2:] != [1, 1]):
+        raise ValueError(f"a pixel model takes [N, C] or [N, C, 1, 1], got {idims}")
+    channels = idims[1]
+    if not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"the pixel model's channel count must be static, got {idims}")
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    set_dims(image_input(probe), [1, channels, 1, 1] if len(idims) == 4 else [1, channels])
+    for o in probe.graph.output:
+        set_dims(o, [None] * len(dims(o)))
+    shapes = _static_shapes(probe)
+    consts = initializer_values(model)
+    g = model.graph
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    alias: dict[str, str] = {}
+    new_nodes: list[onnx.NodeProto] = []
+    new_inits: list[TensorProto] = []
+    skip: set[int] = set()
+    counts = {"gemm_to_conv": 0, "matmul_to_conv": 0, "bias_adds_merged": 0, "shape_ops_removed": 0,
+              "constants_reshaped": 0}
+
+    def src(name: str) -> str:
+        return alias.get(name, name)
+
+    def conv(node_name: str, x: str, weight: np.ndarray, bias: np.ndarray | None, y: str) -> None:
+        k, f = weight.shape
+        wname = f"{node_name}_fold_W"
+        new_inits.append(numpy_helper.from_array(weight.reshape(k, f, 1, 1).astype(np.float32), wname))
+        ins = [src(x), wname]
+        if bias is not None:
+            bname = f"{node_name}_fold_b"
+            new_inits.append(numpy_helper.from_array(np.broadcast_to(bias, (k,)).astype(np.float32).copy(), bname))
+            ins.append(bname)
+        new_nodes.append(helper.make_node("Conv", ins, [y], name=f"{node_name}_conv", kernel_shape=[1, 1],
+                                          pads=[0, 0, 0, 0], strides=[1, 1], dilations=[1, 1], group=1))
+
+    for idx, node in enumerate(g.node):
+        if idx in skip:
+            continue
+        op = node.op_type
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if op in _SHAPE_ONLY:
+            before, after = shapes.get(node.input[0]), shapes.get(node.output[0])
+            if before is None or after is None or [v for v in before if v != 1] != [v for v in after if v != 1]:
+                raise ValueError(f"{op} node {node.name!r} changes more than the 1x1 axes ({before} -> {after})")
+            alias[node.output[0]] = src(node.input[0])
+            counts["shape_ops_removed"] += 1
+        elif op == "Gemm":
+            if attrs.get("transA", 0):
+                raise ValueError(f"Gemm node {node.name!r} has transA = 1")
+            if node.input[1] not in consts:
+                raise ValueError(f"Gemm node {node.name!r} has non-constant weights")
+            b = consts[node.input[1]].astype(np.float32)
+            w = (b if attrs.get("transB", 0) else b.T) * np.float32(attrs.get("alpha", 1.0))
+            bias = None
+            if len(node.input) > 2 and node.input[2]:
+                if node.input[2] not in consts:
+                    raise ValueError(f"Gemm node {node.name!r} has a non-constant bias")
+                bias = consts[node.input[2]].astype(np.float32).reshape(-1) * np.float32(attrs.get("beta", 1.0))
+            conv(node.name or f"gemm{idx}", node.input[0], w, bias, node.output[0])
+            counts["gemm_to_conv"] += 1
+        elif op == "MatMul":
+            if node.input[1] not in consts or consts[node.input[1]].ndim != 2:
+                raise ValueError(f"MatMul node {node.name!r} needs a constant 2-D right-hand side")
+            w = consts[node.input[1]].astype(np.float32).T
+            out, bias = node.output[0], None
+            users = consumers.get(out, [])
+            if len(users) == 1 and users[0].op_type == "Add" and out not in {o.name for o in g.output}:
+                add = users[0]
+                other = add.input[1] if add.input[0] == out else add.input[0]
+                if other in consts and consts[other].size == w.shape[0]:
+                    bias = consts[other].astype(np.float32).reshape(-1)
+                    out = add.output[0]
+                    skip.add(list(g.node).index(add))
+                    counts["bias_adds_merged"] += 1
+            conv(node.name or f"matmul{idx}", node.input[0], w, bias, out)
+            counts["matmul_to_conv"] += 1
+        elif op in _BINARY:
+            ins = []
+            for name in node.input:
+                if name in consts and consts[name].size > 1:
+                    c = consts[name].astype(np.float32)
+                    cname = f"{name}_fold"
+                    new_inits.append(numpy_helper.from_array(c.reshape(1, -1, 1, 1), cname))
+                    counts["constants_reshaped"] += 1
+                    ins.append(cname)
+                else:
+                    ins.append(src(name))
+            new_nodes.append(helper.make_node(op, ins, list(node.output), name=node.name))
+        elif op in ("Softmax", "LogSoftmax"):
+            axis = int(attrs.get("axis", -1))
+            rank = len(shapes.get(node.input[0], [0, 0]))
+            if axis not in (1, -1, rank - 1):
+                raise ValueError(f"{op} node {node.name!r} is not over the features (axis {axis})")
+            new_nodes.append(helper.make_node(op, [src(node.input[0])], list(node.output), name=node.name, axis=1))
+        elif op == "PRelu" or op in ELEMENTWISE or op == "BatchNormalization":
+            new = onnx.NodeProto()
+            new.CopyFrom(node)
+            for i, name in enumerate(new.input):
+                if op == "PRelu" and i == 1 and name in consts and consts[name].size > 1:
+                    cname = f"{name}_fold"
+                    new_inits.append(numpy_helper.from_array(consts[name].astype(np.float32).reshape(1, -1, 1, 1),
+                                                             cname))
+                    new.input[i] = cname
+                else:
+                    new.input[i] = src(name)
+            new_nodes.append(new)
+        else:
+            raise ValueError(f"cannot fold op {op} (node {node.name!r}): batch folding handles Gemm, MatMul(+Add), "
+                             f"element-wise activations, Softmax and 1x1 reshapes")
+    outputs = list(g.output)
+    for o in outputs:
+        if o.name in alias:
+            raise ValueError(f"graph output {o.name} is a removed reshape")
+    k_out = {o.name: shapes.get(o.name) for o in outputs}
+    del g.node[:]
+    g.node.extend(new_nodes)
+    g.initializer.extend(new_inits)
+    set_dims(inp, [1, channels, height, width])
+    for o in outputs:
+        shp = k_out[o.name]
+        set_dims(o, [1, shp[1] if shp and len(shp) >= 2 else None, height, width])
+    del g.value_info[:]
+    remove_unused_initializers(model)
+    return model, counts
