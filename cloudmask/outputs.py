@@ -3,6 +3,13 @@
 Items are written as ``OUT/items/<id>.json`` (atomically) and the catalogue ``OUT/catalog.json`` /
 ``OUT/collection.json`` is rebuilt from them, so the files on disk are the state and a crashed run
 never leaves a catalogue that points at a missing mask.
+
+Items are made for other clients: ``proj:code`` and ``proj:epsg`` (stackstac reads only the latter),
+classification v2 ``classification:classes`` on the mask asset with ``count`` and ``percentage`` per
+class (classes of the valid pixels, nodata of all pixels), ``eo:cloud_cover`` (cloud and thin cloud of
+the valid pixels; left out, and said so in ``description``, when the scene has no valid pixel), and
+a ``derived_from`` link that travels: the source item's own URL, or a relative path to a local one,
+never an absolute local path. The collection carries ``item_assets`` and a licence.
 """
 
 from __future__ import annotations
@@ -13,17 +20,23 @@ import logging
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
+import numpy as np
 import pystac
 import rasterio
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 
 from . import __version__
-from .models import CLASSES, NODATA, ModelCard
-from .pipeline import MaskResult, mask_paths, safe_name, valid_fractions
+from .classes import NODATA, THREE_CLASSES, ClassShares, ClassTable
+from .layout import OutputPaths
+from .models import ModelCard
 from .scene import SceneSpec
+
+if TYPE_CHECKING:
+    from .pipeline import MaskResult
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +48,15 @@ CLASSIFICATION_EXT = "https://stac-extensions.github.io/classification/v2.0.0/sc
 PROCESSING_EXT = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
 EO_EXT = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
 EXTENSIONS = [PROJECTION_EXT, RASTER_EXT, FILE_EXT, CLASSIFICATION_EXT, PROCESSING_EXT, EO_EXT]
-CLASS_TABLE = [
-    {"value": 0, "name": "clear", "title": "Clear", "description": "clear land or water", "color_hint": "228B22"},
-    {"value": 1, "name": "cloud", "title": "Cloud", "description": "thick or thin cloud", "color_hint": "FFFFFF"},
-    {"value": 2, "name": "shadow", "title": "Cloud shadow", "description": "cloud shadow", "color_hint": "282878"},
-    {"value": NODATA, "name": "nodata", "title": "No data", "description": "no valid input", "nodata": True},
-]
+#: classification:classes of the three-class contract (no counts).
+CLASS_TABLE = THREE_CLASSES.stac_classes()
+#: Licence of the output masks (SPDX) and where it is written; the masks contain modified Copernicus
+#: Sentinel data, whose terms ask for that attribution and allow this licence.
+LICENSE = "CC-BY-4.0"
+LICENSE_URL = "https://creativecommons.org/licenses/by/4.0/"
+ATTRIBUTION = "Contains modified Copernicus Sentinel data, processed by cloudmask"
+NO_VALID_PIXELS = ("The scene has no valid pixel on the mask's grid: eo:cloud_cover is left out "
+                   "(not 0) and the classes have counts but no percentage.")
 #: Source item properties copied onto the mask item when present.
 COPIED_PROPERTIES = ("platform", "constellation", "instruments", "mgrs:utm_zone", "mgrs:latitude_band",
                      "mgrs:grid_square", "s2:mgrs_tile", "grid:code")
@@ -55,37 +71,63 @@ def file_checksum(path: Path) -> str:
     return "1220" + h.hexdigest()
 
 
-def _source_href(spec: SceneSpec) -> str | None:
+def _is_url(href: str) -> bool:
+    scheme = urlparse(href).scheme
+    return len(scheme) > 1 and scheme != "file"  # a Windows drive letter is not a scheme
+
+
+def _source_href(spec: SceneSpec, items_dir: Path) -> str | None:
+    """A portable href of the source item: its own URL (``self``/``canonical`` link), or the local
+    file relative to ``items_dir`` (where the output item is written); never an absolute local path."""
     item = spec.item
     if item is None:
         return None
+    hrefs = [str(link.href) for link in item.links if link.rel in ("self", "canonical") and link.href]
     self_href = item.get_self_href()
     if self_href:
-        return str(self_href)
-    for link in item.links:
-        if link.rel in ("self", "canonical"):
-            return str(link.href)
+        hrefs.insert(0, str(self_href))
+    for href in hrefs:
+        if _is_url(href):
+            return href
+    for href in hrefs:
+        local = Path(href.removeprefix("file://"))
+        if local.is_absolute():
+            return os.path.relpath(local, items_dir.resolve())
     return None
+
+
+def _shares(result: MaskResult) -> ClassShares:
+    """Class counts of ``result``: from the pipeline's counts, else counted from the mask COG."""
+    if result.counts:
+        return result.shares
+    hist = np.zeros(256, np.int64)
+    with rasterio.open(result.mask) as ds:
+        for _, win in ds.block_windows(1):
+            hist += np.bincount(ds.read(1, window=win).ravel(), minlength=256)
+    return result.classes.shares(hist)
 
 
 def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None) -> pystac.Item:
     """A STAC item describing ``result``'s mask COG.
 
-    Carries projection v2 (``proj:code``; pystac drops the deprecated ``proj:epsg``), raster, file (checksum,
-    size), classification (class table), eo (``eo:cloud_cover`` of valid pixels) and processing
-    (software and versions, lineage, datetime) fields, the class percentages, and a ``derived_from``
-    link to the source item. ``cloudmask:source_id`` keeps the source id (the item id is sanitised).
+    Carries projection v2 (``proj:code`` and, for clients that read only it, ``proj:epsg``), raster,
+    file (checksum, size), classification v2 (the class table with ``count``/``percentage`` per
+    class), eo (``eo:cloud_cover`` of valid pixels; left out without valid pixels) and processing
+    (software and versions, lineage, datetime) fields, and a portable ``derived_from`` link to the
+    source item. ``cloudmask:source_id`` keeps the source id (the item id is its file stem).
     """
     with rasterio.open(result.mask) as ds:
         geobox = GeoBox((ds.height, ds.width), ds.transform, str(ds.crs))
         epsg = ds.crs.to_epsg()
         code = f"EPSG:{epsg}" if epsg else None
         bounds = list(ds.bounds)
+    paths = OutputPaths.of_mask(result.mask)
     footprint: Geometry = geobox.extent.to_crs("EPSG:4326")
     geom = footprint.json
     dt = spec.datetime or datetime.now(UTC)
     now = datetime.now(UTC).isoformat()
-    frac = valid_fractions(result.fractions)
+    table: ClassTable = result.classes
+    shares = _shares(result)
     backend = result.extra.get("backend")
     software = {"cloudmask": __version__}
     model_version = card.version if card is not None else result.extra.get("model_version")
@@ -94,15 +136,14 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
         software[f"backend:{backend}"] = str(result.extra.get("backend_version") or "")
     props: dict[str, Any] = {
         "proj:code": code,
+        "proj:epsg": epsg,
         "proj:shape": [geobox.height, geobox.width],
         "proj:transform": list(geobox.transform)[:6],
         "proj:bbox": bounds,
         "gsd": abs(geobox.resolution.x),
-        "eo:cloud_cover": round(frac["cloud"], 3),
-        "cloudmask:shadow_cover": round(frac["shadow"], 3),
-        "cloudmask:clear_cover": round(frac["clear"], 3),
-        "cloudmask:nodata_percentage": round(result.fractions["nodata"], 3),
         "cloudmask:model": result.model,
+        "cloudmask:classes": table.summary(),
+        "cloudmask:valid_pixels": shares.valid,
         "cloudmask:seconds": round(result.seconds, 3),
         "cloudmask:source_id": spec.id,
         "processing:software": software,
@@ -114,6 +155,11 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
         "created": now,
         "updated": now,
     }
+    cover = shares.cloud_cover
+    if cover is None:
+        props["description"] = NO_VALID_PIXELS
+    else:
+        props["eo:cloud_cover"] = round(cover, 3)
     if code is None and geobox.crs is not None:
         props["proj:wkt2"] = str(geobox.crs.to_wkt())
     if spec.collection:
@@ -122,7 +168,7 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
         if key in spec.properties and spec.properties[key] is not None:
             props[key] = spec.properties[key]
     item = pystac.Item(
-        id=safe_name(spec.id),
+        id=paths.item_id,
         geometry=geom,
         bbox=list(footprint.boundingbox),
         datetime=dt,
@@ -136,14 +182,14 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
         pystac.Asset(
             href=result.mask.name,
             media_type=pystac.MediaType.COG,
-            title="Cloud and cloud-shadow mask",
+            title="Cloud mask (" + ", ".join(table.names) + ")",
             roles=["data", "cloud", "cloud-shadow"],
             extra_fields={
                 "file:checksum": file_checksum(result.mask),
                 "file:size": result.mask.stat().st_size,
                 "raster:bands": [{"nodata": NODATA, "data_type": "uint8", "spatial_resolution": res,
                                   "sampling": "area"}],
-                "classification:classes": CLASS_TABLE,
+                "classification:classes": table.stac_classes(shares),
             },
         ),
     )
@@ -153,25 +199,39 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
             pystac.Asset(
                 href=result.probabilities.name,
                 media_type=pystac.MediaType.COG,
-                title="Class probabilities, percent (bands: " + ", ".join(CLASSES.values()) + ")",
+                title="Class probabilities, percent (bands: " + ", ".join(table.names) + ")",
                 roles=["data"],
                 extra_fields={
                     "file:checksum": file_checksum(result.probabilities),
                     "file:size": result.probabilities.stat().st_size,
-                    "raster:bands": [{"data_type": "uint8", "unit": "percent", "spatial_resolution": res}]
-                    * len(CLASSES),
+                    "raster:bands": [{"data_type": "uint8", "unit": "percent", "spatial_resolution": res,
+                                      "description": f"probability of {name}"} for name in table.names],
                 },
             ),
         )
-    quicklook = mask_paths(result.mask.parent, spec.id)["quicklook"]
-    if quicklook.exists():
-        item.add_asset("quicklook", pystac.Asset(href=quicklook.name, media_type=pystac.MediaType.PNG,
-                                                 title="True colour with mask", roles=["overview"]))
-    src = _source_href(spec)
+    if paths.quicklook.exists():
+        item.add_asset("quicklook", pystac.Asset(href=paths.quicklook.name, media_type=pystac.MediaType.PNG,
+                                                 title="True colour beside true colour with the mask",
+                                                 roles=["overview"]))
+    src = _source_href(spec, paths.item.parent)
     if src:
         item.add_link(pystac.Link("derived_from", src, media_type=pystac.MediaType.GEOJSON,
                                   title=f"source item {spec.id}"))
     return item
+
+
+def item_percentages(item: pystac.Item | dict[str, Any]) -> dict[str, float | None]:
+    """``{class name: percentage}`` of an output item's mask (classes of valid pixels, ``nodata`` of all)."""
+    doc = item.to_dict(include_self_link=False, transform_hrefs=False) if isinstance(item, pystac.Item) else item
+    classes = doc.get("assets", {}).get("mask", {}).get("classification:classes", [])
+    return {c["name"]: c.get("percentage") for c in classes}
+
+
+def _keep_epsg(props: dict[str, Any]) -> None:
+    """Put back ``proj:epsg`` beside an ``EPSG:`` ``proj:code`` (pystac drops it when it reads an item)."""
+    code = props.get("proj:code")
+    if isinstance(code, str) and code.upper().startswith("EPSG:") and code[5:].isdigit():
+        props.setdefault("proj:epsg", int(code[5:]))
 
 
 def write_item(out_dir: Path, item: pystac.Item) -> Path:
@@ -179,6 +239,7 @@ def write_item(out_dir: Path, item: pystac.Item) -> Path:
     path = Path(out_dir) / "items" / f"{item.id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = item.to_dict(include_self_link=False, transform_hrefs=False)
+    _keep_epsg(doc["properties"])
     for asset in doc["assets"].values():
         if not asset["href"].startswith(("/", "http", "s3:", "../")):
             asset["href"] = "../" + asset["href"]
@@ -215,15 +276,18 @@ def update_output_catalog(out_dir: Path, title: str = "cloudmask masks") -> Path
         open_interval: list[list[datetime | None]] = [[None, None]]
         extent = pystac.Extent(pystac.SpatialExtent([[-180.0, -90.0, 180.0, 90.0]]),
                                pystac.TemporalExtent(open_interval))
+    table = _collection_table(items)
     coll = pystac.Collection(
         id=COLLECTION_ID,
-        description="Cloud and cloud-shadow masks made by cloudmask (0 clear, 1 cloud, 2 shadow, 255 nodata).",
+        description=f"Cloud masks made by cloudmask ({table.summary()}). {ATTRIBUTION}.",
         extent=extent,
         title=title,
-        license="other",
-        stac_extensions=[CLASSIFICATION_EXT],
-        providers=[pystac.Provider("cloudmask", roles=[pystac.ProviderRole.PROCESSOR])],
-        extra_fields={"summaries": {"classification:classes": CLASS_TABLE}},
+        license=LICENSE,
+        stac_extensions=[CLASSIFICATION_EXT, RASTER_EXT, FILE_EXT],
+        providers=[pystac.Provider("cloudmask", roles=[pystac.ProviderRole.PROCESSOR]),
+                   pystac.Provider("Copernicus Sentinel data", roles=[pystac.ProviderRole.LICENSOR])],
+        extra_fields={"summaries": {"classification:classes": table.stac_classes()},
+                      "item_assets": _item_assets(table)},
     )
     if items:
         coll.extra_fields["summaries"].update(_summaries(items))
@@ -233,6 +297,7 @@ def update_output_catalog(out_dir: Path, title: str = "cloudmask masks") -> Path
     doc_coll["links"] = [
         {"rel": "root", "href": "./catalog.json", "type": "application/json"},
         {"rel": "parent", "href": "./catalog.json", "type": "application/json"},
+        {"rel": "license", "href": LICENSE_URL, "type": "text/html", "title": LICENSE},
     ] + [{"rel": "item", "href": f"./items/{it.id}.json", "type": "application/geo+json"} for it in items]
     doc_cat = cat.to_dict(include_self_link=False, transform_hrefs=False)
     doc_cat["links"] = [
@@ -260,14 +325,45 @@ def update_output_catalog(out_dir: Path, title: str = "cloudmask masks") -> Path
     return out_dir / "catalog.json"
 
 
+def _collection_table(items: list[pystac.Item]) -> ClassTable:
+    """The widest class table of the items (three classes when there are none)."""
+    table = THREE_CLASSES
+    for it in items:
+        summary = it.properties.get("cloudmask:classes")
+        if isinstance(summary, str):
+            try:
+                other = ClassTable.from_mapping(dict(kv.split("=", 1) for kv in summary.split(",")))
+            except ValueError:
+                continue
+            if len(other) > len(table):
+                table = other
+    return table
+
+
+def _item_assets(table: ClassTable) -> dict[str, Any]:
+    """``item_assets``: what every item's assets are (STAC 1.1 core)."""
+    return {
+        "mask": {"type": pystac.MediaType.COG, "roles": ["data", "cloud", "cloud-shadow"], "title": "Cloud mask",
+                 "raster:bands": [{"nodata": NODATA, "data_type": "uint8", "sampling": "area"}],
+                 "classification:classes": table.stac_classes()},
+        "probabilities": {"type": pystac.MediaType.COG, "roles": ["data"], "title": "Class probabilities, percent",
+                          "raster:bands": [{"data_type": "uint8", "unit": "percent"}] * len(table)},
+        "quicklook": {"type": pystac.MediaType.PNG, "roles": ["overview"],
+                      "title": "True colour beside true colour with the mask"},
+    }
+
+
 def _summaries(items: list[pystac.Item]) -> dict[str, Any]:
     """Collection summaries of the items: CRS codes, models, cloud-cover range."""
     codes = sorted({str(it.properties["proj:code"]) for it in items if it.properties.get("proj:code")})
+    epsgs = sorted({int(it.properties["proj:epsg"]) for it in items if it.properties.get("proj:epsg")})
     models = sorted({str(it.properties["cloudmask:model"]) for it in items if it.properties.get("cloudmask:model")})
     clouds = [float(it.properties["eo:cloud_cover"]) for it in items if it.properties.get("eo:cloud_cover") is not None]
     out: dict[str, Any] = {}
     if codes:
         out["proj:code"] = codes
+    if epsgs:
+        out["proj:epsg"] = epsgs
     if models:
         out["cloudmask:model"] = models
     if clouds:

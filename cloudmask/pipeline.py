@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,42 +11,33 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
-from .models import CLASSES, NODATA, ModelCard, load_model
+from .classes import THREE_CLASSES, ClassShares, ClassTable, collapse_names
+from .engine import StreamConfig, StreamStats, output_geobox, stream_scene
+from .layout import OutputPaths, safe_name
+from .models import ModelCard, load_model
 from .reader import RasterSource, ReaderConfig
 from .runtime import Runner, make_runners
 from .scene import SceneSpec
-from .stream import StreamConfig, StreamStats, stream_scene
-from .writer import CogConfig, CogSink, fractions_from_counts
+from .writer import CogConfig, CogSink
 
 log = logging.getLogger(__name__)
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+__all__ = ["MaskResult", "OutputPaths", "choose_model", "mask_paths", "mask_scene_spec", "safe_name"]
 
 
-def safe_name(item_id: str) -> str:
-    """A file name from an item id that cannot leave its directory (``../../x`` -> ``x``)."""
-    name = _SAFE.sub("_", item_id).strip("._-")
-    name = re.sub(r"\.{2,}", ".", name)
-    if not name:
-        raise ConfigError(f"item id {item_id!r} gives no usable file name")
-    return name[:200]
-
-
-def mask_paths(out_dir: Path, item_id: str) -> dict[str, Path]:
-    """Where the outputs of one scene go inside ``out_dir``."""
-    stem = safe_name(item_id)
-    return {
-        "mask": out_dir / f"{stem}_cloudmask.tif",
-        "probabilities": out_dir / f"{stem}_probabilities.tif",
-        "quicklook": out_dir / f"{stem}_quicklook.png",
-        "item": out_dir / "items" / f"{stem}.json",
-    }
+def mask_paths(out_dir: Path, item_id: str) -> OutputPaths:
+    """Where the outputs of one scene go inside ``out_dir`` (see :class:`cloudmask.layout.OutputPaths`)."""
+    return OutputPaths.for_scene(out_dir, item_id)
 
 
 @dataclass
 class MaskResult:
-    """What masking one scene produced: paths, class percentages, timing."""
+    """What masking one scene produced: paths, class percentages, timing.
+
+    ``fractions``: each class in percent of the valid pixels, ``nodata`` in percent of all pixels
+    (0.0 for the classes of a scene without valid pixels; ``counts`` tells them apart). ``classes``
+    is the mask's class table, ``counts`` the pixels per class name (``nodata`` included).
+    """
 
     scene_id: str
     mask: Path
@@ -57,24 +47,23 @@ class MaskResult:
     model: str
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    classes: ClassTable = THREE_CLASSES
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def shares(self) -> ClassShares:
+        """The class counts and percentages of the mask (from ``counts``)."""
+        return ClassShares(self.classes, self.counts)
 
     def row(self) -> dict[str, Any]:
-        """One summary row: scene, class percentages (of valid pixels), nodata share, seconds."""
+        """One summary row: scene, class percentages (of valid pixels; empty without), nodata share, seconds."""
+        pct = self.shares.percentages if self.counts else dict(self.fractions)
         return {
             "scene": self.scene_id,
-            **{k: round(v, 2) for k, v in valid_fractions(self.fractions).items()},
-            "nodata": round(self.fractions["nodata"], 2),
+            **{k: (None if v is None else round(v, 2)) for k, v in pct.items()},
             "seconds": round(self.seconds, 2),
             "mask": str(self.mask),
         }
-
-
-def valid_fractions(fractions: dict[str, float]) -> dict[str, float]:
-    """Class percentages of the valid pixels only (nodata excluded)."""
-    valid = 100.0 - fractions["nodata"]
-    if valid <= 0:
-        return dict.fromkeys(CLASSES.values(), 0.0)
-    return {name: 100.0 * fractions[name] / valid for name in CLASSES.values()}
 
 
 def choose_model(model: str | Path | ModelCard | None, spec: SceneSpec) -> ModelCard:
@@ -120,28 +109,31 @@ def mask_scene_spec(
     cog: CogConfig | None = None,
     resolution: float | None = None,
     progress: Callable[[int, int], None] | None = None,
+    classes: str = "all",
 ) -> MaskResult:
     """Mask one scene into ``out_dir`` (``<id>_cloudmask.tif``; ``<id>_probabilities.tif`` on request).
 
     ``resolution`` (metres) overrides the card's. ``runners`` lets callers reuse loaded models across
     scenes. The mask is on the scene's own grid at that resolution, anchored on the tile corner.
+    ``classes="cloud-shadow"`` folds the card's classes onto the three-class contract (thin cloud
+    into cloud, snow into clear; their probabilities add up) before masking.
     """
     t0 = time.perf_counter()
     card = choose_model(model, spec)
+    if classes != "all":
+        card = card.with_onnx(card.onnx_path, classes=collapse_names(card.classes, classes))
+    table = card.class_table
     res = float(resolution or card.resolution)
     cfg = stream or StreamConfig()
     paths = mask_paths(Path(out_dir), spec.id)
     geobox = spec.geobox(res)
     runs = runners if runners is not None else make_runners(card, backend)
-    tags = {
-        "CLOUDMASK_MODEL": card.name,
-        "CLOUDMASK_SOURCE_ITEM": spec.id,
-        "CLOUDMASK_CLASSES": ",".join(f"{k}={v}" for k, v in CLASSES.items()) + f",{NODATA}=nodata",
-    }
+    tags = {"CLOUDMASK_MODEL": card.name, "CLOUDMASK_SOURCE_ITEM": spec.id}
     source = RasterSource(spec, card.bands, geobox, reader)
     try:
         with CogSink(
-            paths["mask"], geobox, paths["probabilities"] if cfg.probabilities else None, cog, tags
+            paths.mask, output_geobox(card, geobox), paths.probabilities if cfg.probabilities else None, cog, tags,
+            classes=table,
         ) as sink:
             counter = _HistogramSink(sink)
             stats = stream_scene(source, card, runs, counter, cfg, progress)
@@ -150,15 +142,18 @@ def mask_scene_spec(
         if runners is None:
             for r in runs:
                 r.close()
-    fractions = fractions_from_counts(counter.counts)
+    shares = table.shares(counter.counts)
+    fractions = shares.fractions()
     seconds = time.perf_counter() - t0
     log.info("masked %s in %.1f s: %s", spec.id, seconds, fractions)
     return MaskResult(
         scene_id=spec.id,
-        mask=paths["mask"],
-        probabilities=paths["probabilities"] if cfg.probabilities else None,
+        mask=paths.mask,
+        probabilities=paths.probabilities if cfg.probabilities else None,
         fractions=fractions,
         stats=stats,
         model=card.name,
         seconds=seconds,
+        classes=table,
+        counts=dict(shares.counts),
     )

@@ -1,8 +1,12 @@
 """Pictures and numbers: true-colour quicklooks with the mask overlaid, class fractions, comparisons.
 
 Reflectance is shown with a fixed stretch (0–0.3 reflectance -> 0–1, gamma 1/1.6) so scenes compare
-with each other. Masks are drawn as translucent class colours with outlines (cloud yellow, shadow
-magenta, nodata dark grey) and a legend giving each class's share.
+with each other. Masks are drawn as translucent class colours with outlines (the ``highlight``
+colours of :mod:`cloudmask.classes`: cloud yellow, shadow magenta, thin cloud sky blue, snow teal,
+nodata dark grey) and a legend giving each class's share of the valid pixels.
+
+The class table of a mask is given (``classes=``) or read from the values it holds: a mask with a
+value 3 has the thin-cloud class, one with at most 2 the three-class contract.
 
 Functions that write files build their figure without pyplot (no backend switch, thread-safe: the CLI
 and job runner call them from worker threads); functions that return a figure for a notebook use
@@ -21,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .models import CLASSES, NODATA
+from .classes import MASK_CLASSES, NODATA, NODATA_CLASS, THREE_CLASSES, ClassTable
+from .layout import OutputPaths
 
 if TYPE_CHECKING:
     from .pipeline import MaskResult
@@ -29,26 +34,36 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: RGBA overlay colours (0–1) per mask value.
+#: RGBA overlay colours (0–1) per mask value (classes with opacity > 0, and nodata).
 OVERLAY: dict[int, tuple[float, float, float, float]] = {
-    1: (1.0, 0.88, 0.0, 0.5),  # cloud: yellow
-    2: (0.9, 0.0, 0.9, 0.5),  # shadow: magenta
-    NODATA: (0.15, 0.15, 0.15, 1.0),  # nodata: dark grey
+    c.value: (*c.highlight, c.alpha) for c in (*MASK_CLASSES, NODATA_CLASS) if c.alpha > 0
 }
 #: Solid colours of the classes in bar plots and difference maps.
-CLASS_COLOURS: dict[str, tuple[float, float, float]] = {
-    "clear": (0.25, 0.65, 0.3),
-    "cloud": (1.0, 0.8, 0.0),
-    "shadow": (0.75, 0.0, 0.75),
-    "nodata": (0.15, 0.15, 0.15),
-}
-LABELS = {0: "clear", 1: "cloud", 2: "shadow", NODATA: "nodata"}
+CLASS_COLOURS: dict[str, tuple[float, float, float]] = {c.name: c.highlight for c in (*MASK_CLASSES, NODATA_CLASS)}
 #: Fixed display stretch: reflectance at which the display saturates, and gamma.
 MAX_REFLECTANCE = 0.3
 GAMMA = 1.6
 
 
 # ------------------------------------------------------------------------------------------- inputs
+
+
+def table_of(mask: Any, classes: ClassTable | None = None) -> ClassTable:
+    """The class table of ``mask``: ``classes`` if given, else from the DataArray's ``flag_values``/
+    ``flag_meanings`` attrs, else the values it holds (at least the three-class contract)."""
+    if classes is not None:
+        return classes
+    attrs = getattr(mask, "attrs", {})
+    if "flag_values" in attrs and "flag_meanings" in attrs:
+        return ClassTable.from_mapping(dict(zip(attrs["flag_values"], str(attrs["flag_meanings"]).split(), strict=True)))
+    m = as_mask(mask)
+    valid = m[m != NODATA]
+    top = int(valid.max()) if valid.size else 0
+    if top < len(THREE_CLASSES):
+        return THREE_CLASSES
+    if top >= len(MASK_CLASSES):
+        raise ValueError(f"mask value {top} is no class of the mask contract (0-{len(MASK_CLASSES) - 1}, {NODATA})")
+    return ClassTable(MASK_CLASSES[: top + 1])
 
 
 def as_mask(mask: Any) -> np.ndarray:
@@ -97,32 +112,34 @@ def overlay(rgb: np.ndarray, mask: Any) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ numbers
 
 
-def class_fractions(mask: Any, where: Any = None) -> dict[str, float]:
-    """Class shares of ``mask``: ``clear``/``cloud``/``shadow`` in percent of the *valid* pixels and
-    ``nodata`` in percent of all pixels considered.
+def class_fractions(mask: Any, where: Any = None, classes: ClassTable | None = None) -> dict[str, float]:
+    """Class shares of ``mask``: each class (``clear``, ``cloud``, ``shadow``, ... of its table, see
+    :func:`table_of`) in percent of the *valid* pixels and ``nodata`` in percent of all pixels considered.
 
     ``where`` (boolean ``(H, W)`` array or DataArray, e.g. an AOI rasterised on the mask's grid)
     restricts the count to those pixels. Without valid pixels the class shares are 0.
     """
+    table = table_of(mask, classes)
     m = as_mask(mask)
     if where is not None:
         sel = np.asarray(getattr(where, "values", where), dtype=bool)
         if sel.shape != m.shape:
             raise ValueError(f"where has shape {sel.shape} but the mask has {m.shape}")
         m = m[sel]
-    from .pipeline import valid_fractions
-    from .writer import fractions_from_counts
-
-    shares = fractions_from_counts(np.bincount(m.ravel(), minlength=256))
-    out = {**valid_fractions(shares), "nodata": shares["nodata"]}
-    return {k: float(v) for k, v in out.items()}
+    return table.shares(table.histogram(m)).fractions()
 
 
-def fractions_table(masks: Mapping[str, Any], where: Any = None, digits: int = 2) -> list[dict[str, Any]]:
-    """One row per named mask: ``{"name", "clear", "cloud", "shadow", "nodata"}`` (percent, rounded)."""
+def fractions_table(masks: Mapping[str, Any], where: Any = None, digits: int = 2,
+                    classes: ClassTable | None = None) -> list[dict[str, Any]]:
+    """One row per named mask: ``{"name", "clear", "cloud", "shadow", ..., "nodata"}`` (percent, rounded).
+
+    All rows have the columns of the widest class table among the masks.
+    """
+    tables = {name: table_of(mask, classes) for name, mask in masks.items()}
+    widest = max(tables.values(), key=len, default=THREE_CLASSES)
     rows = []
     for name, mask in masks.items():
-        fr = class_fractions(mask, where)
+        fr = class_fractions(mask, where, widest)
         rows.append({"name": str(name), **{k: round(v, digits) for k, v in fr.items()}})
     return rows
 
@@ -148,18 +165,20 @@ def _numeric(text: str) -> bool:
     return True
 
 
-def mask_agreement(a: Any, b: Any) -> dict[str, Any]:
+def mask_agreement(a: Any, b: Any, classes: ClassTable | None = None) -> dict[str, Any]:
     """How two masks agree on pixels valid in both: ``agreement`` (percent), ``valid_pixels`` and the
-    ``confusion`` matrix (rows: classes of ``a``, columns: classes of ``b``, pixel counts)."""
+    ``confusion`` matrix (rows: classes of ``a``, columns: classes of ``b``, pixel counts) over the
+    wider of their class tables."""
     ma, mb = as_mask(a), as_mask(b)
     if ma.shape != mb.shape:
         raise ValueError(f"masks differ in shape: {ma.shape} vs {mb.shape}")
-    valid = (ma < len(CLASSES)) & (mb < len(CLASSES))
-    n = len(CLASSES)
+    table = classes or max(table_of(a), table_of(b), key=len)
+    n = len(table)
+    valid = (ma < n) & (mb < n)
     conf = np.bincount(ma[valid].astype(np.int64) * n + mb[valid], minlength=n * n).reshape(n, n)
     total = int(valid.sum())
     agree = 100.0 * np.trace(conf) / total if total else float("nan")
-    return {"agreement": float(agree), "valid_pixels": total, "classes": list(CLASSES.values()),
+    return {"agreement": float(agree), "valid_pixels": total, "classes": list(table.names),
             "confusion": conf.tolist()}
 
 
@@ -180,33 +199,42 @@ def _figure(figsize: tuple[float, float], ncols: int = 1, interactive: bool = Tr
     return fig, fig.subplots(1, ncols, squeeze=False)
 
 
-def _legend(ax: Any, mask: np.ndarray, loc: str = "lower right") -> None:
+def legend_labels(mask: Any, classes: ClassTable | None = None) -> list[tuple[int, str]]:
+    """``(value, label)`` of the legend entries of ``mask``: overlaid classes, then clear, then nodata."""
+    table = table_of(mask, classes)
+    fr = class_fractions(mask, classes=table)
+    entries = [c for c in table.classes if c.alpha > 0] + [c for c in table.classes if c.alpha == 0]
+    out = []
+    for c in (*entries, NODATA_CLASS):
+        label = f"{c.name.replace('_', ' ')} {fr[c.name]:.1f} %" + (" of scene" if c.value == NODATA else "")
+        out.append((c.value, label))
+    return out
+
+
+def _legend(ax: Any, mask: np.ndarray, loc: str = "lower right", classes: ClassTable | None = None) -> None:
     from matplotlib.patches import Patch
 
-    fr = class_fractions(mask)
     handles = []
-    for value in (1, 2, 0, NODATA):
-        name = LABELS[value]
+    for value, label in legend_labels(mask, classes):
         colour = OVERLAY.get(value)
         face = colour[:3] if colour is not None else (1.0, 1.0, 1.0)
-        share = fr[name]
-        label = f"{name} {share:.1f} %" + (" of scene" if value == NODATA else "")
         handles.append(Patch(facecolor=face, edgecolor="k", label=label))
     ax.legend(handles=handles, loc=loc, fontsize=8, framealpha=0.85, title="% of valid pixels",
               title_fontsize=7)
 
 
 def _outline(ax: Any, mask: np.ndarray) -> None:
-    """Thin outlines around clouds and shadows (so thin features stay visible)."""
+    """Thin outlines around the overlaid classes (so thin features stay visible)."""
     if mask.shape[0] < 2 or mask.shape[1] < 2:
         return
-    for value in (1, 2):
+    for value in (v for v in OVERLAY if v != NODATA):
         sel = (mask == value).astype(np.float32)
         if 0 < sel.sum() < sel.size:
             ax.contour(sel, levels=[0.5], colors=[OVERLAY[value][:3]], linewidths=0.6)
 
 
-def plot_mask(rgb: Any, mask: Any, title: str = "", ax: Any = None, legend: bool = True) -> Any:
+def plot_mask(rgb: Any, mask: Any, title: str = "", ax: Any = None, legend: bool = True,
+              classes: ClassTable | None = None) -> Any:
     """Draw true colour with the mask overlaid (outlines + legend) on ``ax`` (new figure if None); returns ax."""
     m = as_mask(mask)
     if ax is None:
@@ -217,7 +245,7 @@ def plot_mask(rgb: Any, mask: Any, title: str = "", ax: Any = None, legend: bool
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
     if legend:
-        _legend(ax, m)
+        _legend(ax, m, classes=table_of(mask, classes))
     return ax
 
 
@@ -255,14 +283,16 @@ def plot_fractions(fractions: Any, ax: Any = None, title: str = "class fractions
     :func:`fractions_table` rows. The nodata share is written beside each bar. Returns the axes.
     """
     rows = _fraction_rows(fractions)
+    present = [c.value for c in MASK_CLASSES if any(c.name in r for r in rows)]
+    table = ClassTable(MASK_CLASSES[: max(present, default=2) + 1])
     if ax is None:
         _, axes = _figure((7, 1.3 + 0.45 * len(rows)))
         ax = axes[0, 0]
     names = [r["name"] for r in rows]
     y = np.arange(len(rows))
     left = np.zeros(len(rows))
-    for cls in CLASSES.values():
-        vals = np.array([float(r[cls]) for r in rows])
+    for cls in table.names:
+        vals = np.array([float(r.get(cls) or 0.0) for r in rows])
         ax.barh(y, vals, left=left, color=CLASS_COLOURS[cls], edgecolor="k", linewidth=0.4, label=cls)
         for yi, (lo, v) in enumerate(zip(left, vals, strict=True)):
             if v >= 6:
@@ -282,7 +312,7 @@ def plot_fractions(fractions: Any, ax: Any = None, title: str = "class fractions
 
 
 def _fraction_rows(fractions: Any) -> list[dict[str, Any]]:
-    if isinstance(fractions, Mapping) and all(k in fractions for k in CLASSES.values()):
+    if isinstance(fractions, Mapping) and all(k in fractions for k in THREE_CLASSES.names):
         return [{"name": "", **fractions}]
     if isinstance(fractions, Mapping):
         return [{"name": str(k), **v} for k, v in fractions.items()]
@@ -303,25 +333,26 @@ def compare_masks(a: Any, b: Any, rgb: Any = None, titles: tuple[str, str] = ("A
     panel = 5.0
     fig, axes = _figure((3 * panel, panel * h / w + 0.6), ncols=3, interactive=path is None)
     base = true_colour(rgb) if rgb is not None else np.full((h, w, 3), 0.5)
+    table = max(table_of(a), table_of(b), key=len)
     for ax, m, t in zip(axes[0, :2], (ma, mb), titles, strict=True):
         ax.imshow(overlay(base, m), interpolation="nearest")
         _outline(ax, m)
         ax.set_title(t, fontsize=9)
         ax.set_axis_off()
-        _legend(ax, m)
-    stats = mask_agreement(ma, mb)
+        _legend(ax, m, classes=table)
+    stats = mask_agreement(ma, mb, table)
     valid = (ma != NODATA) & (mb != NODATA)
     diff = (ma != mb) & valid
     img = 0.35 + 0.4 * base.mean(axis=2, keepdims=True).repeat(3, axis=2)
     img[~valid] = CLASS_COLOURS["nodata"]
-    for value, name in CLASSES.items():
+    for value, name in table.mapping.items():
         img[diff & (mb == value)] = CLASS_COLOURS[name]
     axes[0, 2].imshow(img, interpolation="nearest")
     axes[0, 2].set_title(f"differences: {100 - stats['agreement']:.2f} % of valid pixels "
                          f"(agreement {stats['agreement']:.2f} %)", fontsize=9)
     axes[0, 2].set_axis_off()
     handles = [Patch(facecolor=CLASS_COLOURS[n], edgecolor="k", label=f"{titles[1]} says {n}")
-               for n in CLASSES.values()]
+               for n in table.names]
     axes[0, 2].legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.85)
     fig.tight_layout()
     if path is not None:
@@ -342,14 +373,14 @@ def _save(fig: Any, path: Path, dpi: int = 100) -> Path:
     return path
 
 
-def save_quicklook(rgb: Any, mask: Any, path: Path, title: str = "") -> Path:
+def save_quicklook(rgb: Any, mask: Any, path: Path, title: str = "", classes: ClassTable | None = None) -> Path:
     """Write a PNG of true colour beside true colour with the mask overlaid, with a legend (atomic)."""
     m = as_mask(mask)
     h, w = m.shape
     panel = min(8.0, max(3.5, 8.0 * max(h, w) / 1024))
     fig, axes = _figure((2 * panel, panel * h / w + 0.5), ncols=2, interactive=False)
     plot_true_colour(rgb, "true colour", axes[0, 0])
-    plot_mask(rgb, m, "cloud / shadow mask", axes[0, 1])
+    plot_mask(rgb, m, "cloud mask", axes[0, 1], classes=table_of(m, classes))
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -376,16 +407,15 @@ def quicklook_for_result(spec: SceneSpec, result: MaskResult, max_pixels: int = 
     import rasterio
     from rasterio.enums import Resampling
 
-    from .pipeline import mask_paths
-
     with rasterio.open(result.mask) as ds:
         factor = max(1, math.ceil(max(ds.height, ds.width) / max_pixels))
         h, w = math.ceil(ds.height / factor), math.ceil(ds.width / factor)
         mask = ds.read(1, out_shape=(h, w), resampling=Resampling.nearest)
         res = abs(ds.transform.a) * factor
     rgb = read_rgb(spec, res, (h, w))
-    path = mask_paths(result.mask.parent, spec.id)["quicklook"]
-    return save_quicklook(rgb, mask[: rgb.shape[1], : rgb.shape[2]], path, f"{spec.id} — {result.model}")
+    path = OutputPaths.of_mask(result.mask).quicklook
+    return save_quicklook(rgb, mask[: rgb.shape[1], : rgb.shape[2]], path, f"{spec.id} — {result.model}",
+                          classes=result.classes)
 
 
 __all__ = [
@@ -397,6 +427,7 @@ __all__ = [
     "compare_masks",
     "format_table",
     "fractions_table",
+    "legend_labels",
     "mask_agreement",
     "overlay",
     "plot_fractions",
@@ -406,5 +437,6 @@ __all__ = [
     "quicklook_for_result",
     "read_rgb",
     "save_quicklook",
+    "table_of",
     "true_colour",
 ]

@@ -3,6 +3,12 @@
 Nothing appears at the final path until the COG is complete: blocks go to a hidden temporary file
 beside the target, the GDAL COG driver copies it (internal tiles, overviews by ``MODE``) to a second
 temporary file, and an atomic rename publishes it. Any failure removes the temporaries.
+
+The mask carries its class table (:mod:`cloudmask.classes`): a colour table, the band description
+and the ``CLOUDMASK_CLASSES`` tag inside the COG, and GDAL category names in the standard PAM
+sidecar ``<mask>.aux.xml`` (GeoTIFF has no internal tag for them; GDAL, QGIS and ``gdalinfo`` read the
+sidecar and show "clear, cloud, shadow" instead of bare values). The sidecar is published before the
+COG, so a finished mask always has it.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +27,8 @@ import rasterio.shutil
 from odc.geo.geobox import GeoBox
 from rasterio.windows import Window
 
+from .classes import NODATA, THREE_CLASSES, ClassTable, fractions_from_counts
 from .errors import WriteError
-from .models import CLASSES, NODATA
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +51,8 @@ class CogSink:
     """A :class:`~cloudmask.stream.MaskSink` writing a class COG (and optionally a probability COG).
 
     Use as a context manager: on normal exit the COGs are finalised and renamed into place; on an
-    exception everything temporary is removed and nothing is left at the final paths.
+    exception everything temporary is removed and nothing is left at the final paths. ``classes`` is
+    the mask's class table (the probability COG has one band per class, percent).
     """
 
     def __init__(
@@ -54,12 +62,14 @@ class CogSink:
         probabilities_path: Path | None = None,
         config: CogConfig | None = None,
         tags: dict[str, str] | None = None,
+        classes: ClassTable = THREE_CLASSES,
     ) -> None:
         self.path = Path(path)
         self.geobox = geobox
         self.prob_path = Path(probabilities_path) if probabilities_path else None
         self.config = config or CogConfig()
-        self.tags = tags or {}
+        self.classes = classes
+        self.tags = {**(tags or {}), "CLOUDMASK_CLASSES": classes.summary()}
         self._tmp: list[Path] = []
         self._mask: Any = None
         self._prob: Any = None
@@ -89,11 +99,11 @@ class CogSink:
             tmp = _tmp_path(self.path, "blocks")
             self._tmp.append(tmp)
             self._mask = rasterio.open(tmp, "w", **self._profile(1, NODATA))
-            self._mask.write_colormap(1, MASK_COLORMAP)  # before any pixel: TIFF tags are fixed after
+            self._mask.write_colormap(1, self.classes.colormap())  # before any pixel: TIFF tags are fixed after
             if self.prob_path is not None:
                 ptmp = _tmp_path(self.prob_path, "blocks")
                 self._tmp.append(ptmp)
-                self._prob = rasterio.open(ptmp, "w", **self._profile(len(CLASSES), None))
+                self._prob = rasterio.open(ptmp, "w", **self._profile(len(self.classes), None))
         except (OSError, rasterio.RasterioIOError) as err:
             self._cleanup()
             raise WriteError(f"cannot write mask under {self.path.parent}: {err}") from err
@@ -120,10 +130,18 @@ class CogSink:
         for ds, final, kind in outputs:
             if kind == "mask":
                 ds.update_tags(**self.tags)
-                ds.set_band_description(1, "cloudmask classes: " + ", ".join(f"{k} {v}" for k, v in CLASSES.items()))
+                ds.set_band_description(1, self.classes.band_description())
+                aux = final.with_name(f".{final.name}.aux.xml.{os.getpid()}.tmp")
+                self._tmp.append(aux)
+                try:
+                    write_category_names(aux, self.classes)
+                except OSError as err:
+                    raise WriteError(f"cannot write {final}.aux.xml: {err}") from err
+                staged.append((aux, final.with_name(final.name + ".aux.xml")))
             else:
-                for b, name in CLASSES.items():
-                    ds.set_band_description(b + 1, f"probability of {name}, percent")
+                ds.update_tags(CLOUDMASK_CLASSES=self.classes.summary())
+                for c in self.classes.classes:
+                    ds.set_band_description(c.value + 1, f"probability of {c.name}, percent")
             src_name = ds.name
             ds.close()
             cog = _tmp_path(final, "cog")
@@ -142,8 +160,8 @@ class CogSink:
             except (OSError, rasterio.RasterioIOError) as err:
                 raise WriteError(f"cannot write COG {final}: {err}") from err
             staged.append((cog, final))
-        for cog, final in staged:
-            os.replace(cog, final)
+        for tmp, final in staged:  # the sidecar first: a published COG always has its category names
+            os.replace(tmp, final)
         self._mask = self._prob = None
 
     def _cleanup(self) -> None:
@@ -155,20 +173,20 @@ class CogSink:
         self._tmp.clear()
 
 
-#: Palette for viewers: clear transparent-ish grey, cloud white, shadow dark blue, nodata black.
-MASK_COLORMAP = {
-    0: (34, 139, 34, 255),
-    1: (255, 255, 255, 255),
-    2: (40, 40, 120, 255),
-    NODATA: (0, 0, 0, 0),
-}
+def write_category_names(path: Path, classes: ClassTable) -> Path:
+    """Write a GDAL PAM sidecar (``.aux.xml`` XML) naming band 1's values by the class table."""
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    ET.SubElement(band, "Description").text = classes.band_description()
+    cats = ET.SubElement(band, "CategoryNames")
+    for name in classes.category_names():
+        ET.SubElement(cats, "Category").text = name
+    ET.SubElement(band, "NoDataValue").text = str(NODATA)
+    ET.ElementTree(root).write(path, encoding="utf-8")
+    return path
 
 
-def fractions_from_counts(counts: np.ndarray) -> dict[str, float]:
-    """Percentages from a 256-bin histogram of a mask: classes share of all pixels, and ``nodata``."""
-    total = counts.sum()
-    if total == 0:
-        return {**{v: 0.0 for v in CLASSES.values()}, "nodata": 0.0}
-    out = {name: 100.0 * counts[k] / total for k, name in CLASSES.items()}
-    out["nodata"] = 100.0 * counts[NODATA] / total
-    return out
+#: Colour table of the three-class contract (kept for callers of the former constant).
+MASK_COLORMAP = THREE_CLASSES.colormap()
+
+__all__ = ["MASK_COLORMAP", "CogConfig", "CogSink", "fractions_from_counts", "write_category_names"]

@@ -24,8 +24,8 @@ from cloudmask.errors import ConfigError
 from cloudmask.jobs import JobLockedError, SceneFailuresError, check_done, load_spec, run_job
 from cloudmask.jobs.spec import parse_duration, resolve_datetime, spec_from_dict
 from cloudmask.jobs.state import JobLock, Journal, clean_temporaries, stale_temporaries
+from cloudmask.layout import output_stem, safe_name
 from cloudmask.outputs import file_checksum
-from cloudmask.pipeline import safe_name
 
 # The stac_api fixture starts stac-fastapi-pgstac with a copy of os.environ; the push test needs the
 # Transactions extension, which stac-fastapi-pgstac enables only with this setting.
@@ -331,7 +331,13 @@ def test_output_items_carry_every_field(tmp_path, sample_catalog):
         p = item.properties
         assert p["processing:software"]["cloudmask"] and "processing:lineage" in p and "processing:level" in p
         assert "processing:datetime" in p and p["processing:version"]
-        assert {"cloudmask:shadow_cover", "cloudmask:clear_cover", "cloudmask:nodata_percentage"} <= set(p)
+        assert {"cloudmask:shadow_cover", "cloudmask:clear_cover", "cloudmask:nodata_percentage"}.isdisjoint(p)
+        raw = json.loads((out / "items" / f"{item.id}.json").read_text())["properties"]  # pystac drops proj:epsg
+        assert raw["proj:epsg"] == int(p["proj:code"].split(":")[1])
+        total = sum(c.count for c in classes if c.count is not None)
+        assert total == p["proj:shape"][0] * p["proj:shape"][1]  # classification v2 counts every pixel
+        valid_pct = [c.percentage for c in classes if c.value != 255]
+        assert all(v is not None for v in valid_pct) and abs(sum(valid_pct) - 100.0) < 0.01  # type: ignore[arg-type]
         assert any(u.endswith("/processing/v1.2.0/schema.json") for u in item.stac_extensions)
         derived = item.get_links("derived_from")
         assert len(derived) == 1 and pystac.Item.from_file(derived[0].get_absolute_href() or "").id == src.id
@@ -373,8 +379,10 @@ def test_hostile_item_id_stays_inside_output(tmp_path, sample_catalog):
     assert len(report.processed) == SCENES
     after = {p for p in tmp_path.rglob("*") if out not in p.parents and p != out}
     assert after - before == set(), "nothing may be written outside the output directory"
-    assert (out / "evil_cloudmask.tif").is_file() and (out / "items" / "evil.json").is_file()
-    assert json.loads((out / "items" / "evil.json").read_text())["properties"]["cloudmask:source_id"] == "../../evil"
+    stem = output_stem("../../evil")  # sanitised, so a hash of the id keeps it apart from an item named "evil"
+    assert stem.startswith("evil-") and len(stem) == len("evil-") + 8
+    assert (out / f"{stem}_cloudmask.tif").is_file() and (out / "items" / f"{stem}.json").is_file()
+    assert json.loads((out / "items" / f"{stem}.json").read_text())["properties"]["cloudmask:source_id"] == "../../evil"
     assert check_done(out, "../../evil").done
     assert run_job(spec).skipped == SCENES
 
@@ -436,7 +444,12 @@ def test_spec_resolves_paths_and_relative_windows(tmp_path, sample_catalog):
         ({"output": None}, ["'output' is missing"]),
         ({"outptu": "o"}, ["unknown key", "'outptu'", "output"]),
         ({"datetime": "yesterday-ish"}, ["'datetime'", "last 10 days"]),
-        ({"bbox": [10, 0, 5, 1]}, ["'bbox'", "west < east"]),
+        ({"bbox": [10, 1, 5, 0]}, ["'bbox'", "south (1.0) must be below north (0.0)"]),
+        ({"bbox": [10, 0, 10, 1]}, ["'bbox'", "no width"]),
+        ({"limit": 0}, ["'limit'", ">= 1"]),
+        ({"http_timeout": "soon"}, ["'http_timeout'", "CONNECT,READ"]),
+        ({"http_retries": -2}, ["'http_retries'", "0-100"]),
+        ({"max_cloud": "20"}, ["'max_cloud'", "number"]),
         ({"max_cloud": 120}, ["'max_cloud'", "between 0 and 100"]),
         ({"min_cloud": 50, "max_cloud": 10}, ["'min_cloud'", "swap"]),
         ({"cloud_cover": [0, 80], "max_cloud": 5}, ["'cloud_cover'", "one or the other"]),
@@ -460,6 +473,32 @@ def test_spec_errors_name_the_field(tmp_path, sample_catalog, raw, words):
         spec_from_dict(doc, base=tmp_path)
     for w in words:
         assert w in str(err.value), str(err.value)
+
+
+def test_spec_reports_every_problem_at_once(tmp_path, sample_catalog):
+    doc = {"stac": str(sample_catalog), "output": "out", "max_cloud": 120, "concurrency": 0, "backend": "gpu",
+           "outptu": "x", "retries": {"count": -1, "tries": 2}}
+    with pytest.raises(ConfigError) as err:
+        spec_from_dict(doc, base=tmp_path)
+    msg = str(err.value)
+    assert "6 problems" in msg, msg
+    for w in ("'max_cloud' must be between 0 and 100", "'concurrency' must be between 1 and 256", "'backend' 'gpu'",
+              "unknown key 'outptu'", "'retries.count' must be an integer 0-100", "'retries' has unknown key 'tries'"):
+        assert w in msg, msg
+
+
+def test_spec_search_is_the_shared_query(tmp_path, sample_catalog):
+    """bbox across the antimeridian, relative windows and HTTP limits mean what they mean everywhere."""
+    from cloudmask.stac import SearchQuery
+
+    spec = spec_from_dict({"stac": str(sample_catalog), "output": "o", "bbox": "170,50,-170,60",
+                           "datetime": "last 2 days", "cloud_cover": [0, 30], "limit": 2,
+                           "http_timeout": "3,9", "http_retries": 1}, base=tmp_path)
+    now = datetime(2024, 6, 20, 12, tzinfo=UTC)
+    assert spec.query(now) == SearchQuery.build(bbox=(170, 50, -170, 60), datetime="2024-06-18T12:00:00Z/2024-06-20T12:00:00Z",
+                                                min_cloud=0, max_cloud=30, limit=2)
+    http = spec.http_policy()
+    assert (http.connect_timeout, http.read_timeout, http.retry.count) == (3.0, 9.0, 1)
 
 
 def test_cli_reports_bad_spec(tmp_path):
