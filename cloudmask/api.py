@@ -203,13 +203,15 @@ def mask_scene(
     cog: CogConfig | None = None,
     runners: Sequence[Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    classes: str = "all",
 ) -> MaskResult:
     """Mask one scene into ``out`` exactly as ``cloudmask run`` does; returns the :class:`MaskResult`.
 
     Writes ``<id>_cloudmask.tif`` (COG; ``<id>_probabilities.tif`` with ``probabilities``), a quicklook
     PNG (``quicklook``), the output STAC item ``items/<id>.json`` and, with ``catalog``, refreshes
     ``catalog.json``/``collection.json`` in ``out``. ``result.extra`` holds the paths of the quicklook,
-    item and catalogue. ``runners`` reuses loaded models across calls.
+    item and catalogue. ``runners`` reuses loaded models across calls. ``classes="cloud-shadow"`` folds
+    the model's classes onto the three-class contract (thin cloud -> cloud, snow -> clear).
     """
     from .outputs import mask_item, update_output_catalog, write_item
     from .pipeline import mask_scene_spec
@@ -224,7 +226,7 @@ def mask_scene(
     card = choose_model(model, spec)
     result = mask_scene_spec(
         spec, out_dir, card, runners=runners, backend=backend, stream=cfg, reader=reader, cog=cog,
-        resolution=resolution, progress=progress,
+        resolution=resolution, progress=progress, classes=classes,
     )
     if quicklook:
         from .quicklook import quicklook_for_result
@@ -243,7 +245,7 @@ def open_mask(mask: MaskResult | str | Path, *, chunks: int | dict[str, int] | N
     """
     import rioxarray
 
-    from .xr import FLAG_MEANINGS, FLAG_VALUES
+    from .classes import THREE_CLASSES, ClassTable
 
     path = mask.mask if isinstance(mask, MaskResult) else Path(mask)
     import xarray as xr
@@ -258,8 +260,7 @@ def open_mask(mask: MaskResult | str | Path, *, chunks: int | dict[str, int] | N
     model = da.attrs.get("CLOUDMASK_MODEL", "")
     da.attrs = {
         "long_name": "cloud and cloud-shadow mask",
-        "flag_values": FLAG_VALUES,
-        "flag_meanings": FLAG_MEANINGS,
+        **(ClassTable.from_summary(tags) if (tags := da.attrs.get("CLOUDMASK_CLASSES")) else THREE_CLASSES).cf_attrs(),
         "model": model,
         "nodata": 255,
     }

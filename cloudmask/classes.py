@@ -192,6 +192,19 @@ class ClassTable:
         """Band description of a mask: ``"cloudmask classes: 0 clear, 1 cloud, 2 shadow, 255 nodata"``."""
         return "cloudmask classes: " + ", ".join(f"{c.value} {c.name}" for c in self.with_nodata)
 
+    def cf_attrs(self) -> dict[str, Any]:
+        """CF flag attributes of a mask DataArray: ``flag_values``, ``flag_meanings``, ``classes`` (the summary)."""
+        return {"flag_values": list(self.values), "flag_meanings": " ".join(self.names), "classes": self.summary()}
+
+    @classmethod
+    def from_summary(cls, summary: str) -> ClassTable:
+        """The table from :meth:`summary` text (a COG's ``CLOUDMASK_CLASSES`` tag)."""
+        try:
+            pairs = dict(kv.split("=", 1) for kv in summary.split(","))
+            return cls.from_mapping({int(k): v for k, v in pairs.items()})
+        except ValueError as err:
+            raise ValueError(f"not a class table summary {summary!r} (e.g. '0=clear,1=cloud,255=nodata'): {err}") from err
+
     def stac_classes(self, shares: ClassShares | None = None) -> list[dict[str, Any]]:
         """STAC classification v2 ``classification:classes`` (with ``count``/``percentage`` from ``shares``).
 
