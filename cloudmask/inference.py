@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from .engine import ArraySink, ArraySource, StreamConfig, StreamStats, output_shape, stream_scene
 from .errors import ConfigError, MissingBandError
 from .models import NODATA, ModelCard, load_model
+from .postprocess import PostProcess, PostProcessSink, for_card
 from .runtime import make_runners
-from .stream import ArraySink, ArraySource, StreamConfig, StreamStats, stream_scene
 
 
 def _to_band_first(
@@ -42,17 +44,25 @@ def predict_array(
     backend: str = "onnxruntime",
     config: StreamConfig | None = None,
     runners: Sequence[Any] | None = None,
+    postprocess: PostProcess | Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, StreamStats]:
     """Mask ``(C, H, W)`` float32 reflectance in model band order (NaN = nodata).
 
-    Returns ``(classes uint8 (H, W), probabilities uint8 (3, H, W) or None, stats)``.
+    Returns ``(classes uint8 (H, W), probabilities uint8 (K, H, W) or None, stats)``. ``postprocess``
+    (:mod:`cloudmask.postprocess`) adds to the card's own post-processing defaults.
     """
     card = load_model(model)
     cfg = config or StreamConfig()
+    post = for_card(card, postprocess)
+    want_probs = cfg.probabilities
+    if post.needs_probabilities and not cfg.probabilities:
+        cfg = replace(cfg, probabilities=True)
     runs = runners if runners is not None else make_runners(card, backend)
     h, w = reflectance.shape[1:]
-    sink = ArraySink(h, w, probabilities=cfg.probabilities)
-    stats = stream_scene(ArraySource(reflectance), card, runs, sink, cfg)
+    oh, ow = output_shape(card, h, w)
+    sink = ArraySink(oh, ow, probabilities=want_probs, classes=len(card.class_table))
+    target = PostProcessSink(sink, post, oh, ow) if post.active else sink
+    stats = stream_scene(ArraySource(reflectance), card, runs, target, cfg)
     return sink.classes, sink.probabilities, stats
 
 
@@ -65,6 +75,9 @@ def predict(
     probabilities: bool = False,
     backend: str = "onnxruntime",
     config: StreamConfig | None = None,
+    threshold: float | None = None,
+    postprocess: PostProcess | Mapping[str, Any] | None = None,
+    valid: bool = False,
 ) -> Any:
     """Class mask (0 clear, 1 cloud, 2 shadow, 255 nodata) of reflectance already in memory.
 
@@ -73,18 +86,33 @@ def predict(
     ``(H, W)`` array — or an xarray DataArray with a ``band`` dimension labelled with STAC common
     names / a Dataset with one variable per band — returns a DataArray on the same coordinates (see
     :mod:`cloudmask.xr`). With ``probabilities=True`` returns ``(mask, probabilities)``.
+
+    Post-processing (:mod:`cloudmask.postprocess`): ``threshold`` is the cloud probability (0–1) above
+    which a pixel is cloud (s2cloudless: default 0.4); ``postprocess`` a :class:`PostProcess` or a
+    mapping of its options (``thresholds``, ``average_over``, ``dilation_size``, ``buffer_m``,
+    ``min_region``). With ``valid=True`` (numpy input) a boolean ``(H, W)`` valid mask (the pixels
+    that have a class; the probabilities are 0 elsewhere) is appended to the returned tuple.
     """
     card = load_model(model)
     cfg = config or StreamConfig()
     if probabilities and not cfg.probabilities:
-        cfg = StreamConfig(cfg.margin, cfg.blend, cfg.queue_batches, True)
+        cfg = replace(cfg, probabilities=True)
+    if threshold is not None:
+        post = PostProcess.from_options(postprocess, threshold=threshold)
+        postprocess = post.as_dict()
     if isinstance(data, np.ndarray):
         refl = _to_band_first(data, card, bands, nodata)
-        classes, probs, _ = predict_array(refl, card, backend=backend, config=cfg)
-        return (classes, probs) if probabilities else classes
+        classes, probs, _ = predict_array(refl, card, backend=backend, config=cfg, postprocess=postprocess)
+        out: tuple[Any, ...] = (classes,) + ((probs,) if probabilities else ())
+        if valid:
+            out += (classes != NODATA,)
+        return out if len(out) > 1 else classes
+    if valid:
+        raise ConfigError("valid=True is for numpy input; with xarray use cloudmask.xr.valid_mask or mask != 255")
     from .xr import predict_xarray
 
-    return predict_xarray(data, card, probabilities=probabilities, backend=backend, config=cfg)
+    return predict_xarray(data, card, probabilities=probabilities, backend=backend, config=cfg,
+                          postprocess=postprocess)
 
 
 __all__ = ["NODATA", "predict", "predict_array"]

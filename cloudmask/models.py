@@ -176,7 +176,19 @@ def _known_class(name: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------- registry
 
+#: The ukis-csmask U-Nets (segmentation, 30 m).
 BUILTIN = ("ukis-4b-l1c", "ukis-4b-l2a", "ukis-6b-l1c", "ukis-6b-l2a")
+#: Every built-in model name: the U-Nets and s2cloudless (a pixel model, :mod:`cloudmask.builtin.s2cloudless`).
+BUILTIN_MODELS = (*BUILTIN, "s2cloudless")
+
+
+def builtin_card(name: str, convert: bool = True) -> ModelCard:
+    """The card of a built-in model (``convert=False``: s2cloudless without converting its graph yet)."""
+    if name == "s2cloudless":
+        from .builtin.s2cloudless import card
+
+        return card(convert_now=convert)
+    return _ukis_card(name)
 
 
 def _ukis_card(name: str) -> ModelCard:
@@ -211,8 +223,8 @@ def _ukis_card(name: str) -> ModelCard:
 
 
 def list_models() -> list[ModelCard]:
-    """Cards of every built-in model."""
-    return [_ukis_card(n) for n in BUILTIN]
+    """Cards of every built-in model (s2cloudless is listed without converting its graph)."""
+    return [builtin_card(n, convert=False) for n in BUILTIN_MODELS]
 
 
 def load_card_file(path: Path) -> ModelCard:
@@ -303,8 +315,8 @@ def load_model(model: str | Path | ModelCard) -> ModelCard:
     if isinstance(model, ModelCard):
         return model
     name = str(model)
-    if name in BUILTIN:
-        return _ukis_card(name)
+    if name in BUILTIN_MODELS:
+        return builtin_card(name)
     path = Path(name).expanduser()
     if path.suffix in CARD_SUFFIXES and path.is_file():
         return load_card_file(path)
@@ -321,6 +333,6 @@ def load_model(model: str | Path | ModelCard) -> ModelCard:
             if cand.is_file():
                 return load_card_file(cand)
     raise UnknownModelError(
-        f"unknown model '{name}': use one of {', '.join(BUILTIN)} (see `cloudmask models`) "
+        f"unknown model '{name}': use one of {', '.join(BUILTIN_MODELS)} (see `cloudmask models`) "
         "or the path of a model card / ONNX file with a card beside it"
     )

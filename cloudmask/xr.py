@@ -180,6 +180,7 @@ def predict_xarray(
     backend: str = "onnxruntime",
     config: StreamConfig | None = None,
     runners: Sequence[Any] | None = None,
+    postprocess: Any = None,
 ) -> xr.DataArray | xr.Dataset:
     """Mask reflectance held in xarray; see the module docstring for what ``data`` may be.
 
@@ -202,7 +203,7 @@ def predict_xarray(
 
         runners = make_runners(model, backend)
     try:
-        return _predict_any(arr, model, runners, cfg, probabilities)
+        return _predict_any(arr, model, runners, cfg, probabilities, postprocess)
     finally:
         if own:
             for r in runners:
@@ -210,13 +211,15 @@ def predict_xarray(
 
 
 def _predict_any(
-    arr: xr.DataArray, card: ModelCard, runners: Sequence[Any], cfg: StreamConfig, probabilities: bool
+    arr: xr.DataArray, card: ModelCard, runners: Sequence[Any], cfg: StreamConfig, probabilities: bool,
+    postprocess: Any = None,
 ) -> xr.DataArray | xr.Dataset:
     if arr.ndim > 3:
         dim = arr.dims[0]
-        parts = [_predict_any(arr.isel({dim: i}), card, runners, cfg, probabilities) for i in range(arr.sizes[dim])]
+        parts = [_predict_any(arr.isel({dim: i}), card, runners, cfg, probabilities, postprocess)
+                 for i in range(arr.sizes[dim])]
         return xr.concat(parts, dim=dim, coords="minimal", compat="override", combine_attrs="override")  # type: ignore[call-overload, no-any-return]
-    classes, probs, stats = _predict_one(arr, card, runners, cfg)
+    classes, probs, stats = _predict_one(arr, card, runners, cfg, postprocess)
     mask = _mask_like(arr, classes, card, stats)
     if not probabilities:
         return mask
@@ -225,7 +228,7 @@ def _predict_any(
     prob = xr.DataArray(
         probs,
         dims=("class", ydim, xdim),
-        coords={**_spatial_coords(arr), "class": list(CLASSES.values())},
+        coords={**_spatial_coords(arr), "class": list(card.class_table.names)},
         attrs={"units": "percent", "long_name": "class probability", "model": card.name},
         name="probability",
     )
@@ -233,12 +236,19 @@ def _predict_any(
 
 
 def _predict_one(
-    arr: xr.DataArray, card: ModelCard, runners: Sequence[Any], cfg: StreamConfig
+    arr: xr.DataArray, card: ModelCard, runners: Sequence[Any], cfg: StreamConfig, postprocess: Any = None,
 ) -> tuple[np.ndarray, np.ndarray | None, StreamStats]:
+    from dataclasses import replace
+
+    from .postprocess import PostProcessSink, for_card
+
     source = XarrayRowSource(arr)
     h, w = source.shape
-    sink = ArraySink(h, w, probabilities=cfg.probabilities)
-    stats = stream_scene(source, card, runners, sink, cfg)
+    post = for_card(card, postprocess)
+    sink = ArraySink(h, w, probabilities=cfg.probabilities, classes=len(card.class_table))
+    target = PostProcessSink(sink, post, h, w) if post.active else sink
+    run_cfg = replace(cfg, probabilities=True) if post.needs_probabilities else cfg
+    stats = stream_scene(source, card, runners, target, run_cfg)
     return sink.classes, sink.probabilities, stats
 
 
@@ -256,8 +266,7 @@ def _mask_like(arr: xr.DataArray, classes: np.ndarray, card: ModelCard, stats: S
         name="mask",
         attrs={
             "long_name": "cloud and cloud-shadow mask",
-            "flag_values": FLAG_VALUES,
-            "flag_meanings": FLAG_MEANINGS,
+            **card.class_table.cf_attrs(),
             "model": card.name,
             "nodata": NODATA,
         },

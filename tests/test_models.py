@@ -9,13 +9,13 @@ import pytest
 import yaml
 
 from cloudmask.errors import ModelCardError, UnknownModelError
-from cloudmask.models import BUILTIN, ModelCard, list_models, load_model
+from cloudmask.models import BUILTIN, BUILTIN_MODELS, ModelCard, list_models, load_model
 
 
 def test_builtin_cards_come_from_installed_package():
     cards = list_models()
-    assert [c.name for c in cards] == list(BUILTIN)
-    for c in cards:
+    assert [c.name for c in cards] == list(BUILTIN_MODELS)
+    for c in cards[: len(BUILTIN)]:
         assert c.onnx_path.is_file() and "ukis_csmask" in str(c.onnx_path)
         assert c.resolution == 30.0 and c.patch_size == 256
         assert c.classes == ("clear", "cloud", "shadow")

@@ -344,6 +344,10 @@ def _node_env(gr: _Graph, node: onnx.NodeProto, schema: Any) -> dict[str, Any]:
 
 def _check_node(gr: _Graph, node: onnx.NodeProto, rules: Rules) -> tuple[bool, list[Violation], list[str]]:
     op = node.op_type
+    if node.domain == "ai.onnx.ml" and op.startswith("TreeEnsemble"):
+        return False, [Violation("unsupported_op", f"{op}: tree ensembles (LightGBM, XGBoost, random forests, "
+                                 "e.g. s2cloudless) are not Metis operators; run this model on the CPU "
+                                 "(--backend onnxruntime)")], []
     if node.domain not in ("", "ai.onnx"):
         return False, [Violation("unsupported_op", f"custom domain {node.domain}::{op} is not accelerated")], []
     rule: OpRule | None = rules.ops.get(op)
