@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/cloudmask demo --out out/demo --sample-dir data/sample
+	$(VENV)/bin/cloudmask demo --out out/demo
 
 stac-api: $(STAMP)
 	PYTHON=$(PY) bash scripts/stac-api-setup.sh

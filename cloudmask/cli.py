@@ -84,14 +84,14 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Built-in model name (see `cloudmask models`), a model card, or an ONNX file with a card."),
         click.option("--backend", type=click.Choice(["onnxruntime", "emulated", "metis"]), default="onnxruntime",
                      show_default=True, help="Inference backend."),
-        click.option("--instances", type=int, default=None,
+        click.option("--instances", type=click.IntRange(min=1), default=None,
                      help="Model instances fed round-robin, one device thread each (default: 2 ONNX Runtime "
                           "sessions on a multi-core CPU, else 1; for metis: 4 // compiled batch)."),
-        click.option("--threads", type=int, default=0, show_default=True,
+        click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
                      help="ONNX Runtime threads per instance (0: ONNX Runtime decides)."),
-        click.option("--margin", type=int, default=None, help="Patch halo in pixels each side (default 26: neighbours overlap by 52 px)."),
+        click.option("--margin", type=click.IntRange(min=0), default=None, help="Patch halo in pixels each side (default 26: neighbours overlap by 52 px)."),
         click.option("--blend", type=click.Choice(["tukey", "linear", "hard"]), default="tukey", show_default=True),
-        click.option("--resolution", type=float, default=None, help="Output resolution in metres (default: the model's)."),
+        click.option("--resolution", type=click.FloatRange(min=0, min_open=True), default=None, help="Output resolution in metres (default: the model's)."),
         click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (uint8 percent)."),
         click.option("--stats", "show_stats", is_flag=True, help="Print per-stage timing."),
         click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal)."),
@@ -106,9 +106,12 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _mask_all(
     specs: Sequence[Any], out: Path, *, model: str, backend: str, instances: int | None, threads: int,
     margin: int | None, blend: str, resolution: float | None, probabilities: bool, show_stats: bool,
-    progress: bool | None, quicklook: bool,
-) -> list[dict[str, Any]]:
+    progress: bool | None, quicklook: bool, skip_existing: bool = False, failed: Sequence[dict[str, Any]] = (),
+) -> Any:
+    """Mask ``specs`` into ``out`` (failures isolated, catalogue and summary always written)."""
     from .api import mask_scene
+    from .batch import mask_many
+    from .errors import ConfigError
     from .models import load_model
     from .pipeline import choose_model
     from .runtime import OrtConfig, make_runners
@@ -118,25 +121,41 @@ def _mask_all(
                        probabilities=probabilities)
     show = sys.stderr.isatty() if progress is None else progress
     runners_by_model: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
+
+    def card_of(spec: Any) -> Any:
+        return choose_model(model, spec) if model == "auto" else load_model(model)
+
+    def mask_one(spec: Any) -> dict[str, Any]:
+        card = card_of(spec)
+        if card.kind == "segmentation" and 2 * cfg.margin >= card.patch_size:
+            raise ConfigError(f"--margin {cfg.margin} leaves no patch core: it must be below "
+                              f"{card.patch_size // 2} px for {card.name}'s {card.patch_size}-px patches")
+        if card.name not in runners_by_model:
+            runners_by_model[card.name] = make_runners(
+                card, backend, instances=instances, ort=OrtConfig(intra_op_threads=threads) if threads else None
+            )
+        with _progress(show, spec.id[:40]) as cb:
+            res = mask_scene(spec, out, card, runners=runners_by_model[card.name], stream=cfg,
+                             resolution=resolution, progress=cb, quicklook=quicklook, catalog=False)
+        if show_stats:
+            click.echo(f"{spec.id}:\n{res.stats.table()}", err=True)
+        return {**res.row(), "model": card.name, "res_m": float(resolution or card.resolution)}
+
     try:
-        for spec in specs:
-            card = choose_model(model, spec) if model == "auto" else load_model(model)
-            if card.name not in runners_by_model:
-                runners_by_model[card.name] = make_runners(
-                    card, backend, instances=instances, ort=OrtConfig(intra_op_threads=threads) if threads else None
-                )
-            with _progress(show, spec.id[:40]) as cb:
-                res = mask_scene(spec, out, card, runners=runners_by_model[card.name], stream=cfg,
-                                 resolution=resolution, progress=cb, quicklook=quicklook, catalog=False)
-            rows.append(res.row())
-            if show_stats:
-                click.echo(f"{spec.id}:\n{res.stats.table()}", err=True)
+        return mask_many(specs, out, mask_one, model_of=lambda s: card_of(s).name, skip_existing=skip_existing,
+                         failed=failed)
     finally:
         for runs in runners_by_model.values():
             for r in runs:
                 r.close()
-    return rows
+
+
+def _report(report: Any) -> None:
+    """Print the batch's table and catalogue; exit 8 when scenes failed."""
+    if report.catalog is not None:
+        click.echo(f"output catalogue: {report.catalog}", err=True)
+    click.echo(_table(report.rows, _SUMMARY, drop_empty=True))
+    report.raise_for_failures()
 
 
 def parse_bbox(text: str) -> tuple[float, float, float, float]:
@@ -147,7 +166,7 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
     return _parse_bbox(text, "--bbox")
 
 
-_SUMMARY = ("scene", "cloud", "shadow", "clear", "nodata", "seconds", "mask")
+_SUMMARY = ("scene", "status", "cloud", "shadow", "thin_cloud", "snow", "clear", "nodata", "seconds", "mask", "error")
 
 
 # ------------------------------------------------------------------------------------------- commands
@@ -167,31 +186,76 @@ def models() -> None:
 
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True,
-              help="Where the masks go.")
+              help="Where the masks and quicklooks go.")
+@click.option("--synthetic", is_flag=True,
+              help="Mask synthetic scenes (made by cloudmask.sample, with a truth mask) instead of the five "
+                   "real Sentinel-2 chips that ship with cloudmask.")
 @click.option("--sample-dir", type=click.Path(path_type=Path), default=None,
-              help="Where the sample catalogue is (made if missing; default: data/sample or $CLOUDMASK_SAMPLE_DIR).")
-@click.option("--scenes", type=int, default=3, show_default=True, help="Number of sample scenes.")
-@click.option("--size", type=int, default=1200, show_default=True, help="Sample scene size, pixels at 10 m.")
+              help="Where the synthetic catalogue is kept (made if missing; implies --synthetic). "
+                   "[default: $CLOUDMASK_SAMPLE_DIR, else $XDG_CACHE_HOME/cloudmask/sample, else "
+                   "~/.cache/cloudmask/sample]")
+@click.option("--scenes", type=int, default=3, show_default=True, help="With --synthetic: number of scenes.")
+@click.option("--size", type=int, default=1200, show_default=True,
+              help="With --synthetic: scene size, pixels at 10 m (a multiple of 6).")
 @_stream_options
-def demo(out: Path, sample_dir: Path | None, scenes: int, size: int, **kw: Any) -> None:
-    """Make the sample catalogue if missing, mask every scene, print a summary table."""
-    from .catalog import search
-    from .profiles import scene_spec
-    from .sample import default_catalog_dir, make_catalog
+def demo(out: Path, synthetic: bool, sample_dir: Path | None, scenes: int, size: int, **kw: Any) -> None:
+    """Mask the five real Sentinel-2 L2A chips shipped with cloudmask (or synthetic scenes), print a table.
 
-    root = sample_dir or default_catalog_dir()
-    cat = make_catalog(root, n_scenes=scenes, size=size)
-    click.echo(f"sample catalogue: {cat}", err=True)
-    specs = [scene_spec(it) for it in search(str(cat))]
-    rows = _mask_all(specs, out, **kw)
-    _write_catalog(out)
-    click.echo(_table(rows, _SUMMARY))
+    The table says which model ran at what resolution (metres), the class shares (percent of valid
+    pixels) and how far each mask agrees with the scene's reference: for the real chips the On Cloud N
+    model ensemble (cloud vs not cloud; a second opinion, not ground truth), for synthetic scenes
+    their generated truth (clear, cloud, shadow).
+    """
+    from .batch import specs_of
+    from .errors import ConfigError
+    from .sample import default_catalog_dir, demo_catalog, make_catalog
+    from .stac import search
+
+    if synthetic or sample_dir is not None:
+        synthetic = True
+        try:
+            cat = make_catalog(sample_dir or default_catalog_dir(), n_scenes=scenes, size=size)
+        except ValueError as err:  # --size / --scenes out of range
+            raise ConfigError(f"demo --synthetic: {err}") from err
+        click.echo(f"synthetic sample catalogue: {cat}", err=True)
+    else:
+        cat = demo_catalog()
+        click.echo(f"demo catalogue (5 real Sentinel-2 L2A chips, CC BY 4.0): {cat}", err=True)
+    items = search(str(cat))
+    specs, failed = specs_of(items)
+    report = _mask_all(specs, out, failed=failed, **kw)
+    if report.catalog is not None:
+        click.echo(f"output catalogue: {report.catalog}", err=True)
+    _add_agreement(report.rows, items)
+    click.echo(_table(report.rows, _DEMO_SUMMARY, drop_empty=True))
+    click.echo(
+        "agree %: pixels where the mask agrees with "
+        + ("the generated truth (clear/cloud/shadow)" if synthetic else
+           "the On Cloud N ensemble prediction, cloud vs not cloud (a model output, not ground truth)")
+        + "; class shares in percent of valid pixels; res_m: mask resolution in metres", err=True,
+    )
+    report.raise_for_failures()
 
 
-def _write_catalog(out: Path) -> None:
-    from .outputs import update_output_catalog
+_DEMO_SUMMARY = ("scene", "model", "res_m", "cloud", "shadow", "clear", "nodata", "agree %", "seconds", "mask")
 
-    click.echo(f"output catalogue: {update_output_catalog(out)}", err=True)
+
+def _add_agreement(rows: list[dict[str, Any]], items: Sequence[Any]) -> None:
+    """Add each row's ``agree %``: overall accuracy against the item's truth/ensemble asset, if any."""
+    from .evaluate import evaluate
+
+    by_id = {it.id: it for it in items}
+    for row in rows:
+        item = by_id.get(row["scene"])
+        if item is None or row.get("status") != "done":
+            continue
+        key = next((k for k in ("truth", "ensemble") if k in item.assets), None)
+        if key is None:
+            continue
+        ref = item.assets[key].get_absolute_href() or item.assets[key].href
+        acc = evaluate(row["mask"], ref, reference_classes="0=clear,1=cloud" if key == "ensemble" else
+                       "0=clear,1=cloud,2=shadow").overall_accuracy
+        row["agree %"] = None if acc is None else round(100.0 * acc, 1)
 
 
 def _search_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -205,9 +269,9 @@ def _search_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Area of interest: GeoJSON file or WKT; a scene counts when it intersects."),
         click.option("--datetime", "datetime_", default=None,
                      help="RFC 3339 instant or interval, e.g. 2024-06-01/2024-06-30."),
-        click.option("--max-cloud", type=float, default=None, help="Maximum eo:cloud_cover, percent."),
-        click.option("--min-cloud", type=float, default=None, help="Minimum eo:cloud_cover, percent."),
-        click.option("--limit", type=int, default=None, help="At most this many scenes."),
+        click.option("--max-cloud", type=click.FloatRange(0, 100), default=None, help="Maximum eo:cloud_cover, percent."),
+        click.option("--min-cloud", type=click.FloatRange(0, 100), default=None, help="Minimum eo:cloud_cover, percent."),
+        click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many scenes."),
         click.option("--sortby", default=None, help="e.g. -datetime or eo:cloud_cover."),
         click.option("--http-timeout", default=None, expose_value=False, callback=_keep_http_option,
                      help="STAC API request timeout, READ or CONNECT,READ seconds "
@@ -312,21 +376,77 @@ def profiles_cmd(name: str | None, as_json: bool) -> None:
 @_search_options
 @click.option("--profile", default=None, help="Provider profile (default: detected from each item).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option("--skip-existing", is_flag=True,
+              help="Keep a scene's finished mask when its item and checksum are valid and the model is the same.")
 @_stream_options
 def run(stac: str, collection: str | None, bbox: str | None, aoi: str | None, datetime_: str | None,
         max_cloud: float | None, min_cloud: float | None, limit: int | None, sortby: str | None,
-        profile: str | None, out: Path, **kw: Any) -> None:
-    """Search a catalogue and mask every scene found."""
-    from .profiles import scene_spec
+        profile: str | None, out: Path, skip_existing: bool, **kw: Any) -> None:
+    """Search a catalogue and mask every scene found.
 
+    A scene that fails is reported and the others go on; the output catalogue and ``summary.json``
+    are always written; the exit code is 8 when any scene failed.
+    """
+    from .batch import prepare_out_dir, specs_of
+    from .errors import CloudmaskError, ConfigError
+
+    prepare_out_dir(out)
+    if profile is not None:
+        from .profiles import get_profile
+
+        try:
+            get_profile(profile)
+        except CloudmaskError as err:
+            raise ConfigError(f"--profile: {err}") from err
     items = _do_search(stac, collection, bbox, aoi, datetime_, max_cloud, min_cloud, limit, sortby)
     if not items:
         click.echo("no scenes match the search; nothing to do", err=True)
         return
-    specs = [scene_spec(it, profile) for it in items]
-    rows = _mask_all(specs, out, **kw)
-    _write_catalog(out)
-    click.echo(_table(rows, _SUMMARY))
+    specs, failed = specs_of(items, profile)
+    _report(_mask_all(specs, out, skip_existing=skip_existing, failed=failed, **kw))
+
+
+@main.command("evaluate")
+@click.argument("predicted", type=click.Path(exists=True, path_type=Path))
+@click.argument("reference", type=click.Path(exists=True, path_type=Path))
+@click.option("--reference-classes", default=None,
+              help="VALUE=NAME pairs of the reference raster, e.g. 0=clear,1=cloud,2=shadow; values not named "
+                   "are left out.  [default: the cloudmask contract 0=clear,1=cloud,2=shadow,3=thin_cloud,4=snow]")
+@click.option("--prediction-classes", default=None,
+              help="VALUE=NAME pairs of the predicted mask.  [default: the cloudmask contract]")
+@click.option("--reference-nodata", type=float, default=None,
+              help="Reference nodata value.  [default: the raster's own nodata, if any]")
+@click.option("--boundary", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Ignore pixels within N reference pixels of a reference class edge.")
+@click.option("--reference-asset", default=None,
+              help="Catalogue mode: the items' reference asset.  [default: the first of truth, label, labels, "
+                   "reference, ensemble]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def evaluate_cmd(predicted: Path, reference: Path, reference_classes: str | None, prediction_classes: str | None,
+                 reference_nodata: float | None, boundary: int, reference_asset: str | None, as_json: bool) -> None:
+    """Score a mask against a reference raster: per-class IoU, precision, recall, F1, accuracy.
+
+    PREDICTED is a mask file, REFERENCE a raster on any grid: the mask is resampled (nearest) onto the
+    reference's grid and nodata in either is left out. With a directory of masks as PREDICTED,
+    REFERENCE is a STAC catalogue (masks paired by item id) or a directory of rasters (paired by file
+    name, ``X_cloudmask.tif`` with ``X.tif``): one row per pair plus their mean and the pooled pixels.
+    Classes the reference lacks are folded (thin_cloud as cloud, others as clear).
+    """
+    from .evaluate import evaluate, evaluate_many, summary_rows
+
+    kw: dict[str, Any] = {"reference_classes": reference_classes, "prediction_classes": prediction_classes,
+                          "reference_nodata": reference_nodata, "boundary": boundary}
+    if predicted.is_dir():
+        results = evaluate_many(predicted, reference, reference_asset=reference_asset, **kw)
+        rows = summary_rows(results)
+        if as_json:
+            click.echo(json.dumps({"pairs": [r.to_dict() for r in results], "summary": rows}))
+            return
+        click.echo(_table(rows, list(rows[0])))
+        click.echo("metrics in percent; mean: of the pairs' metrics; pooled: of all pixels together", err=True)
+        return
+    scores = evaluate(predicted, reference, **kw)
+    click.echo(json.dumps(scores.to_dict()) if as_json else scores.table())
 
 
 def _register_subcommands() -> None:

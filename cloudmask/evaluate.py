@@ -283,7 +283,8 @@ def read_pair(prediction: str | Path, reference: str | Path, *, band: int = 1, r
     Pixels the prediction does not cover come back as its nodata (255 when it declares none).
     Rasters without georeferencing are compared pixel by pixel when their shapes agree.
     """
-    with _open(reference, "reference") as r, _open(prediction, "prediction") as p:
+    with rasterio.Env(GDAL_PAM_ENABLED="NO"), _open(reference, "reference") as r, \
+            _open(prediction, "prediction") as p:  # PAM off: reading must not leave .aux.xml files behind
         ref = r.read(reference_band)
         pred_nodata = p.nodata if p.nodata is not None else NODATA
         georef = r.crs is not None and p.crs is not None
