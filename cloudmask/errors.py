@@ -87,3 +87,13 @@ class JobError(CloudmaskError):
     """A catalogue job failed (lock held, some scenes failed, bad state)."""
 
     exit_code = 8
+
+
+class JobLockedError(JobError):
+    """Another run holds the job's lock (exit code 75, EX_TEMPFAIL: try again later)."""
+
+    exit_code = 75
+
+
+class SceneFailuresError(JobError):
+    """The run finished but some scenes failed (exit code 8); the others are done."""

@@ -43,10 +43,12 @@ def call(
     policy: RetryPolicy,
     retry_if: Callable[[BaseException], bool],
     what: str,
+    on_retry: Callable[[int, BaseException, float], None] | None = None,
 ) -> T:
     """``fn()``, retried under ``policy`` while ``retry_if(error)`` holds; the last error is re-raised.
 
-    ``what`` names the action in the log (``Retrying GET http://... in 0.5 s (attempt 2 of 4): ...``).
+    ``what`` names the action in the log (``Retrying GET http://... in 0.5 s (attempt 2 of 4): ...``);
+    ``on_retry(attempt, error, delay_s)`` is called before each wait (``attempt`` counts from 1).
     """
 
     def wait(state: tenacity.RetryCallState) -> float:
@@ -57,6 +59,8 @@ def call(
         delay = state.next_action.sleep if state.next_action is not None else 0.0
         log.warning("Retrying %s in %.1f s (attempt %d of %d): %s", what, delay, state.attempt_number + 1,
                     policy.count + 1, _short(err))
+        if on_retry is not None and err is not None:
+            on_retry(state.attempt_number, err, delay)
 
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(policy.count + 1),

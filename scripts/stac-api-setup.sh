@@ -3,7 +3,7 @@
 #
 #   . .venv/bin/activate && scripts/stac-api-setup.sh
 #
-# Idempotent: a second run only checks. Needs Debian/Ubuntu apt (as root, or via sudo) for
+# Idempotent: a second run only checks (and stops STAC API test servers that a killed test run left). Needs Debian/Ubuntu apt (as root, or via sudo) for
 #   postgresql + postgresql-<ver>-postgis-3, and pip into the *active* Python environment for
 #   stac-fastapi-pgstac, pypgstac[psycopg] and uvicorn.
 # Environment:
@@ -80,4 +80,7 @@ fi
 
 "$PYTHON" -c "import stac_fastapi.pgstac.app, pypgstac, psycopg, uvicorn" || {
     log "Python packages do not import"; exit 1; }
+
+# Servers a killed test run left behind (the fixture sweeps them too, at its next start).
+"$PYTHON" "$(dirname "$0")/../tests/stac_api.py" sweep >&2 || log "could not sweep stale test servers"
 log "ok: $(/usr/lib/postgresql/${PG_MAJOR}/bin/postgres --version 2>/dev/null || echo 'postgres ?'), pypgstac $("$PYTHON" -c 'import pypgstac; print(pypgstac.__version__)')"

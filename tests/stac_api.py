@@ -11,6 +11,14 @@
 5. yields a :class:`StacApi` with ``.url`` and ``.load(collection, items)``; stops both and removes
    the folder afterwards.
 
+Both servers are stopped on any exit of the test process: the context manager's ``finally``, an
+``atexit`` hook and SIGTERM/SIGHUP handlers (for ``kill``, a closed terminal, CI cancelling a job),
+and the kernel (``PR_SET_PDEATHSIG``: uvicorn and the postmaster get SIGTERM/SIGQUIT when their
+parent dies, even by SIGKILL). Each running server is recorded in a pid file under
+``$TMPDIR/cloudmask-stacapi/``; the next start sweeps the files of dead test processes (stopping what
+they started, checked by process start time so a reused pid is never hit, and removing their
+folders). ``python tests/stac_api.py sweep`` does the same by hand.
+
 Missing PostgreSQL/PostGIS/stac-fastapi-pgstac make the fixture *skip* with the reason and the
 setup command, unless ``CLOUDMASK_REQUIRE_STAC_API=1`` (CI), where it fails instead.
 Install everything with ``scripts/stac-api-setup.sh`` (in the active venv).
@@ -242,16 +250,157 @@ def _stop(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, timeout
         proc.wait(timeout=5)
 
 
+# ---------------------------------------------------------------------------------------- clean exits
+
+#: Where running test servers are recorded (one JSON pid file each).
+STATE_DIR = Path(tempfile.gettempdir()) / "cloudmask-stacapi"
+_LIVE: dict[Path, Any] = {}  # pid file -> stop() of each server this process runs
+_HOOKED = False
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot, /proc/PID/stat field 22), or None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill_group(pid: int, started: int | None, sig: int = signal.SIGKILL) -> None:
+    """Kill the process group led by ``pid`` if ``pid`` is still the process that was recorded."""
+    if started is None or _start_time(pid) != started:
+        return  # gone, or the pid now belongs to someone else
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _record(workdir: Path, procs: Mapping[str, subprocess.Popen[Any]]) -> Path:
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.chmod(STATE_DIR, 0o1777)  # shared by every user's test runs, like /tmp
+    doc = {"owner": os.getpid(), "owner_started": _start_time(os.getpid()), "workdir": str(workdir),
+           "procs": {name: {"pid": p.pid, "started": _start_time(p.pid)} for name, p in procs.items()}}
+    path = STATE_DIR / f"{os.getpid()}-{workdir.name}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+    return path
+
+
+def sweep_stale(state_dir: Path | None = None) -> list[Path]:
+    """Stop the servers of test processes that died without stopping them; returns the pid files swept.
+
+    A pid file is stale when its owner process is gone (or its pid was reused). What it names is
+    killed only when the recorded pid still has the recorded start time.
+    """
+    swept = []
+    for path in sorted((state_dir or STATE_DIR).glob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        owner = int(doc.get("owner", 0))
+        if owner and _alive(owner) and _start_time(owner) == doc.get("owner_started"):
+            continue  # a live test run (maybe another user's): leave it alone
+        for proc in doc.get("procs", {}).values():
+            _kill_group(int(proc["pid"]), proc.get("started"))
+        if doc.get("workdir"):
+            shutil.rmtree(doc["workdir"], ignore_errors=True)
+        path.unlink(missing_ok=True)
+        log.warning("swept STAC API test servers left by dead process %s (%s)", owner, path.name)
+        swept.append(path)
+    return swept
+
+
+def _stop_all_live() -> None:
+    for stop in list(_LIVE.values()):
+        with contextlib.suppress(Exception):
+            stop()
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    _stop_all_live()
+    previous = _PREVIOUS.get(signum)
+    if callable(previous):
+        previous(signum, frame)
+    else:  # default action: die of the same signal
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+_PREVIOUS: dict[int, Any] = {}
+
+
+def _install_exit_hooks() -> None:
+    """atexit + SIGTERM/SIGHUP handlers (chained to any earlier handler), once per process."""
+    global _HOOKED
+    if _HOOKED:
+        return
+    _HOOKED = True
+    import atexit
+    import threading
+
+    atexit.register(_stop_all_live)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            _PREVIOUS[sig] = signal.getsignal(sig)
+            signal.signal(sig, _on_signal)
+
+
+def _die_with_parent(sig: int) -> Any:
+    """A ``preexec_fn`` asking the kernel to send ``sig`` to the child when this process dies (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    return preexec
+
+
 @contextlib.contextmanager
 def start_stac_api(startup_timeout: float = 90.0) -> Iterator[StacApi]:
     """Start postgres + pgstac + stac-fastapi-pgstac; yield a :class:`StacApi`; stop and clean up."""
     bindir = check_available()
+    sweep_stale()
+    _install_exit_hooks()
     t0 = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="cloudmask-stacapi-"))
     run_as = _run_as()
     pg: subprocess.Popen[Any] | None = None
     api: subprocess.Popen[Any] | None = None
     pg_log_fh = api_log_fh = None
+    state: Path | None = None
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        if stopped:
+            return
+        stopped = True
+        _stop(api, signal.SIGTERM)
+        _stop(pg, signal.SIGINT)  # fast shutdown
+        for fh in (pg_log_fh, api_log_fh):
+            if fh is not None:
+                fh.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+        if state is not None:
+            state.unlink(missing_ok=True)
+            _LIVE.pop(state, None)
+
     try:
         datadir = workdir / "pgdata"
         sockdir = workdir / "sock"
@@ -273,8 +422,11 @@ def start_stac_api(startup_timeout: float = 90.0) -> Iterator[StacApi]:
             [str(bindir / "postgres"), "-D", str(datadir), "-p", str(port), "-h", "127.0.0.1",
              "-k", str(sockdir), "-c", "fsync=off", "-c", "synchronous_commit=off",
              "-c", "full_page_writes=off", "-c", "max_connections=100"],
-            stdout=pg_log_fh, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True, **run_as,
+            stdout=pg_log_fh, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True,
+            preexec_fn=_die_with_parent(signal.SIGQUIT), **run_as,  # SIGQUIT: immediate shutdown
         )
+        state = _record(workdir, {"postgres": pg})
+        _LIVE[state] = stop
         _wait(lambda: _pg_ready(port, dsn), 30, "postgres", pg, pg_log)
         t_pg = time.monotonic()
         _check([sys.executable, "-m", "pypgstac.pypgstac", "migrate", "--dsn", dsn], "pypgstac migrate")
@@ -300,7 +452,10 @@ def start_stac_api(startup_timeout: float = 90.0) -> Iterator[StacApi]:
             [sys.executable, "-m", "uvicorn", "stac_fastapi.pgstac.app:create_app", "--factory",
              "--host", "127.0.0.1", "--port", str(api_port), "--log-level", "warning"],
             stdout=api_log_fh, stderr=subprocess.STDOUT, env=env, cwd=workdir, start_new_session=True,
+            preexec_fn=_die_with_parent(signal.SIGTERM),
         )
+        state = _record(workdir, {"postgres": pg, "uvicorn": api})
+        _LIVE[state] = stop
         url = f"http://127.0.0.1:{api_port}"
         _wait(lambda: _http_ok(url + "/"), startup_timeout, "uvicorn stac-fastapi-pgstac", api, api_log)
         t_api = time.monotonic()
@@ -310,12 +465,7 @@ def start_stac_api(startup_timeout: float = 90.0) -> Iterator[StacApi]:
         )
         yield StacApi(url=url, dsn=dsn, workdir=workdir)
     finally:
-        _stop(api, signal.SIGTERM)
-        _stop(pg, signal.SIGINT)  # fast shutdown
-        for fh in (pg_log_fh, api_log_fh):
-            if fh is not None:
-                fh.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        stop()
 
 
 # ---------------------------------------------------------------------------------------- real items
@@ -492,3 +642,14 @@ class FakeStacApi:
         self._stop.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+if __name__ == "__main__":  # pragma: no cover - a maintenance command
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if sys.argv[1:] == ["sweep"]:
+        print(f"swept {len(sweep_stale())} stale STAC API test server record(s) in {STATE_DIR}")
+    elif sys.argv[1:] == ["check"]:
+        with start_stac_api() as server:
+            print(f"STAC API test server up at {server.url}; stopping")
+    else:
+        sys.exit("usage: python tests/stac_api.py sweep|check")

@@ -214,7 +214,7 @@ def test_second_run_of_a_running_job_exits_or_waits(tmp_path, slow_spec):
 
 def test_lock_is_released_when_holder_dies(tmp_path):
     code = ("import sys, time; from cloudmask.jobs.state import JobLock; "
-            f"JobLock({str(tmp_path)!r}, 'x').acquire(); print('locked', flush=True); time.sleep(60)")
+            f"lock = JobLock({str(tmp_path)!r}, 'x').acquire(); print('locked', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"

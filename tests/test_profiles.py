@@ -17,9 +17,11 @@ from typing import Any
 import pystac
 import pytest
 
-from cloudmask.catalog import list_profiles, scene_spec
+from click.testing import CliRunner
+
+from cloudmask.cli import main
 from cloudmask.errors import ItemLayoutError, MissingBandError
-from cloudmask.profiles import GDAL_ENV_KEY, get_profile, processing_baseline
+from cloudmask.profiles import GDAL_ENV_KEY, get_profile, list_profiles, processing_baseline, scene_spec
 
 try:
     from .conftest import shared_dir
@@ -344,3 +346,24 @@ def test_list_profiles() -> None:
         "planetary-computer", "cdse", "stactools-sentinel2",
     }
     assert get_profile("pc").name == "planetary-computer"
+
+
+def test_profiles_command_lists_what_each_maps() -> None:
+    res = CliRunner().invoke(main, ["profiles"])
+    assert res.exit_code == 0, res.output
+    for p in list_profiles():
+        assert p.name in res.output
+    assert "B04 / B08" in res.output  # planetary-computer's red / nir asset keys
+    one = CliRunner().invoke(main, ["profiles", "pc"])
+    assert one.exit_code == 0 and one.output.startswith("planetary-computer:")
+    assert "hrefs signed: planetary-computer" in one.output
+    assert any(line.split()[:2] == ["swir16", "B11"] for line in one.output.splitlines())
+    doc = json.loads(CliRunner().invoke(main, ["profiles", "--json"]).output)
+    assert {d["name"] for d in doc} == {p.name for p in list_profiles()}
+    assert next(d for d in doc if d["name"] == "cdse")["assets"]["red"][0] == "B04_10m"
+
+
+def test_unknown_profile_points_to_the_command() -> None:
+    res = CliRunner().invoke(main, ["profiles", "nope"])
+    assert res.exit_code == ItemLayoutError.exit_code
+    assert "unknown profile 'nope'" in res.output and "`cloudmask profiles`" in res.output

@@ -1,30 +1,38 @@
-"""search() against a real STAC API: stac-fastapi-pgstac over PostgreSQL + pgstac (tests/stac_api.py).
+"""search() against a real STAC API: stac-fastapi-pgstac over PostgreSQL + pgstac (tests/stac_api.py),
+and that test server's own hygiene: it is stopped on any exit of the test process.
 
 The server holds every real item of ../shared/data/stac; expected results are computed by hand
-(shapely over the loaded item dicts), not with cloudmask's own filters.
+(shapely over the loaded item dicts), not with cloudmask's own filters. Faults (timeouts, bad pages)
+are tested against a scripted local server in test_stac_http.py.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import threading
+import os
+import signal
+import subprocess
+import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 from shapely.geometry import box, shape
 
-from cloudmask.catalog import RetryPolicy, scene_spec, search
 from cloudmask.errors import CatalogError, CatalogNotFoundError, CatalogUnreachableError
+from cloudmask.profiles import scene_spec
+from cloudmask.retry import RetryPolicy
+from cloudmask.stac import HttpPolicy, search
 
 try:
-    from .stac_api import closed_port, simple_collection
+    from . import stac_api as fixture
+    from .stac_api import simple_collection
 except ImportError:  # tests/ not a package
-    from stac_api import closed_port, simple_collection  # type: ignore[no-redef]
+    import stac_api as fixture  # type: ignore[no-redef]
+    from stac_api import simple_collection  # type: ignore[no-redef]
 
-pytestmark = [pytest.mark.slow, pytest.mark.shared]
 
 
 def _all(real: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -62,6 +70,8 @@ CASES = {
 }
 
 
+@pytest.mark.slow
+@pytest.mark.shared
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_api_search_matches_hand_filter(stac_api: Any, stac_api_real: dict[str, list[dict[str, Any]]], case: str) -> None:
     bbox, dt, (start, end), max_cloud = CASES[case]
@@ -77,6 +87,8 @@ def test_api_search_matches_hand_filter(stac_api: Any, stac_api_real: dict[str, 
         assert len(want) >= 2  # the case is not vacuous
 
 
+@pytest.mark.slow
+@pytest.mark.shared
 def test_api_collection_aoi_sortby_limit(stac_api: Any, stac_api_real: dict[str, list[dict[str, Any]]]) -> None:
     items = stac_api_real["sentinel-2-l2a"]
     aoi = box(168.0, 57.0, 175.0, 60.0)  # Kamchatka: PC tiles 59V*/60V*
@@ -97,6 +109,8 @@ def test_api_collection_aoi_sortby_limit(stac_api: Any, stac_api_real: dict[str,
     assert spec.profile == "planetary-computer" and spec.bands["red"].offset == 0.0
 
 
+@pytest.mark.slow
+@pytest.mark.shared
 def test_api_dedupes_reprocessed(stac_api: Any, stac_api_real: dict[str, list[dict[str, Any]]]) -> None:
     src = [d for d in stac_api_real["sentinel-2-l2a"] if "T59V" in d["id"]][:3]
     reprocessed = []
@@ -113,108 +127,109 @@ def test_api_dedupes_reprocessed(stac_api: Any, stac_api_real: dict[str, list[di
     assert len(search(stac_api.url, collection="reprocessed-test", limit=2)) == 2
 
 
-def test_unreachable_api_fails_fast_after_retries(caplog: pytest.LogCaptureFixture) -> None:
-    url = f"http://127.0.0.1:{closed_port()}/"
-    t0 = time.monotonic()
-    with pytest.raises(CatalogUnreachableError, match="did not answer after 2 retries"):
-        search(url, max_cloud=20, retry=RetryPolicy(total=2, backoff=0.05, timeout=2.0))
-    assert time.monotonic() - t0 < 5.0
-    assert sum("Retrying" in r.getMessage() for r in caplog.records) == 2
-
-
-class _FakeApi:
-    """A minimal STAC API on 127.0.0.1 whose POST /search answers 503 ``fail`` times, then one page."""
-
-    def __init__(self, fail: int, item: dict[str, Any]) -> None:
-        self.fail = fail
-        self.item = item
-        self.bodies: list[dict[str, Any]] = []
-        self.search_calls = 0
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _send(self, code: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._send(200, fake.landing())
-
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.bodies.append(body)
-                fake.search_calls += 1
-                if fake.search_calls <= fake.fail:
-                    self._send(503, {"code": "ServiceUnavailable"})
-                else:
-                    self._send(200, {"type": "FeatureCollection", "features": [fake.item], "links": []})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def landing(self) -> dict[str, Any]:
-        return {
-            "type": "Catalog", "id": "fake", "description": "fake", "stac_version": "1.0.0",
-            "conformsTo": [
-                "https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search",
-                "https://api.stacspec.org/v1.0.0-rc.2/item-search#filter",
-                "http://www.opengis.net/spec/cql2/1.0/conf/cql2-json",
-                "http://www.opengis.net/spec/cql2/1.0/conf/basic-cql2",
-            ],
-            "links": [
-                {"rel": "self", "href": self.url + "/", "type": "application/json"},
-                {"rel": "root", "href": self.url + "/", "type": "application/json"},
-                {"rel": "search", "href": self.url + "/search", "type": "application/geo+json", "method": "POST"},
-            ],
-        }
-
-    def __enter__(self) -> _FakeApi:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def test_api_5xx_is_retried_and_cloud_cover_goes_as_cql2(stac_api_real: dict[str, list[dict[str, Any]]]) -> None:
-    item = copy.deepcopy(stac_api_real["sentinel-2-c1-l2a"][0])
-    item["properties"]["eo:cloud_cover"] = 10.0
-    with _FakeApi(fail=2, item=item) as api:
-        found = search(api.url, collection="sentinel-2-c1-l2a", max_cloud=20,
-                       retry=RetryPolicy(total=3, backoff=0.01, timeout=2.0))
-        assert [i.id for i in found] == [item["id"]]
-        assert api.search_calls == 3
-        body = api.bodies[-1]
-        assert body["filter"] == {"op": "<=", "args": [{"property": "eo:cloud_cover"}, 20.0]}
-        assert body["filter-lang"] == "cql2-json"
-        assert "query" not in body
-    with _FakeApi(fail=100, item=item) as api:
-        t0 = time.monotonic()
-        with pytest.raises(CatalogUnreachableError, match="after 2 retries"):
-            search(api.url, max_cloud=20, retry=RetryPolicy(total=2, backoff=0.01, timeout=2.0))
-        assert api.search_calls == 3
-        assert time.monotonic() - t0 < 5.0
-
-
-def test_api_drops_items_the_server_should_have_filtered(stac_api_real: dict[str, list[dict[str, Any]]]) -> None:
-    """A server that ignores the filter (as some ignore ``query``) still yields only matching scenes."""
-    item = copy.deepcopy(stac_api_real["sentinel-2-c1-l2a"][0])
-    item["properties"]["eo:cloud_cover"] = 90.0
-    with _FakeApi(fail=0, item=item) as api:
-        assert search(api.url, max_cloud=20) == []
-        assert len(search(api.url, min_cloud=20)) == 1
-
-
+@pytest.mark.slow
 def test_api_http_404_is_a_catalog_error_not_unreachable(stac_api: Any) -> None:
     with pytest.raises(CatalogError) as err:
-        search(stac_api.url + "/no/such/api", retry=RetryPolicy(total=1, backoff=0.01, timeout=2.0))
+        search(stac_api.url + "/no/such/api", http=HttpPolicy(2.0, 2.0, RetryPolicy(1, 0.01, 0.01)))
     assert not isinstance(err.value, CatalogUnreachableError | CatalogNotFoundError)
+
+
+# ------------------------------------------------------------------------ the fixture stops its servers
+
+_HOLDER = """
+import json, sys, time
+sys.path.insert(0, {tests!r})
+import stac_api
+stac_api.STATE_DIR = __import__("pathlib").Path({state!r})
+with stac_api.start_stac_api() as server:
+    doc = json.loads(next(stac_api.STATE_DIR.glob("*.json")).read_text())
+    print(json.dumps(doc), flush=True)
+    time.sleep(600)
+"""
+
+
+def _start_holder(state: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """A test process that starts the STAC API and then just sits there; its pid file's content."""
+    code = _HOLDER.format(tests=str(Path(__file__).parent), state=str(state))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        err = proc.stderr.read() if proc.stderr else ""
+        if "StacApiUnavailable" in err and not fixture.require_stac_api():
+            pytest.skip("STAC API test server unavailable: " + fixture.SETUP_HINT)
+        pytest.fail(f"the holder process did not start the server: {err[-3000:]}")
+    return proc, json.loads(line)
+
+
+def _gone(doc: dict[str, Any]) -> bool:
+    return all(fixture._start_time(p["pid"]) != p["started"] for p in doc["procs"].values())
+
+
+def _wait_gone(doc: dict[str, Any], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _gone(doc):
+            return True
+        time.sleep(0.2)
+    return _gone(doc)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP"])
+def test_servers_stop_when_the_test_process_is_terminated(tmp_path: Path, how: str) -> None:
+    proc, doc = _start_holder(tmp_path)
+    try:
+        assert set(doc["procs"]) == {"postgres", "uvicorn"} and not _gone(doc)
+        os.kill(proc.pid, getattr(signal, how))
+        proc.wait(timeout=60)
+        assert proc.returncode == -getattr(signal, how)  # it still dies of the signal
+        assert _wait_gone(doc), doc
+        assert not Path(doc["workdir"]).exists()
+        assert list(tmp_path.glob("*.json")) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in doc["procs"].values():
+            fixture._kill_group(p["pid"], p["started"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_servers_of_a_killed_test_process_are_swept(tmp_path: Path) -> None:
+    """kill -9 runs no handler: the kernel's parent-death signal or the next start's sweep stops them."""
+    proc, doc = _start_holder(tmp_path)
+    try:
+        proc.kill()
+        proc.wait(timeout=30)
+        swept = fixture.sweep_stale(tmp_path)
+        assert [p.name for p in swept] == [f"{proc.pid}-{Path(doc['workdir']).name}.json"]
+        assert _wait_gone(doc), doc
+        assert not Path(doc["workdir"]).exists()
+        assert fixture.sweep_stale(tmp_path) == []
+    finally:
+        for p in doc["procs"].values():
+            fixture._kill_group(p["pid"], p["started"])
+
+
+def test_sweep_leaves_live_runs_and_reused_pids_alone(tmp_path: Path) -> None:
+    """A pid file of a live process is kept; a dead owner's file whose pids now belong to others (start
+    times differ) is removed without killing anything."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        started = fixture._start_time(sleeper.pid)
+        live = {"owner": os.getpid(), "owner_started": fixture._start_time(os.getpid()), "workdir": "",
+                "procs": {"uvicorn": {"pid": sleeper.pid, "started": started}}}
+        (tmp_path / "live.json").write_text(json.dumps(live))
+        dead_workdir = tmp_path / "dead-workdir"
+        dead_workdir.mkdir()
+        dead = {"owner": sleeper.pid, "owner_started": -1, "workdir": str(dead_workdir),
+                "procs": {"uvicorn": {"pid": sleeper.pid, "started": -1}}}  # pid reused by the sleeper
+        (tmp_path / "dead.json").write_text(json.dumps(dead))
+        assert [p.name for p in fixture.sweep_stale(tmp_path)] == ["dead.json"]
+        assert sleeper.poll() is None  # not killed: its start time is not the recorded one
+        assert not dead_workdir.exists() and (tmp_path / "live.json").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -1,16 +1,21 @@
 """Catalogue jobs: batch and scheduled processing that is incremental, resumable and distributed.
 
-``cloudmask job run SPEC`` (see :mod:`cloudmask.jobs.cli`) reads a job spec (:mod:`.spec`), takes the
-job's lock, masks only the scenes the output catalogue does not hold yet (:mod:`.state`,
-:mod:`.runner`), locally or on a dask cluster (:mod:`.distributed`), and optionally pushes the items to
-a STAC API (:mod:`.push`).
+``cloudmask job run SPEC`` (:mod:`.cli`) reads a job spec (:mod:`.spec`) and runs it (:mod:`.run`):
+it takes the job's lock, searches, masks only the scenes the output catalogue does not hold yet
+(:mod:`.state`), each scene a task (:mod:`.task`) run in this process or on a dask cluster
+(:mod:`.executors`), and optionally pushes the items to a STAC API (:mod:`.push`).
+``cloudmask job status SPEC`` is :mod:`.status`.
 """
 
 from __future__ import annotations
 
-from .runner import JobReport, JobStatus, SceneOutcome, job_status, process_scene, run_job
-from .spec import JobSpec, RetryPolicy, load_spec, resolve_datetime, spec_from_dict
-from .state import JobLock, JobLockedError, Journal, SceneFailuresError, check_done, clean_temporaries
+from ..errors import JobLockedError, SceneFailuresError
+from ..retry import RetryPolicy
+from .run import JobReport, run_job
+from .spec import JobSpec, load_spec, resolve_datetime, spec_from_dict
+from .state import JobLock, Journal, check_done, clean_temporaries
+from .status import JobStatus, job_status
+from .task import SceneOutcome, process_scene
 
 __all__ = [
     "JobLock",

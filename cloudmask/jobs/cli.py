@@ -11,7 +11,7 @@ import click
 
 from ..cli_common import CloudmaskGroup, table
 
-_COLUMNS = ("scene", "status", "cloud", "shadow", "clear", "nodata", "seconds", "attempts", "error")
+_COLUMNS = ("scene", "status", "cloud", "shadow", "thin_cloud", "snow", "clear", "nodata", "seconds", "attempts", "error")
 
 
 def _table(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
@@ -49,7 +49,8 @@ def run_cmd(spec_path: Path, wait: bool, wait_timeout: float | None, scheduler: 
 
     Per-scene lines go to stderr on a terminal; unattended, use ``cloudmask -v --log-format json``.
     """
-    from .runner import SceneOutcome, run_job
+    from .run import run_job
+    from .task import SceneOutcome
 
     spec = _load(spec_path, output)
     if scheduler is not None and workers is not None:
@@ -86,7 +87,7 @@ def run_cmd(spec_path: Path, wait: bool, wait_timeout: float | None, scheduler: 
 @click.option("-l", "--list", "show_list", is_flag=True, help="List pending and failed scenes.")
 def status_cmd(spec_path: Path, offline: bool, output: Path | None, as_json: bool, show_list: bool) -> None:
     """Done, pending and failed scenes of SPEC (pending needs a catalogue search)."""
-    from .runner import job_status
+    from .status import job_status
 
     spec = _load(spec_path, output)
     st = job_status(spec, search=not offline)

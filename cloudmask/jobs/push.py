@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pystac
+import requests
 
+from .. import retry as _retry
 from ..errors import CatalogUnreachableError
-from .spec import JobSpec, RetryPolicy
+from ..retry import RetryPolicy
+from ..stac.api import RETRY_STATUS, HttpPolicy
+from .spec import JobSpec
 from .state import Journal
 
 log = logging.getLogger(__name__)
@@ -31,36 +34,43 @@ class PushResult:
     failed: dict[str, str] = field(default_factory=dict)
 
 
+class _RetryStatus(Exception):
+    """An answer worth another try (HTTP 429/5xx); carries the response for the final report."""
+
+    def __init__(self, resp: requests.Response) -> None:
+        super().__init__(f"HTTP {resp.status_code}")
+        self.resp = resp
+
+
 class StacTransactions:
-    """A small client for the STAC API Transactions extension (requests, bounded retries)."""
+    """A small client for the STAC API Transactions extension (requests; timeouts and retries as for
+    searching, through :mod:`cloudmask.retry`)."""
 
-    def __init__(self, url: str, retry: RetryPolicy | None = None, timeout: float = 30.0,
+    def __init__(self, url: str, retry: RetryPolicy | None = None, http: HttpPolicy | None = None,
                  headers: dict[str, str] | None = None) -> None:
-        import requests
-
         self.url = url.rstrip("/")
-        self.retry = retry or RetryPolicy(count=2, backoff=1.0)
-        self.timeout = timeout
+        self.http = http or HttpPolicy.from_env()
+        self.retry = retry or self.http.retry
         self.session = requests.Session()
         self.session.headers.update({"Content-Type": "application/json", **(headers or {})})
 
-    def _request(self, method: str, path: str, doc: Any = None) -> Any:
-        import requests
-
+    def _request(self, method: str, path: str, doc: Any = None) -> requests.Response:
         url = self.url + path
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                resp = self.session.request(method, url, data=None if doc is None else json.dumps(doc),
-                                            timeout=self.timeout)
-            except requests.RequestException as err:
-                if attempt > self.retry.count:
-                    raise CatalogUnreachableError(f"STAC API {self.url} did not answer {method} {path}: {err}") from err
-            else:
-                if resp.status_code not in (429, 502, 503, 504) or attempt > self.retry.count:
-                    return resp
-            time.sleep(self.retry.delay(attempt))
+
+        def once() -> requests.Response:
+            resp = self.session.request(method, url, data=None if doc is None else json.dumps(doc),
+                                        timeout=self.http.timeout)
+            if resp.status_code in RETRY_STATUS:
+                raise _RetryStatus(resp)
+            return resp
+
+        try:
+            return _retry.call(once, self.retry, lambda e: isinstance(e, requests.RequestException | _RetryStatus),
+                               f"{method} {url}")
+        except _RetryStatus as err:
+            return err.resp
+        except requests.RequestException as err:
+            raise CatalogUnreachableError(f"STAC API {self.url} did not answer {method} {path}: {err}") from err
 
     def _check(self, resp: Any, what: str) -> None:
         if resp.status_code >= 400:
@@ -137,7 +147,7 @@ def push_pending(spec: JobSpec, journal: Journal, run_id: str = "") -> PushResul
     result = PushResult()
     if not todo:
         return result
-    client = StacTransactions(spec.push_to, spec.retries)
+    client = StacTransactions(spec.push_to, spec.retries, spec.http_policy())
     coll = api_collection(out)
     try:
         client.upsert_collection(coll)

@@ -5,7 +5,7 @@ an optional ``[retries]`` table::
 
     stac = "earth-search"                 # STAC API URL, static catalogue path, or a named endpoint
     collection = "sentinel-2-c1-l2a"
-    aoi = "alps.geojson"                  # or: bbox = [5.9, 45.8, 10.5, 47.8]
+    aoi = "alps.geojson"                  # or: bbox = [5.9, 45.8, 10.5, 47.8] (west > east crosses 180°)
     datetime = "last 10 days"             # or "2024-06-01/2024-06-30", "P10D", "PT36H"
     cloud_cover = [0, 80]                 # or max_cloud = 80 / min_cloud = 0 (percent)
     model = "auto"
@@ -13,14 +13,18 @@ an optional ``[retries]`` table::
     resolution = 30
     output = "masks/alps"
     concurrency = 2
+    http_timeout = 20                     # seconds per STAC API request (or "10,20": connect, read)
+    http_retries = 3                      # retries of one STAC API request
 
-    [retries]
+    [retries]                             # a failed scene, or an unreachable catalogue, tried again
     count = 3
     backoff = 10                          # seconds, doubled after each attempt
 
 Relative paths (``aoi``, ``output``, a local ``stac``, a model card) resolve against the spec file's
 directory, so a spec means the same thing whatever the working directory of cron or systemd is.
-Every mistake raises :class:`~cloudmask.errors.ConfigError` naming the field and the fix.
+Validation is a pydantic model: every mistake of a spec is reported at once, in one
+:class:`~cloudmask.errors.ConfigError`, each naming its field and the fix. Search filters go through
+:class:`cloudmask.stac.SearchQuery`, the same parser the CLI and the API use.
 """
 
 from __future__ import annotations
@@ -29,35 +33,19 @@ import datetime as _dt
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, timedelta
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+
+from ..errors import CloudmaskError, ConfigError
+from ..retry import RetryPolicy
 from ..runtime import BACKENDS
+from ..stac import ENDPOINTS, HttpPolicy, SearchQuery, is_remote
+from ..stac.query import parse_aoi, parse_bbox, parse_datetime, parse_duration, resolve_datetime
 
-_RELATIVE = re.compile(
-    r"^\s*(?:last|past)\s+(\d+(?:\.\d+)?)\s*(minute|hour|day|week)s?\s*$", re.IGNORECASE
-)
-_DURATION = re.compile(
-    r"^P(?:(?P<weeks>\d+(?:\.\d+)?)W)?(?:(?P<days>\d+(?:\.\d+)?)D)?"
-    r"(?:T(?:(?P<hours>\d+(?:\.\d+)?)H)?(?:(?P<minutes>\d+(?:\.\d+)?)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$",
-    re.IGNORECASE,
-)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Attempts after the first for a transient failure, and the first wait (seconds, doubled each time)."""
-
-    count: int = 2
-    backoff: float = 5.0
-    backoff_max: float = 300.0
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1)."""
-        return float(min(self.backoff_max, self.backoff * 2 ** max(0, attempt - 1)))
+__all__ = ["JobSpec", "RetryPolicy", "load_spec", "parse_duration", "resolve_datetime", "spec_from_dict"]
 
 
 @dataclass(frozen=True)
@@ -87,47 +75,30 @@ class JobSpec:
     public_url: str | None = None
     scheduler: str | None = None
     emulated_latency: float = 0.0
+    http_timeout: str | None = None
+    http_retries: int | None = None
     source: Path | None = None
 
     def search_datetime(self, now: _dt.datetime | None = None) -> str | None:
         """The time window as an absolute RFC 3339 interval, relative windows resolved against ``now``."""
         return resolve_datetime(self.datetime, now)
 
+    def query(self, now: _dt.datetime | None = None) -> SearchQuery:
+        """The job's search (relative time windows end at ``now``, default: the current time)."""
+        return SearchQuery.build(collection=self.collection, bbox=self.bbox, aoi=self.aoi,
+                                 datetime=self.search_datetime(now), max_cloud=self.max_cloud,
+                                 min_cloud=self.min_cloud, limit=self.limit)
+
+    def http_policy(self) -> HttpPolicy:
+        """Timeouts and retries of each STAC API request: the environment's, then this spec's."""
+        return HttpPolicy.from_env().with_overrides(self.http_timeout, self.http_retries,
+                                                    names=("http_timeout", "http_retries"))
+
     def with_output(self, output: Path) -> JobSpec:
         return replace(self, output=Path(output))
 
 
-# ------------------------------------------------------------------------------------------- datetime
-
-
-def parse_duration(text: str) -> timedelta | None:
-    """``"last 10 days"``, ``"past 36 hours"``, ``"P10D"``, ``"PT12H"``, ``"P1W"`` as a timedelta; else None."""
-    m = _RELATIVE.match(text)
-    if m:
-        n, unit = float(m.group(1)), m.group(2).lower()
-        return timedelta(**{unit + "s": n})
-    m = _DURATION.match(text.strip())
-    if m and any(m.groupdict().values()):
-        return timedelta(**{k: float(v) for k, v in m.groupdict().items() if v})
-    return None
-
-
-def resolve_datetime(value: str | None, now: _dt.datetime | None = None) -> str | None:
-    """A spec's ``datetime`` as the interval handed to the search; relative windows end at ``now``."""
-    if value is None:
-        return None
-    duration = parse_duration(value)
-    if duration is None:
-        return value
-    end = (now or _dt.datetime.now(UTC)).astimezone(UTC)
-    start = end - duration
-    return f"{start:%Y-%m-%dT%H:%M:%SZ}/{end:%Y-%m-%dT%H:%M:%SZ}"
-
-
 # ------------------------------------------------------------------------------------------- loading
-
-
-_KEYS = {f.name for f in fields(JobSpec)} - {"source", "retries"} | {"retries", "cloud_cover", "out"}
 
 
 def load_spec(path: str | Path) -> JobSpec:
@@ -154,195 +125,297 @@ def load_spec(path: str | Path) -> JobSpec:
     return spec_from_dict(raw, base=path.parent.resolve(), source=path.resolve())
 
 
-def spec_from_dict(raw: Mapping[str, Any], base: Path | None = None, source: Path | None = None) -> JobSpec:
-    """Validate a spec given as a mapping; relative paths resolve against ``base`` (default: cwd)."""
-    base = Path(base) if base is not None else Path.cwd()
-    where = f"job spec {source}" if source else "job spec"
+class _Retries(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    def err(key: str, msg: str) -> ConfigError:
-        return ConfigError(f"{where}: '{key}' {msg}")
+    count: int = 2
+    backoff: float = 5.0
+    backoff_max: float = 300.0
 
-    unknown = sorted(set(raw) - _KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; valid keys are "
-            f"{', '.join(sorted(_KEYS))}"
-        )
-    kw: dict[str, Any] = {"source": source}
-
-    def text(key: str, required: bool = False) -> str | None:
-        v = raw.get(key)
-        if v is None:
-            if required:
-                raise err(key, "is missing: add it to the spec")
-            return None
-        if not isinstance(v, str) or not v.strip():
-            raise err(key, f"must be a non-empty string, got {v!r}")
-        return v.strip()
-
-    def number(key: str, lo: float | None = None, hi: float | None = None, integer: bool = False) -> Any:
-        v = raw.get(key)
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int | float) or (integer and not isinstance(v, int)):
-            raise err(key, f"must be {'an integer' if integer else 'a number'}, got {v!r}")
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
-            raise err(key, f"must be {rng}, got {v!r}")
+    @field_validator("count")
+    @classmethod
+    def _count(cls, v: int) -> int:
+        if not 0 <= v <= 100:
+            raise ValueError(f"must be an integer 0-100, got {v!r}")
         return v
 
-    def flag(key: str) -> bool | None:
-        v = raw.get(key)
-        if v is None:
-            return None
-        if not isinstance(v, bool):
-            raise err(key, f"must be true or false, got {v!r}")
-        return v
+    @field_validator("backoff", "backoff_max")
+    @classmethod
+    def _seconds(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError(f"must be a number of seconds >= 0, got {v!r}")
+        return float(v)
 
-    def local_path(value: str) -> Path:
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else (base / p).resolve()
 
-    # catalogue
-    stac = text("stac", required=True)
-    assert stac is not None
-    from ..catalog import ENDPOINTS
+def _between(v: float | None, lo: float, hi: float | None) -> float | None:
+    if v is not None and (v < lo or (hi is not None and v > hi)):
+        raise ValueError(f"must be {f'>= {lo}' if hi is None else f'between {lo} and {hi}'}, got {v!r}")
+    return v
 
-    if stac not in ENDPOINTS and not re.match(r"^https?://", stac):
-        p = local_path(stac)
+
+def _local(value: str, info: ValidationInfo) -> Path:
+    p = Path(value).expanduser()
+    base = (info.context or {}).get("base", Path.cwd())
+    return p if p.is_absolute() else (Path(base) / p).resolve()
+
+
+class _SpecFile(BaseModel):
+    """What a spec file may hold, checked field by field (strict types: ``"5"`` is not a number)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    stac: str
+    output: str | None = None
+    out: str | None = None
+    name: str | None = None
+    collection: str | None = None
+    aoi: str | None = None
+    bbox: list[float] | str | None = None
+    datetime: str | None = None
+    cloud_cover: list[float] | None = None
+    max_cloud: float | None = None
+    min_cloud: float | None = None
+    limit: int | None = None
+    model: str | None = None
+    backend: str | None = None
+    resolution: float | None = None
+    profile: str | None = None
+    concurrency: int | None = None
+    margin: int | None = None
+    emulated_latency: float | None = None
+    probabilities: bool | None = None
+    quicklook: bool | None = None
+    retries: _Retries | None = None
+    push_to: str | None = None
+    public_url: str | None = None
+    scheduler: str | None = None
+    http_timeout: float | str | None = None
+    http_retries: int | None = None
+
+    @field_validator("stac", "output", "out", "name", "collection", "aoi", "model", "backend", "profile", "push_to",
+                     "public_url", "scheduler", "datetime")
+    @classmethod
+    def _text(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must be a non-empty string")
+        return v.strip() if v is not None else None
+
+    @field_validator("stac")
+    @classmethod
+    def _stac(cls, v: str, info: ValidationInfo) -> str:
+        if is_remote(v):
+            return v
+        p = _local(v, info)
         if not p.exists():
-            raise err("stac", f"names no STAC API, endpoint ({', '.join(ENDPOINTS)}) or existing catalogue: "
-                              f"{p} does not exist")
-        stac = str(p)
-    kw["stac"] = stac
-    kw["collection"] = text("collection")
+            raise ValueError(f"names no STAC API, endpoint ({', '.join(ENDPOINTS)}) or existing catalogue: "
+                             f"{p} does not exist")
+        return str(p)
 
-    # where
-    aoi = text("aoi")
-    if aoi is not None:
-        if aoi.lstrip().startswith(("{", "POLYGON", "MULTIPOLYGON")):
-            kw["aoi"] = aoi
-        else:
-            p = local_path(aoi)
+    @field_validator("output", "out")
+    @classmethod
+    def _output(cls, v: str | None) -> str | None:
+        if v is not None and re.match(r"^[a-z][a-z0-9+.-]*://", v):
+            raise ValueError(f"must be a local or mounted directory, not a URL ({v})")
+        return v
+
+    @field_validator("aoi")
+    @classmethod
+    def _aoi(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return None
+        if not v.lstrip().startswith(("{", "POLYGON", "MULTIPOLYGON")):
+            p = _local(v, info)
             if not p.is_file():
-                raise err("aoi", f"file {p} does not exist; give a GeoJSON file (relative to the spec) or WKT")
-            kw["aoi"] = str(p)
-        from ..catalog import parse_aoi
-
+                raise ValueError(f"file {p} does not exist; give a GeoJSON file (relative to the spec) or WKT")
+            v = str(p)
         try:
-            parse_aoi(kw["aoi"])
+            parse_aoi(v)
         except ConfigError as exc:
-            raise err("aoi", f"is not usable: {exc}") from exc
-    if raw.get("bbox") is not None:
-        bbox = raw["bbox"]
-        if isinstance(bbox, str):
-            bbox = [s for s in bbox.replace(" ", "").split(",") if s]
+            raise ValueError(f"is not usable: {exc}") from exc
+        return v
+
+    @field_validator("bbox")
+    @classmethod
+    def _bbox(cls, v: list[float] | str | None) -> tuple[float, float, float, float] | None:
+        if v is None:
+            return None
         try:
-            w, s, e, n = (float(v) for v in bbox)
-        except (TypeError, ValueError) as exc:
-            raise err("bbox", f"must be [west, south, east, north] in degrees, got {raw['bbox']!r}") from exc
-        if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
-            raise err("bbox", f"{[w, s, e, n]} must have west < east within ±180 and south < north within ±90")
-        kw["bbox"] = (w, s, e, n)
+            return parse_bbox(v, "")
+        except ConfigError as exc:
+            raise ValueError(str(exc).strip()) from exc
 
-    # when
-    dt = raw.get("datetime")
-    if dt is not None:
-        if not isinstance(dt, str):
-            raise err("datetime", f"must be a string such as '2024-06-01/2024-06-30' or 'last 10 days', got {dt!r}")
-        if parse_duration(dt) is None:
-            from ..catalog import parse_datetime
-
+    @field_validator("datetime")
+    @classmethod
+    def _datetime(cls, v: str | None) -> str | None:
+        if v is not None:
             try:
-                parse_datetime(dt)
+                parse_datetime(v)
             except ConfigError as exc:
-                raise err("datetime", f"{exc}; relative windows look like 'last 10 days' or 'P10D'") from exc
-        kw["datetime"] = dt.strip()
+                raise ValueError(str(exc)) from exc
+        return v
 
-    # cloud cover
-    kw["max_cloud"] = number("max_cloud", 0, 100)
-    kw["min_cloud"] = number("min_cloud", 0, 100)
-    cc = raw.get("cloud_cover")
-    if cc is not None:
-        if kw["max_cloud"] is not None or kw["min_cloud"] is not None:
-            raise err("cloud_cover", "and max_cloud/min_cloud both given: use one or the other")
-        if (
-            not isinstance(cc, list | tuple) or len(cc) != 2
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 100 for v in cc)
-        ):
-            raise err("cloud_cover", f"must be [min, max] in percent (0-100), got {cc!r}")
-        kw["min_cloud"], kw["max_cloud"] = float(cc[0]), float(cc[1])
-    if kw["min_cloud"] is not None and kw["max_cloud"] is not None and kw["min_cloud"] > kw["max_cloud"]:
-        raise err("min_cloud", f"({kw['min_cloud']}) is above max_cloud ({kw['max_cloud']}); swap them")
-    kw["limit"] = number("limit", 1, integer=True)
+    @field_validator("max_cloud", "min_cloud")
+    @classmethod
+    def _percent(cls, v: float | None) -> float | None:
+        return _between(v, 0, 100)
 
-    # how
-    model = text("model") or "auto"
-    if model != "auto":
-        from ..models import BUILTIN
+    @field_validator("cloud_cover")
+    @classmethod
+    def _cloud_cover(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) != 2 or not all(0 <= x <= 100 for x in v)):
+            raise ValueError(f"must be [min, max] in percent (0-100), got {v!r}")
+        return v
 
-        if model not in BUILTIN:
-            p = local_path(model)
-            if not p.exists():
-                raise err("model", f"{model!r} is neither a built-in model ({', '.join(BUILTIN)}) nor an "
-                                   f"existing file ({p})")
-            model = str(p)
-    kw["model"] = model
-    backend = text("backend") or "onnxruntime"
-    if backend not in BACKENDS:
-        raise err("backend", f"{backend!r} is unknown: use one of {', '.join(BACKENDS)}")
-    kw["backend"] = backend
-    kw["resolution"] = number("resolution", 1)
-    kw["profile"] = text("profile")
-    if kw["profile"] is not None:
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, v: int | None) -> int | None:
+        return None if v is None else int(_between(v, 1, None) or 0)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None, info: ValidationInfo) -> str | None:
+        from ..models import BUILTIN_MODELS  # models import heavy runtimes: only when a model is named
+
+        if v is None or v == "auto" or v in BUILTIN_MODELS:
+            return v
+        p = _local(v, info)
+        if not p.exists():
+            raise ValueError(f"{v!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) nor an "
+                             f"existing file ({p})")
+        return str(p)
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str | None) -> str | None:
+        if v is not None and v not in BACKENDS:
+            raise ValueError(f"{v!r} is unknown: use one of {', '.join(BACKENDS)}")
+        return v
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, v: str | None) -> str | None:
         from ..profiles import get_profile
 
-        try:
-            get_profile(kw["profile"])
-        except Exception as exc:  # noqa: BLE001 - re-raised naming the field
-            raise err("profile", f"is unknown: {exc}") from exc
-    kw["concurrency"] = number("concurrency", 1, 256, integer=True)
-    kw["margin"] = number("margin", 0, 120, integer=True)
-    kw["emulated_latency"] = number("emulated_latency", 0, 60)
-    kw["probabilities"] = flag("probabilities")
-    kw["quicklook"] = flag("quicklook")
-
-    retries = raw.get("retries")
-    if retries is not None:
-        if isinstance(retries, int) and not isinstance(retries, bool):
-            retries = {"count": retries}
-        if not isinstance(retries, Mapping):
-            raise err("retries", f"must be a table {{count = 3, backoff = 10}} or a count, got {retries!r}")
-        bad = sorted(set(retries) - {"count", "backoff", "backoff_max"})
-        if bad:
-            raise err("retries", f"has unknown key(s) {bad}; use count, backoff (seconds), backoff_max")
-        count, backoff, bmax = retries.get("count", 2), retries.get("backoff", 5.0), retries.get("backoff_max", 300.0)
-        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 100:
-            raise err("retries.count", f"must be an integer 0-100, got {count!r}")
-        for k, v in (("backoff", backoff), ("backoff_max", bmax)):
-            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
-                raise err(f"retries.{k}", f"must be a number of seconds >= 0, got {v!r}")
-        kw["retries"] = RetryPolicy(int(count), float(backoff), float(bmax))
-
-    # where to
-    out = raw.get("output", raw.get("out"))
-    if raw.get("output") is not None and raw.get("out") is not None:
-        raise err("out", "and 'output' both given: keep 'output'")
-    if out is None:
-        raise err("output", "is missing: add output = \"masks\" (a directory, relative to the spec)")
-    if not isinstance(out, str) or not out.strip():
-        raise err("output", f"must be a directory path, got {out!r}")
-    if re.match(r"^[a-z][a-z0-9+.-]*://", out):
-        raise err("output", f"must be a local or mounted directory, not a URL ({out})")
-    kw["output"] = local_path(out)
-    for key in ("push_to", "public_url", "scheduler"):
-        v = text(key)
         if v is not None:
-            pattern = r"^(tcp|tls|inproc|ucx)://" if key == "scheduler" else r"^https?://"
-            if not re.match(pattern, v):
-                example = "tcp://host:8786" if key == "scheduler" else "https://host/path"
-                raise err(key, f"must be a URL like {example}, got {v!r}")
-        kw[key] = v
-    name = text("name")
-    kw["name"] = name or (source.stem if source else "cloudmask-job")
+            try:
+                get_profile(v)
+            except CloudmaskError as exc:  # re-raised naming the field
+                raise ValueError(f"is unknown: {exc}") from exc
+        return v
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution(cls, v: float | None) -> float | None:
+        return _between(v, 1, None)
+
+    @field_validator("concurrency")
+    @classmethod
+    def _concurrency(cls, v: int | None) -> int | None:
+        return None if v is None else int(_between(v, 1, 256) or 0)
+
+    @field_validator("margin")
+    @classmethod
+    def _margin(cls, v: int | None) -> int | None:
+        return None if v is None else int(_between(v, 0, 120) or 0)
+
+    @field_validator("emulated_latency")
+    @classmethod
+    def _latency(cls, v: float | None) -> float | None:
+        return _between(v, 0, 60)
+
+    @field_validator("retries", mode="before")
+    @classmethod
+    def _retries_count(cls, v: Any) -> Any:
+        return {"count": v} if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("push_to", "public_url", "scheduler")
+    @classmethod
+    def _url(cls, v: str | None, info: ValidationInfo) -> str | None:
+        scheduler = info.field_name == "scheduler"
+        if v is not None and not re.match(r"^(tcp|tls|inproc|ucx)://" if scheduler else r"^https?://", v):
+            raise ValueError(f"must be a URL like {'tcp://host:8786' if scheduler else 'https://host/path'}, got {v!r}")
+        return v
+
+    @field_validator("http_timeout", "http_retries")
+    @classmethod
+    def _http(cls, v: Any, info: ValidationInfo) -> Any:
+        name = str(info.field_name)
+        if v is not None:
+            try:
+                if name == "http_timeout":
+                    HttpPolicy().with_overrides(timeout=v, names=(name, name))
+                else:
+                    HttpPolicy().with_overrides(retries=v, names=(name, name))
+            except ConfigError as exc:
+                raise ValueError(str(exc).removeprefix(name).strip()) from exc
+        return v
+
+
+def _field_errors(err: ValidationError, keys: list[str]) -> list[str]:
+    """Each pydantic error as ``'field' problem``."""
+    out = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        if e["type"] == "missing":
+            out.append(f"'{loc}' is missing: add it to the spec")
+        elif e["type"] == "extra_forbidden":
+            parent, key = ".".join(str(p) for p in e["loc"][:-1]), e["loc"][-1]
+            if parent:
+                out.append(f"'{parent}' has unknown key '{key}'; use count, backoff (seconds), backoff_max")
+            else:
+                out.append(f"unknown key '{key}'; valid keys are {', '.join(keys)}")
+        else:
+            got = "" if e["type"] == "value_error" else f", got {e.get('input')!r}"
+            out.append(f"'{loc}' {msg[0].lower() + msg[1:] if msg else 'is invalid'}{got}")
+    return out
+
+
+def spec_from_dict(raw: Mapping[str, Any], base: Path | None = None, source: Path | None = None) -> JobSpec:
+    """Validate a spec given as a mapping; relative paths resolve against ``base`` (default: cwd).
+
+    Raises one :class:`ConfigError` listing every problem, each naming its field.
+    """
+    base = Path(base) if base is not None else Path.cwd()
+    where = f"job spec {source}" if source else "job spec"
+    keys = sorted(_SpecFile.model_fields)
+    try:
+        doc = _SpecFile.model_validate(dict(raw), context={"base": base})
+    except ValidationError as err:
+        problems = _field_errors(err, keys)
+        head = f"{where}: " if len(problems) == 1 else f"{where}: {len(problems)} problems: "
+        raise ConfigError(head + "; ".join(problems)) from None
+
+    problems = []
+    if doc.output is not None and doc.out is not None:
+        problems.append("'out' and 'output' both given: keep 'output'")
+    out = doc.output or doc.out
+    if out is None:
+        problems.append("'output' is missing: add output = \"masks\" (a directory, relative to the spec)")
+    min_cloud, max_cloud = doc.min_cloud, doc.max_cloud
+    if doc.cloud_cover is not None:
+        if min_cloud is not None or max_cloud is not None:
+            problems.append("'cloud_cover' and max_cloud/min_cloud both given: use one or the other")
+        min_cloud, max_cloud = float(doc.cloud_cover[0]), float(doc.cloud_cover[1])
+    if min_cloud is not None and max_cloud is not None and min_cloud > max_cloud:
+        problems.append(f"'min_cloud' ({min_cloud}) is above max_cloud ({max_cloud}); swap them")
+    if problems:
+        head = f"{where}: " if len(problems) == 1 else f"{where}: {len(problems)} problems: "
+        raise ConfigError(head + "; ".join(problems))
+    assert out is not None
+    p = Path(out).expanduser()
+    kw: dict[str, Any] = {
+        "stac": doc.stac, "output": p if p.is_absolute() else (base / p).resolve(),
+        "name": doc.name or (source.stem if source else "cloudmask-job"),
+        "collection": doc.collection, "aoi": doc.aoi, "bbox": doc.bbox, "datetime": doc.datetime,
+        "max_cloud": max_cloud, "min_cloud": min_cloud, "limit": doc.limit, "model": doc.model,
+        "backend": doc.backend, "resolution": doc.resolution, "profile": doc.profile,
+        "concurrency": doc.concurrency, "margin": doc.margin, "emulated_latency": doc.emulated_latency,
+        "probabilities": doc.probabilities, "quicklook": doc.quicklook, "push_to": doc.push_to,
+        "public_url": doc.public_url, "scheduler": doc.scheduler,
+        "http_timeout": None if doc.http_timeout is None else str(doc.http_timeout),
+        "http_retries": doc.http_retries, "source": source,
+    }
+    if doc.retries is not None:
+        kw["retries"] = RetryPolicy(doc.retries.count, doc.retries.backoff, doc.retries.backoff_max)
     return JobSpec(**{k: v for k, v in kw.items() if v is not None})

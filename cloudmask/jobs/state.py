@@ -6,14 +6,13 @@
   place only when complete).
 * ``OUT/journal.jsonl`` records run starts and ends, scene starts, retries, failures, completions
   and pushes, one JSON object per line, appended only (``O_APPEND``, one ``write`` per line).
-* ``OUT/.cloudmask.lock`` is held with ``fcntl.flock`` for the whole run and holds the holder's pid,
-  host and start time, so a second run of the job (or any job writing to ``OUT``) stops or waits.
+* ``OUT/.cloudmask.lock`` is held (``filelock``, an ``flock``) for the whole run, and
+  ``OUT/.cloudmask.lock.json`` names the holder's pid, host and start time meanwhile, so a second
+  run of the job (or any job writing to ``OUT``) stops or waits, saying who holds it.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -26,13 +25,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import JobError
-from ..outputs import file_checksum
-from ..pipeline import mask_paths, safe_name
+import filelock
+
+from ..errors import JobError, JobLockedError, SceneFailuresError
+from ..layout import OutputPaths, safe_name
+from ..outputs import file_checksum, item_percentages, load_items
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".cloudmask.lock"
+HOLDER_NAME = ".cloudmask.lock.json"
 JOURNAL_NAME = "journal.jsonl"
 
 #: Temporaries written by cloudmask: CogSink ``.<name>.<tag>-<pid>-<hex>.tmp.tif``, items/catalogue
@@ -43,16 +45,6 @@ _TMP_PATTERNS = (
 )
 
 
-class JobLockedError(JobError):
-    """Another run holds the job's lock (exit code 75, EX_TEMPFAIL: try again later)."""
-
-    exit_code = 75
-
-
-class SceneFailuresError(JobError):
-    """The run finished but some scenes failed (exit code 8)."""
-
-
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -61,7 +53,8 @@ def now_iso() -> str:
 
 
 class JobLock:
-    """``fcntl.flock`` on ``OUT/.cloudmask.lock``; the file holds the holder's pid/host/time as JSON.
+    """The job's lock: ``filelock`` (``flock``) on ``OUT/.cloudmask.lock``; the holder's pid, host, job and
+    start time are in ``OUT/.cloudmask.lock.json`` while it holds the lock.
 
     ``acquire(wait=False)`` raises :class:`JobLockedError` naming the holder when the lock is taken;
     ``wait=True`` blocks until it is free (``timeout`` seconds at most, ``None``: forever).
@@ -70,14 +63,30 @@ class JobLock:
 
     def __init__(self, out_dir: Path, job: str = "") -> None:
         self.path = Path(out_dir) / LOCK_NAME
+        self.info_path = Path(out_dir) / HOLDER_NAME
         self.job = job
-        self._fd: int | None = None
+        self._lock: filelock.BaseFileLock | None = None
 
     def holder(self) -> dict[str, Any]:
+        """Who holds (or, after a crash, last held) the lock; ``{}`` when nobody said."""
         try:
-            return dict(json.loads(self.path.read_text() or "{}"))
-        except (OSError, ValueError):
+            return dict(json.loads(self.info_path.read_text() or "{}"))
+        except (OSError, ValueError, TypeError):
             return {}
+
+    def running(self) -> dict[str, Any] | None:
+        """The holder when another process holds the lock now, else ``None``."""
+        if not self.path.exists():
+            return None
+        probe = filelock.FileLock(str(self.path))
+        try:
+            probe.acquire(timeout=0)
+        except filelock.Timeout:
+            return self.holder() or {"pid": "?"}
+        except OSError:
+            return None
+        probe.release()
+        return None
 
     def _describe(self) -> str:
         h = self.holder()
@@ -87,42 +96,42 @@ class JobLock:
 
     def acquire(self, wait: bool = False, timeout: float | None = None, poll: float = 0.5) -> JobLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        told = False
-        while True:
+        lock = filelock.FileLock(str(self.path))
+        try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as err:
-                if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    os.close(fd)
-                    raise JobError(f"cannot lock {self.path}: {err}") from err
-                if not wait or (deadline is not None and time.monotonic() >= deadline):
-                    os.close(fd)
-                    raise JobLockedError(
-                        f"another run of this job is in progress ({self._describe()}; lock {self.path}); "
-                        "nothing done. Run again later, or pass --wait to wait for it"
-                    ) from None
-                if not told:
-                    log.warning("waiting for %s to finish (lock %s)", self._describe(), self.path)
-                    told = True
-                time.sleep(poll)
+                lock.acquire(timeout=0)
+            except filelock.Timeout:
+                if not wait:
+                    raise
+                log.warning("waiting for %s to finish (lock %s)", self._describe(), self.path)
+                lock.acquire(timeout=-1 if timeout is None else timeout, poll_interval=poll)
+        except filelock.Timeout:
+            raise JobLockedError(
+                f"another run of this job is in progress ({self._describe()}; lock {self.path}); "
+                "nothing done. Run again later, or pass --wait to wait for it"
+            ) from None
+        except OSError as err:
+            raise JobError(f"cannot lock {self.path}: {err}; is the output directory writable?") from err
+        self._lock = lock
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso(), "job": self.job}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-        self._fd = fd
+        tmp = self.info_path.with_name(f"{self.info_path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(info) + "\n")
+            os.replace(tmp, self.info_path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            self.release()
+            raise JobError(f"cannot write {self.info_path}: {err}") from err
         return self
 
     def release(self) -> None:
-        if self._fd is None:
+        if self._lock is None:
             return
         try:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self.info_path.unlink(missing_ok=True)
         finally:
-            os.close(self._fd)
-            self._fd = None
+            self._lock.release()
+            self._lock = None
 
     def __enter__(self) -> JobLock:
         return self
@@ -197,7 +206,7 @@ class DoneCheck:
 
 def check_done(out_dir: Path, scene_id: str, verify: bool = True) -> DoneCheck:
     """Is ``scene_id`` done in ``out_dir``? (item present and names it, mask present, checksum matches)."""
-    item_path = mask_paths(Path(out_dir), scene_id)["item"]
+    item_path = OutputPaths.for_scene(out_dir, scene_id).item
     if not item_path.is_file():
         return DoneCheck(False, "no output item")
     try:
@@ -285,12 +294,29 @@ def clean_temporaries(out_dir: Path, max_age_s: float = 24 * 3600.0) -> list[Pat
     return removed
 
 
+# ------------------------------------------------------------------------------------------- catalogue
+
+
+def catalogue_rows(out: Path) -> list[dict[str, Any]]:
+    """One row per mask in the output catalogue (all runs)."""
+    rows = []
+    for it in load_items(out):
+        p = it.properties
+        rows.append({
+            "scene": p.get("cloudmask:source_id", it.id), "status": "done",
+            **item_percentages(it),  # classes in percent of the valid pixels, nodata of all pixels
+            "seconds": p.get("cloudmask:seconds"), "mask": str(out / it.assets["mask"].href.removeprefix("../")),
+        })
+    return rows
+
+
 __all__ = [
     "DoneCheck",
     "JobLock",
     "JobLockedError",
     "Journal",
     "SceneFailuresError",
+    "catalogue_rows",
     "check_done",
     "clean_temporaries",
     "safe_name",

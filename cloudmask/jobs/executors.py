@@ -1,0 +1,102 @@
+"""Where the scenes of a job run: threads of this process, or tasks on a dask.distributed cluster.
+
+An :data:`Executor` takes the scene payloads (self-contained STAC item dicts) and the
+:class:`~.task.TaskSettings`, runs :func:`~.task.process_scene` on each, and yields each
+:class:`~.task.SceneOutcome` as it completes.
+
+On dask (the optional ``distributed`` extra: ``pip install 's2-cloudmask[distributed]'``) each worker
+process loads each model once (the runner cache is a module global of that process) and writes
+masks straight into the output directory, which must be the same path on every worker (a shared or
+network file system). Masks are renamed into place only when complete, so a worker lost mid-scene
+leaves at most a stale temporary, removed by the next run. The driver records results, the journal
+and the catalogue.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
+
+from ..errors import ConfigError, JobError
+from .task import SceneOutcome, TaskSettings, process_scene
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Executor", "dask_executor", "local_executor"]
+
+Executor = Callable[[list[dict[str, Any]], TaskSettings], Iterator[SceneOutcome]]
+
+
+def local_executor(concurrency: int) -> Executor:
+    """Scenes in this process, ``concurrency`` at a time (threads sharing the cached models)."""
+
+    def run(payloads: list[dict[str, Any]], settings: TaskSettings) -> Iterator[SceneOutcome]:
+        if concurrency <= 1 or len(payloads) <= 1:
+            for p in payloads:
+                yield process_scene(p, settings)
+            return
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="cloudmask-scene") as pool:
+            futures = [pool.submit(process_scene, p, settings) for p in payloads]
+            for fut in as_completed(futures):
+                yield fut.result()
+
+    return run
+
+
+def _import_distributed() -> Any:
+    try:
+        return importlib.import_module("distributed")  # optional extra
+    except ImportError as err:
+        raise ConfigError(
+            "--scheduler/--workers (and a spec's scheduler) need dask.distributed: "
+            "pip install 's2-cloudmask[distributed]'"
+        ) from err
+
+
+def dask_executor(scheduler: str | None = None, workers: int | None = None, threads: int = 1) -> Executor:
+    """Scenes as tasks on ``scheduler`` (``tcp://host:port``) or on ``workers`` local processes.
+
+    ``threads``: scenes per worker process at a time (a LocalCluster's ``threads_per_worker``).
+    """
+    if scheduler is None and (workers is None or workers < 1):
+        raise ConfigError("give --scheduler tcp://HOST:PORT or --workers N (N >= 1)")
+    distributed = _import_distributed()
+
+    def run(payloads: list[dict[str, Any]], settings: TaskSettings) -> Iterator[SceneOutcome]:
+        cluster = None
+        try:
+            if scheduler is not None:
+                try:
+                    client = distributed.Client(scheduler, timeout="30s")
+                except (OSError, TimeoutError) as err:
+                    raise JobError(f"cannot reach the dask scheduler at {scheduler}: {err}; is it running?") from err
+            else:
+                cluster = distributed.LocalCluster(
+                    n_workers=workers, threads_per_worker=max(1, threads), processes=True,
+                    dashboard_address=None, silence_logs=logging.WARNING,
+                )
+                client = distributed.Client(cluster)
+            with client:
+                log.info("running %d scene(s) on %s", len(payloads), client.scheduler.address)
+                futures = {
+                    client.submit(process_scene, p, settings, pure=False,
+                                  key=f"cloudmask-scene-{k}-{p['id'][:60]}"): p["id"]
+                    for k, p in enumerate(payloads)
+                }
+                for fut in distributed.as_completed(futures):
+                    scene = futures[fut]
+                    try:
+                        yield fut.result()
+                    except Exception as err:  # noqa: BLE001 - a lost worker fails one scene, not the job
+                        yield SceneOutcome(scene=scene, ok=False, error=f"dask task failed: {type(err).__name__}: {err}",
+                                           error_type=type(err).__name__)
+                    finally:
+                        fut.release()
+        finally:
+            if cluster is not None:
+                cluster.close()
+
+    return run

@@ -1,0 +1,184 @@
+"""One scene as a unit of work: :func:`process_scene`, a plain function of a STAC item dict and picklable
+:class:`TaskSettings`, run in this process or as a dask task (see :mod:`.executors`).
+
+It writes the mask into the output directory (atomically, see :class:`~cloudmask.writer.CogSink`) and
+returns a :class:`SceneOutcome` with the mask's STAC item; only the driver (:mod:`.run`) writes items,
+the journal, the catalogue and the summary. Each process loads a model once (:func:`cached_runners`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pystac
+
+from .. import retry
+from ..errors import CatalogUnreachableError, CloudmaskError, ReadError, WriteError
+from ..models import ModelCard
+from ..retry import RetryPolicy
+from ..runtime import Runner, make_runners
+from .spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+#: Failures worth another attempt: remote reads, catalogue hiccups, I/O errors.
+TRANSIENT: tuple[type[BaseException], ...] = (ReadError, CatalogUnreachableError, WriteError, OSError)
+#: Backends whose runners must not be shared by concurrent scenes.
+SERIAL_BACKENDS = frozenset({"metis"})
+
+# ----------------------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What a worker needs to mask one scene (picklable; paths as strings)."""
+
+    out_dir: str
+    model: str = "auto"
+    backend: str = "onnxruntime"
+    resolution: float | None = None
+    profile: str | None = None
+    margin: int = 26
+    probabilities: bool = False
+    quicklook: bool = False
+    retries: RetryPolicy = field(default_factory=RetryPolicy)
+    emulated_latency: float = 0.0
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec) -> TaskSettings:
+        return cls(
+            out_dir=str(spec.output), model=spec.model, backend=spec.backend, resolution=spec.resolution,
+            profile=spec.profile, margin=spec.margin, probabilities=spec.probabilities,
+            quicklook=spec.quicklook, retries=spec.retries, emulated_latency=spec.emulated_latency,
+        )
+
+
+@dataclass
+class SceneOutcome:
+    """The result of one scene: its mask item (as a dict) or the error, and every failed attempt."""
+
+    scene: str
+    ok: bool
+    item: dict[str, Any] | None = None
+    row: dict[str, Any] | None = None
+    error: str | None = None
+    error_type: str | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    host: str = ""
+    pid: int = 0
+    loads: dict[str, int] = field(default_factory=dict)  # model loads of the process that ran it
+
+
+# ---------------------------------------------------------------------------------- runners, cached
+
+_RUNNERS: dict[tuple[Any, ...], Sequence[Runner]] = {}
+_RUNNER_LOCKS: dict[tuple[Any, ...], threading.Lock] = {}
+_CACHE_LOCK = threading.Lock()
+#: How many times each (model, backend) was loaded in this process (once, unless the cache was cleared).
+LOADS: dict[str, int] = {}
+
+
+def _key(card: ModelCard, backend: str, latency: float) -> tuple[Any, ...]:
+    return (card.name, str(card.onnx_path), backend, float(latency))
+
+
+def cached_runners(card: ModelCard, backend: str, latency: float = 0.0) -> Sequence[Runner]:
+    """This process's runners for ``card`` on ``backend``, made on first use (one model load per process)."""
+    key = _key(card, backend, latency)
+    with _CACHE_LOCK:
+        runs = _RUNNERS.get(key)
+        if runs is None:
+            runs = make_runners(card, backend, latency_s=latency)
+            _RUNNERS[key] = runs
+            _RUNNER_LOCKS[key] = threading.Lock()
+            name = f"{card.name}@{backend}"
+            LOADS[name] = LOADS.get(name, 0) + 1
+            log.info("loaded model %s on %s in process %d", card.name, backend, os.getpid())
+        return runs
+
+
+def runner_loads() -> dict[str, int]:
+    """``LOADS`` of this process (used through ``client.run`` to check each worker loaded once)."""
+    return dict(LOADS)
+
+
+def _backend_version(backend: str) -> str:
+    if backend == "onnxruntime":
+        try:
+            import onnxruntime
+
+            return str(onnxruntime.__version__)
+        except ImportError:  # pragma: no cover - declared dependency
+            return ""
+    return ""
+
+
+# ------------------------------------------------------------------------------------ one scene
+
+
+def process_scene(item: Mapping[str, Any], settings: TaskSettings) -> SceneOutcome:
+    """Mask one scene, retrying transient failures (:data:`TRANSIENT`); never raises for a scene's own
+    failure: the error and every failed attempt are in the returned :class:`SceneOutcome`."""
+    scene = str(item.get("id"))
+    t0 = time.perf_counter()
+    outcome = SceneOutcome(scene=scene, ok=False, host=socket.gethostname(), pid=os.getpid())
+
+    def note(attempt: int, err: BaseException, delay: float) -> None:
+        outcome.attempts.append({"attempt": attempt, "error": describe_error(err), "retry_in_s": delay})
+
+    try:
+        outcome.item, outcome.row = retry.call(
+            lambda: _mask_once(item, settings), settings.retries, lambda e: isinstance(e, TRANSIENT),
+            f"scene {scene}", on_retry=note,
+        )
+        outcome.ok = True
+    except Exception as err:  # noqa: BLE001 - a failing scene is isolated, not fatal
+        outcome.error, outcome.error_type = describe_error(err), type(err).__name__
+        if not isinstance(err, CloudmaskError):
+            log.debug("scene %s failed", scene, exc_info=True)
+    outcome.seconds = time.perf_counter() - t0
+    outcome.loads = runner_loads()
+    return outcome
+
+
+def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One attempt at one scene: the mask item (dict) and the summary row."""
+    from ..outputs import mask_item
+    from ..pipeline import choose_model, mask_scene_spec
+    from ..profiles import scene_spec
+    from ..stream import StreamConfig
+
+    spec = scene_spec(pystac.Item.from_dict(dict(item)), settings.profile)
+    card = choose_model(settings.model, spec)
+    runs = cached_runners(card, settings.backend, settings.emulated_latency)
+    stream = StreamConfig(margin=settings.margin, probabilities=settings.probabilities)
+    serial = _RUNNER_LOCKS[_key(card, settings.backend, settings.emulated_latency)]
+    with serial if settings.backend in SERIAL_BACKENDS else contextlib.nullcontext():
+        res = mask_scene_spec(spec, Path(settings.out_dir), card, runners=runs, stream=stream,
+                              resolution=settings.resolution)
+    res.extra.update(backend=settings.backend, backend_version=_backend_version(settings.backend))
+    if settings.quicklook:
+        from ..quicklook import quicklook_for_result
+
+        try:
+            quicklook_for_result(spec, res)
+        except Exception as err:  # noqa: BLE001 - a quicklook is a nicety
+            log.warning("no quicklook for %s: %s", item.get("id"), err)
+    doc = mask_item(spec, res, card).to_dict(include_self_link=False, transform_hrefs=False)
+    return doc, res.row()
+
+
+def describe_error(err: BaseException) -> str:
+    """An error as one line: cloudmask errors as they are, others prefixed with their type."""
+    text = str(err) or type(err).__name__
+    return text if isinstance(err, CloudmaskError) else f"{type(err).__name__}: {text}"
