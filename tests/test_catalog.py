@@ -13,9 +13,9 @@ import pystac
 import pytest
 from shapely.geometry import box, mapping, shape
 
+from cloudmask.errors import CatalogError, CatalogNotFoundError, ConfigError
 from cloudmask.profiles import scene_spec
 from cloudmask.stac import ENDPOINTS, SearchQuery, dedupe, parse_aoi, parse_bbox, parse_datetime, search
-from cloudmask.errors import CatalogError, CatalogNotFoundError, ConfigError
 
 try:
     from .conftest import shared_dir
