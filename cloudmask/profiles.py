@@ -29,6 +29,7 @@ import pystac
 from .errors import ItemLayoutError
 from .scene import BandAsset, SceneSpec
 from .stac.items import processing_baseline
+from .stac.query import item_interval
 from .stac.sign import SIGNERS, sign_href
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ def _scale_offset(
         elif source == "baseline":
             bt = _baseline_tuple(baseline)
             if bt is None:
-                dt = item.datetime or _as_datetime(item.properties.get("start_datetime"))
+                dt = item_interval(item)[0]
                 has_offset = dt is not None and dt >= BASELINE_0400_SINCE
                 log.warning(
                     "item %s: processing baseline unknown; assuming %s from its sensing date",
@@ -267,16 +268,6 @@ def _scale_offset(
                 has_offset = bt >= BASELINE_OFFSET_FROM
             return S2_SCALE, S2_OFFSET_0400 if has_offset else 0.0
     return S2_SCALE, 0.0
-
-
-def _as_datetime(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def _crs_of(fields: Mapping[str, Any]) -> str | None:
@@ -371,7 +362,7 @@ def scene_spec(item: pystac.Item | Mapping[str, Any], profile: str | Profile | N
     if prof.gdal_env:
         props[GDAL_ENV_KEY] = dict(prof.gdal_env)
     props[BASELINE_KEY] = baseline
-    dt = item.datetime or _as_datetime(item.properties.get("start_datetime"))
+    dt = item_interval(item)[0]
     return SceneSpec(
         id=item.id,
         bands=bands,

@@ -160,3 +160,26 @@ def test_http_settings_from_environment_and_options() -> None:
 def test_cli_bad_http_option_is_an_argument_error() -> None:
     proc = cli_search("http://127.0.0.1:9/", "--http-timeout", "soon")
     assert_one_error_line(proc, 2, "--http-timeout")
+
+
+@pytest.mark.timeout(120)
+def test_job_against_a_hung_api_ends_and_frees_its_lock(tmp_path: Any) -> None:
+    """A hung catalogue used to keep ``job run`` (and its lock) forever, so every later run exited 75."""
+    from click.testing import CliRunner
+
+    from cloudmask.cli import main
+    from cloudmask.jobs.state import JobLock, Journal
+
+    with FakeStacApi(PAGES, faults={2: ["hang"] * 10}) as api:
+        spec = tmp_path / "job.toml"
+        spec.write_text(f'stac = "{api.url}"\noutput = "out"\nhttp_timeout = 0.5\nhttp_retries = 0\n'
+                        "[retries]\ncount = 1\nbackoff = 0.01\n")
+        res = CliRunner().invoke(main, ["job", "run", str(spec)])
+        assert res.exit_code == CatalogUnreachableError.exit_code == 4, res.output
+        assert res.output.count("error:") == 1 and "search/page/2" in res.output
+        assert api.hits[2] == 2  # the job searched twice ([retries] count = 1), one request each
+    out = tmp_path / "out"
+    assert JobLock(out).running() is None
+    JobLock(out).acquire().release()
+    ends = [e for e in Journal(out).events() if e["event"] == "run-end"]
+    assert ends and ends[-1]["error_type"] == "CatalogUnreachableError"
