@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,10 +49,24 @@ def is_no_space(err: BaseException) -> bool:
     return False
 
 
+#: Free space (bytes) under which a failed write is taken for a full disk (GDAL does not always say so).
+NEARLY_FULL = 1 << 20
+
+
+def _nearly_full(path: Path | str) -> bool:
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free < NEARLY_FULL
+    except OSError:
+        return False
+
+
 def write_error(err: BaseException, path: Path | str) -> WriteError:
     """A :class:`WriteError` for a failure writing ``path``, saying what to do."""
-    if is_no_space(err):
-        return WriteError(f"no space left on the device writing {path}; free some space or choose another "
+    if is_no_space(err) or _nearly_full(path):
+        return WriteError(f"no space left on device while writing {path}; free some space or choose another "
                           "output directory (--out) and run again: finished outputs are kept")
     return WriteError(f"cannot write {path}: {err}; check the directory exists and is writable")
 

@@ -23,14 +23,20 @@ from typing import Any
 
 import numpy as np
 import rasterio
+import rasterio.errors
 import rasterio.shutil
 from odc.geo.geobox import GeoBox
+from rasterio._err import CPLE_BaseError
 from rasterio.windows import Window
 
+from .atomic import write_error
 from .classes import NODATA, THREE_CLASSES, ClassTable, fractions_from_counts
 from .errors import WriteError
 
 log = logging.getLogger(__name__)
+
+#: What GDAL raises when a write fails (a full disk among the causes).
+_GDAL_ERRORS = (OSError, rasterio.errors.RasterioError, CPLE_BaseError)
 
 
 @dataclass(frozen=True)
@@ -111,14 +117,22 @@ class CogSink:
 
     def write_block(self, row: int, classes: np.ndarray, probabilities: np.ndarray | None) -> None:
         win = Window(0, row, classes.shape[1], classes.shape[0])
-        self._mask.write(classes, 1, window=win)
-        if self._prob is not None and probabilities is not None:
-            self._prob.write(probabilities, window=win)
+        try:
+            self._mask.write(classes, 1, window=win)
+            if self._prob is not None and probabilities is not None:
+                self._prob.write(probabilities, window=win)
+        except _GDAL_ERRORS as err:
+            raise write_error(err, self.path) from err
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         try:
             if exc_type is None:
-                self._finish()
+                try:
+                    self._finish()
+                except WriteError:
+                    raise
+                except _GDAL_ERRORS as err:  # a full disk shows up here too
+                    raise write_error(err, self.path) from err
         finally:
             self._cleanup()
 
@@ -136,7 +150,7 @@ class CogSink:
                 try:
                     write_category_names(aux, self.classes)
                 except OSError as err:
-                    raise WriteError(f"cannot write {final}.aux.xml: {err}") from err
+                    raise write_error(err, f"{final}.aux.xml") from err
                 staged.append((aux, final.with_name(final.name + ".aux.xml")))
             else:
                 ds.update_tags(CLOUDMASK_CLASSES=self.classes.summary())
@@ -157,8 +171,9 @@ class CogSink:
                     OVERVIEW_RESAMPLING=self.config.overview_resampling if kind == "mask" else "AVERAGE",
                     BIGTIFF="IF_SAFER",
                 )
-            except (OSError, rasterio.RasterioIOError) as err:
-                raise WriteError(f"cannot write COG {final}: {err}") from err
+            except _GDAL_ERRORS as err:
+                raise write_error(err, final) from err
+            verify_cog(cog, final)
             staged.append((cog, final))
         for tmp, final in staged:  # the sidecar first: a published COG always has its category names
             os.replace(tmp, final)
@@ -171,6 +186,23 @@ class CogSink:
         for p in self._tmp:
             p.unlink(missing_ok=True)
         self._tmp.clear()
+
+
+def verify_cog(path: Path, final: Path | None = None) -> None:
+    """Check that the COG at ``path`` is complete: its last full-resolution block decodes.
+
+    A COG ends with its full-resolution tiles, so a file cut short (a disk that filled up while
+    GDAL wrote it, without GDAL reporting it) fails here, before it can be published.
+    """
+    try:
+        with rasterio.open(path) as ds:
+            bh, bw = ds.block_shapes[0]
+            last = Window(((ds.width - 1) // bw) * bw, ((ds.height - 1) // bh) * bh, 0, 0)
+            win = Window(last.col_off, last.row_off, ds.width - last.col_off, ds.height - last.row_off)
+            for b in range(1, ds.count + 1):
+                ds.read(b, window=win)
+    except _GDAL_ERRORS as err:
+        raise write_error(err, final or path) from err
 
 
 def write_category_names(path: Path, classes: ClassTable) -> Path:
