@@ -29,7 +29,7 @@ import rasterio
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 
-from . import __version__
+from . import __version__, atomic
 from .classes import NODATA, THREE_CLASSES, ClassShares, ClassTable
 from .layout import OutputPaths
 from .models import ModelCard
@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COLLECTION_ID = "cloudmask"
-PROJECTION_EXT = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+# v1.2.0: the version that allows proj:code and (deprecated, but all stackstac 0.5 reads) proj:epsg together
+PROJECTION_EXT = "https://stac-extensions.github.io/projection/v1.2.0/schema.json"
 RASTER_EXT = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
 FILE_EXT = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
 CLASSIFICATION_EXT = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
@@ -227,11 +228,14 @@ def item_percentages(item: pystac.Item | dict[str, Any]) -> dict[str, float | No
     return {c["name"]: c.get("percentage") for c in classes}
 
 
-def _keep_epsg(props: dict[str, Any]) -> None:
-    """Put back ``proj:epsg`` beside an ``EPSG:`` ``proj:code`` (pystac drops it when it reads an item)."""
+def _keep_epsg(doc: dict[str, Any]) -> None:
+    """Put back ``proj:epsg`` beside an ``EPSG:`` ``proj:code`` and the projection version that allows
+    both (pystac drops ``proj:epsg`` and moves the extension to v2.0.0 when it reads an item)."""
+    props = doc["properties"]
     code = props.get("proj:code")
     if isinstance(code, str) and code.upper().startswith("EPSG:") and code[5:].isdigit():
         props.setdefault("proj:epsg", int(code[5:]))
+    doc["stac_extensions"] = [PROJECTION_EXT if "/projection/" in u else u for u in doc.get("stac_extensions", [])]
 
 
 def write_item(out_dir: Path, item: pystac.Item) -> Path:
@@ -239,14 +243,11 @@ def write_item(out_dir: Path, item: pystac.Item) -> Path:
     path = Path(out_dir) / "items" / f"{item.id}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = item.to_dict(include_self_link=False, transform_hrefs=False)
-    _keep_epsg(doc["properties"])
+    _keep_epsg(doc)
     for asset in doc["assets"].values():
         if not asset["href"].startswith(("/", "http", "s3:", "../")):
             asset["href"] = "../" + asset["href"]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(path, json.dumps(doc, indent=1))
 
 
 def load_items(out_dir: Path) -> list[pystac.Item]:
@@ -315,13 +316,9 @@ def update_output_catalog(out_dir: Path, title: str = "cloudmask masks") -> Path
         ]
         if doc.get("links") != links:
             doc["links"] = links
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(doc, indent=1))
-            os.replace(tmp, path)
+            atomic.write_text(path, json.dumps(doc, indent=1))
     for name, doc in (("collection.json", doc_coll), ("catalog.json", doc_cat)):
-        tmp = out_dir / f".{name}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, out_dir / name)
+        atomic.write_text(out_dir / name, json.dumps(doc, indent=1))
     return out_dir / "catalog.json"
 
 
