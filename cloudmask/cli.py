@@ -97,6 +97,9 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal)."),
         click.option("--quicklook/--no-quicklook", default=True, show_default=True,
                      help="Write an RGB quicklook PNG with the mask overlaid beside each mask."),
+        click.option("--classes", type=click.Choice(["all", "cloud-shadow"]), default="all", show_default=True,
+                     help="Mask classes: all the model's (e.g. thin cloud 3, snow 4), or cloud-shadow: the "
+                          "three-class contract 0 clear, 1 cloud, 2 shadow (thin cloud -> cloud, snow -> clear)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -107,6 +110,7 @@ def _mask_all(
     specs: Sequence[Any], out: Path, *, model: str, backend: str, instances: int | None, threads: int,
     margin: int | None, blend: str, resolution: float | None, probabilities: bool, show_stats: bool,
     progress: bool | None, quicklook: bool, skip_existing: bool = False, failed: Sequence[dict[str, Any]] = (),
+    classes: str = "all",
 ) -> Any:
     """Mask ``specs`` into ``out`` (failures isolated, catalogue and summary always written)."""
     from .api import mask_scene
@@ -136,7 +140,7 @@ def _mask_all(
             )
         with _progress(show, spec.id[:40]) as cb:
             res = mask_scene(spec, out, card, runners=runners_by_model[card.name], stream=cfg,
-                             resolution=resolution, progress=cb, quicklook=quicklook, catalog=False)
+                             resolution=resolution, progress=cb, quicklook=quicklook, catalog=False, classes=classes)
         if show_stats:
             click.echo(f"{spec.id}:\n{res.stats.table()}", err=True)
         return {**res.row(), "model": card.name, "res_m": float(resolution or card.resolution)}
@@ -237,7 +241,7 @@ def demo(out: Path, synthetic: bool, sample_dir: Path | None, scenes: int, size:
     report.raise_for_failures()
 
 
-_DEMO_SUMMARY = ("scene", "model", "res_m", "cloud", "shadow", "clear", "nodata", "agree %", "seconds", "mask")
+_DEMO_SUMMARY = ("scene", "model", "res_m", "cloud", "shadow", "thin_cloud", "snow", "clear", "nodata", "agree %", "seconds", "mask")
 
 
 def _add_agreement(rows: list[dict[str, Any]], items: Sequence[Any]) -> None:
@@ -274,9 +278,11 @@ def _search_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many scenes."),
         click.option("--sortby", default=None, help="e.g. -datetime or eo:cloud_cover."),
         click.option("--http-timeout", default=None, expose_value=False, callback=_keep_http_option,
+                     metavar="SECONDS[,SECONDS]",
                      help="STAC API request timeout, READ or CONNECT,READ seconds "
                           "[default: 10,20 or $CLOUDMASK_HTTP_TIMEOUT]."),
-        click.option("--http-retries", default=None, expose_value=False, callback=_keep_http_option,
+        click.option("--http-retries", type=click.IntRange(0, 100), default=None, expose_value=False,
+                     callback=_keep_http_option,
                      help="Retries of a failed or timed-out STAC API request, with backoff "
                           "[default: 3 or $CLOUDMASK_HTTP_RETRIES]."),
     ]
@@ -285,7 +291,7 @@ def _search_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _keep_http_option(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+def _keep_http_option(ctx: click.Context, param: click.Parameter, value: str | int | None) -> None:
     """``--http-timeout``/``--http-retries`` go to :func:`_do_search` through ``ctx.meta`` (not as arguments)."""
     ctx.meta[f"cloudmask.{param.name}"] = value
 
