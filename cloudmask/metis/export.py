@@ -85,8 +85,15 @@ def _simplify(model: onnx.ModelProto, name: str, shape: list[int]) -> onnx.Model
     return simplified
 
 
-def static_model(card: ModelCard, patch_size: int | None = None) -> tuple[onnx.ModelProto, dict[str, int], bool]:
-    """The card's graph as a static batch-1 float32 graph; returns (model, pass counts, softmax removed)."""
+def static_model(
+    card: ModelCard, patch_size: int | None = None, *, resize: bool = False
+) -> tuple[onnx.ModelProto, dict[str, int], bool]:
+    """The card's graph as a static batch-1 float32 graph; returns (model, pass counts, softmax removed).
+
+    ``resize`` re-plans a graph whose spatial input is fixed at another size for ``patch_size`` (spatial
+    batching of a fully convolutional model; the shapes are inferred again and the export fails when
+    a node pins the old size).
+    """
     try:
         model = onnx.load(str(card.onnx_path))
     except Exception as err:
@@ -113,6 +120,8 @@ def static_model(card: ModelCard, patch_size: int | None = None) -> tuple[onnx.M
         raise ModelError(f"{card.onnx_path}: input has {channels} channels, the card lists {card.n_bands} bands")
     size = patch_size or card.patch_size
     hw = [v if isinstance(v, int) and v > 0 else size for v in d[2:]]
+    if patch_size and resize:
+        hw = [patch_size, patch_size]
     if patch_size and hw != [patch_size, patch_size]:
         raise ConfigError(f"{card.onnx_path}: graph input is fixed at {hw}, cannot export for {patch_size}")
     if hw[0] != hw[1]:
@@ -220,7 +229,7 @@ def export(
         if card.kind != "segmentation":
             raise ConfigError("--patches-per-call needs a fully convolutional segmentation model")
         patch_size = (patch_size or card.patch_size) * side
-    static, passes, softmax = static_model(card, patch_size)
+    static, passes, softmax = static_model(card, patch_size, resize=patches_per_call > 1)
     shape = [int(v) for v in G.dims(G.image_input(static))]  # type: ignore[arg-type]
     onnx_path = out / "model.onnx"
     onnx.save(static, str(onnx_path))
