@@ -233,3 +233,22 @@ def test_sweep_leaves_live_runs_and_reused_pids_alone(tmp_path: Path) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_sweep_stops_what_a_dead_owner_left_running(tmp_path: Path) -> None:
+    """When the kernel's parent-death signal did not reach them, the sweep kills the recorded groups."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    owner = subprocess.Popen([sys.executable, "-c", "pass"])
+    owner.wait()  # a test process that is gone
+    try:
+        doc = {"owner": owner.pid, "owner_started": 1, "workdir": str(tmp_path / "w"),
+               "procs": {"postgres": {"pid": child.pid, "started": fixture._start_time(child.pid)}}}
+        (tmp_path / "w").mkdir()
+        (tmp_path / "stale.json").write_text(json.dumps(doc))
+        assert [p.name for p in fixture.sweep_stale(tmp_path)] == ["stale.json"]
+        assert child.wait(timeout=10) == -signal.SIGKILL
+        assert not (tmp_path / "w").exists()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
