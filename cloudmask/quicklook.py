@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import atomic
 from .classes import MASK_CLASSES, NODATA, NODATA_CLASS, THREE_CLASSES, ClassTable
 from .layout import OutputPaths
 
@@ -362,14 +363,14 @@ def compare_masks(a: Any, b: Any, rgb: Any = None, titles: tuple[str, str] = ("A
 
 def _save(fig: Any, path: Path, dpi: int = 100) -> Path:
     """Write ``fig`` as PNG atomically (temp file + rename) and release it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    if fig.canvas.manager is not None:  # a pyplot figure: close it so it does not pile up
-        import matplotlib.pyplot as plt
+    try:
+        with atomic.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        if fig.canvas.manager is not None:  # a pyplot figure: close it so it does not pile up
+            import matplotlib.pyplot as plt
 
-        plt.close(fig)
-    tmp.replace(path)
+            plt.close(fig)
     return path
 
 

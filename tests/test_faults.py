@@ -186,16 +186,22 @@ def _tmpfs(path: Path, kib: int) -> bool:
     return res.returncode == 0
 
 
-@pytest.mark.parametrize("kib", [8, 16, 32, 64])
-def test_run_on_a_full_disk_says_so_and_leaves_no_broken_mask(sample_catalog: Path, tmp_path: Path,
-                                                               kib: int) -> None:
+@pytest.mark.parametrize(("command", "kib"), [("run", 8), ("run", 16), ("run", 32), ("run", 64),
+                                              ("job", 8), ("job", 24), ("job", 64)])
+def test_full_disk_says_so_and_leaves_no_broken_mask(sample_catalog: Path, tmp_path: Path, command: str,
+                                                     kib: int) -> None:
     out = tmp_path / "tiny"
     if not _tmpfs(out, kib):
         if os.environ.get("CLOUDMASK_REQUIRE_TMPFS") == "1":
             pytest.fail("cannot mount a tmpfs (CLOUDMASK_REQUIRE_TMPFS=1); run as root")
         pytest.skip("mounting a small tmpfs needs root (the disk-full case)")
     try:
-        res = _run(["run", "--stac", str(sample_catalog), "--out", str(out), "--no-progress"])
+        if command == "run":
+            res = _run(["run", "--stac", str(sample_catalog), "--out", str(out), "--no-progress"])
+        else:
+            spec = tmp_path / "job.toml"
+            spec.write_text(f'name = "tiny"\nstac = "{sample_catalog}"\noutput = "{out}"\n[retries]\ncount = 0\n')
+            res = _run(["job", "run", str(spec)])
         assert res.returncode == 7, f"exit {res.returncode}\n{res.stderr[-3000:]}"
         assert "Traceback" not in res.stderr
         last = res.stderr.strip().splitlines()[-1]

@@ -21,8 +21,8 @@ from typing import Any
 
 import pystac
 
-from .. import __version__, retry
-from ..errors import CatalogUnreachableError, JobError, SceneFailuresError
+from .. import __version__, atomic, retry
+from ..errors import CatalogUnreachableError, JobError, SceneFailuresError, WriteError
 from ..layout import output_stem
 from ..stac import search
 from .executors import dask_executor, local_executor
@@ -92,6 +92,10 @@ class JobReport:
 
     def raise_for_failures(self) -> None:
         """Raise :class:`SceneFailuresError` if scenes failed, :class:`JobError` if only the push failed."""
+        full = next((o for o in self.failed if "no space left on device" in (o.error or "").lower()), None)
+        if full is not None:  # a full disk is not the scenes' fault: say so (exit 7)
+            raise WriteError(f"{full.error} ({len(self.failed)} of {self.found} scene(s) not done; the next run "
+                             "does them)")
         if self.failed:
             names = ", ".join(o.scene for o in self.failed[:5]) + (" ..." if len(self.failed) > 5 else "")
             raise SceneFailuresError(
@@ -272,13 +276,9 @@ def write_summary(out: Path, report: JobReport) -> tuple[Path, Path]:
         "scenes": rows,
     }
     jpath, cpath = out / "summary.json", out / "summary.csv"
-    tmp = out / f".summary.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(doc, indent=1, default=str))
-    os.replace(tmp, jpath)
-    tmp = out / f".summary.csv.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="") as f:
+    atomic.write_text(jpath, json.dumps(doc, indent=1, default=str))
+    with atomic.atomic_path(cpath) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[*SUMMARY_COLUMNS, "run"], extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, cpath)
     return jpath, cpath
