@@ -269,3 +269,32 @@ def test_stackstac_and_odc_stac_load_the_mask_on_its_grid(four_class):
     assert got.shape == mask.shape and ds.odc.geobox.crs.epsg == epsg
     assert ds.odc.geobox.affine == transform
     assert np.array_equal(got.values, mask)
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+
+
+def test_run_summary_shows_thin_cloud_and_cloud_shadow_folds_it(tmp_path, sample_catalog):
+    from click.testing import CliRunner
+
+    from cloudmask.cli import main
+
+    card = _four_class_card(tmp_path / "model")
+    out = tmp_path / "four"
+    res = CliRunner().invoke(main, ["run", "--stac", str(sample_catalog), "--out", str(out), "--model", str(card),
+                                    "--no-progress", "--no-quicklook"])
+    assert res.exit_code == 0, res.output
+    header = res.stdout.splitlines()[0].split()
+    assert header[:5] == ["scene", "status", "cloud", "shadow", "thin_cloud"] and "snow" not in header
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["rows"]
+    assert len(rows) == 3 and all(r["thin_cloud"] > 0 for r in rows)
+    assert all(abs(r["clear"] + r["cloud"] + r["shadow"] + r["thin_cloud"] - 100) < 0.05 for r in rows)
+    folded = tmp_path / "three"
+    res = CliRunner().invoke(main, ["run", "--stac", str(sample_catalog), "--out", str(folded), "--model", str(card),
+                                    "--no-progress", "--no-quicklook", "--classes", "cloud-shadow"])
+    assert res.exit_code == 0, res.output
+    assert "thin_cloud" not in res.stdout.splitlines()[0]
+    for p in (folded / "items").glob("*.json"):
+        doc = json.loads(p.read_text())
+        assert doc["properties"]["cloudmask:classes"] == "0=clear,1=cloud,2=shadow,255=nodata"
