@@ -102,25 +102,3 @@ def write_bytes(final: Path | str, data: bytes) -> Path:
         f.flush()
         os.fsync(f.fileno())
     return Path(final)
-
-
-def stale_temporaries(directory: Path) -> Iterator[Path]:
-    """Temporaries under ``directory`` (recursively) whose writing process is no longer alive."""
-    for p in directory.rglob(".*"):
-        for pat in TEMP_PATTERNS:
-            m = pat.match(p.name)
-            if m and not _alive(int(m.group(1))):
-                yield p
-                break
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

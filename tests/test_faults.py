@@ -210,3 +210,26 @@ def test_full_disk_says_so_and_leaves_no_broken_mask(sample_catalog: Path, tmp_p
         assert _no_temporaries(out) == []
     finally:
         subprocess.run(["umount", str(out)], check=False)
+
+
+def test_job_sweeps_temporaries_of_killed_runs_including_gdal_overviews(sample_catalog: Path,
+                                                                        tmp_path: Path) -> None:
+    """What ``kill -9`` leaves while GDAL builds overviews (``*.ovr.tmp``) is removed by the next run."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "masks"
+    (out / "items").mkdir(parents=True)
+    left = [
+        out / f".S_cloudmask.tif.cog-{dead.pid}-0123abcd.tmp.tif.ovr.tmp",
+        out / f".S_cloudmask.tif.cog-{dead.pid}-0123abcd.tmp.tif",
+        out / f".S_cloudmask.tif.aux.xml.{dead.pid}.tmp",
+        out / "items" / f".S.json.{dead.pid}-0123abcd.tmp",
+    ]
+    for p in left:
+        p.write_bytes(b"partial")
+    spec = tmp_path / "job.toml"
+    spec.write_text(f'name = "sweep"\nstac = "{sample_catalog}"\noutput = "{out}"\nlimit = 1\n')
+    res = _run(["job", "run", str(spec)])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [p.name for p in left if p.exists()] == []
+    assert _no_temporaries(out) == []

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import socket
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from typing import Any
 
 import filelock
 
+from ..atomic import TEMP_PATTERNS
 from ..errors import JobError, JobLockedError, SceneFailuresError
 from ..layout import OutputPaths, safe_name
 from ..outputs import file_checksum, item_percentages, load_items
@@ -37,12 +37,6 @@ LOCK_NAME = ".cloudmask.lock"
 HOLDER_NAME = ".cloudmask.lock.json"
 JOURNAL_NAME = "journal.jsonl"
 
-#: Temporaries written by cloudmask: CogSink ``.<name>.<tag>-<pid>-<hex>.tmp.tif``, items/catalogue
-#: ``.<name>.<pid>.tmp``; group 1 is the writer's pid.
-_TMP_PATTERNS = (
-    re.compile(r"^\..+\.(?:blocks|cog)-(\d+)-[0-9a-f]+\.tmp\.tif$"),
-    re.compile(r"^\..+\.(\d+)\.tmp$"),
-)
 
 
 def now_iso() -> str:
@@ -264,7 +258,7 @@ def stale_temporaries(out_dir: Path, max_age_s: float = 24 * 3600.0) -> list[Pat
         for p in d.iterdir():
             if not p.name.startswith("."):
                 continue
-            for pat in _TMP_PATTERNS:
+            for pat in TEMP_PATTERNS:
                 m = pat.match(p.name)
                 if m is None:
                     continue
