@@ -104,3 +104,40 @@ def test_plots_for_notebooks(rgb, mask):
     ax = plot_fractions({"x": class_fractions(mask), "y": class_fractions(mask)})
     assert len(ax.patches) >= 6
     plt.close("all")
+
+
+def test_classes_beyond_three_in_numbers_legend_and_pictures(tmp_path, rgb, mask):
+    import matplotlib.image as mpimg
+
+    from cloudmask.classes import ClassTable
+    from cloudmask.quicklook import legend_labels, table_of
+
+    four = mask.copy()
+    four[30:40, 10:] = 3  # 500 thin cloud (taken from clear)
+    assert table_of(mask).names == ("clear", "cloud", "shadow")
+    assert table_of(four).names == ("clear", "cloud", "shadow", "thin_cloud")
+    snow = four.copy()
+    snow[0, 59] = 4
+    assert table_of(snow).names[-1] == "snow"
+    with pytest.raises(ValueError, match="mask value 7"):
+        table_of(np.full((2, 2), 7, np.uint8))
+    da = xr.DataArray(mask, dims=("y", "x"), attrs=ClassTable.for_names(["clear", "thin_cloud"]).cf_attrs())
+    assert table_of(da).names[-1] == "thin_cloud"  # the attrs say so even where no pixel is thin cloud
+    fr = class_fractions(four)
+    assert fr["thin_cloud"] == pytest.approx(100 * 500 / 2000) and fr["clear"] == pytest.approx(100 * 750 / 2000)
+    labels = [label for _, label in legend_labels(four)]
+    assert labels == ["cloud 25.0 %", "shadow 12.5 %", "thin cloud 25.0 %", "clear 37.5 %", "nodata 16.7 % of scene"]
+    rows = fractions_table({"three": mask, "four": four})
+    assert format_table(rows).splitlines()[0].split() == ["name", "clear", "cloud", "shadow", "thin_cloud", "nodata"]
+    assert rows[0]["thin_cloud"] == 0.0
+    agree = mask_agreement(mask, four)
+    assert agree["classes"] == ["clear", "cloud", "shadow", "thin_cloud"] and agree["confusion"][0][3] == 500
+    out = overlay(true_colour(rgb), four)
+    assert not np.allclose(out[35, 30], true_colour(rgb)[35, 30])  # thin cloud is drawn
+    path = save_quicklook(rgb, four, tmp_path / "q4.png")
+    assert mpimg.imread(path).shape[2] in (3, 4)
+    ax = plot_fractions(rows)
+    assert "thin_cloud" in [t.get_text() for t in ax.get_legend().get_texts()]
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
