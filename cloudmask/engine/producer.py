@@ -79,61 +79,60 @@ class PatchProducer(Producer):
         self.layout, self.batch = layout, batch
 
     def cut(self) -> None:
-        lay, card = self.layout, self.card
-        p, s = lay.patch, lay.stride
+        """Each strip's rows come from :class:`~cloudmask.reader.RowWindows` (read and normalised ahead,
+        on another thread, into preallocated buffers); patches are views into the strip except at the
+        mirrored scene edges, and are copied once, into the batch."""
+        from ..reader import RowWindows  # generic over any PatchSource; imported late (rasterio, dask)
+
+        lay = self.layout
+        p, s, m, w = lay.patch, lay.stride, lay.margin, lay.width
         cols = lay.strip_cols()
-        contiguous_cols = bool(np.all(np.diff(cols) == 1)) and len(cols) > 0
-        cache = np.empty((card.n_bands, 0, lay.width), np.float32)
-        vcache = np.empty((0, lay.width), bool)
-        lo = 0  # scene row of cache[:, 0]
+        strips = [lay.strip_rows(i) for i in range(lay.n_rows)]
+        windows = [(int(r.min()), int(r.max()) + 1) for r in strips]
+        reader = RowWindows(self.source, windows, prepare=self._normalise)
         pending: list[tuple[PatchTask, np.ndarray]] = []
-        for i in range(lay.n_rows):
-            rows = lay.strip_rows(i)
-            need_lo, need_hi = int(rows.min()), int(rows.max()) + 1
-            hi = lo + cache.shape[1]
-            if need_hi > hi:
-                new, valid = self.read(max(hi, need_lo), need_hi)
-                keep = max(0, min(need_lo, hi) - lo)
-                cache = np.concatenate([cache[:, keep:], new], axis=1)
-                vcache = np.concatenate([vcache[keep:], valid], axis=0)
-                lo = need_hi - cache.shape[1]
+        t_wait = time.perf_counter()
+        for i, (data, valid) in enumerate(reader):
             t0 = time.perf_counter()
+            self.stats.add("read_wait", t0 - t_wait)
+            lo = windows[i][0]
             r0, r1 = lay.block_rows(i)
-            block_valid = vcache[r0 - lo : r1 - lo].copy()
-            local = rows - lo
-            if np.all(np.diff(local) == 1):
-                strip = cache[:, local[0] : local[-1] + 1]
-                vstrip = vcache[local[0] : local[-1] + 1]
-            else:
-                strip = cache[:, local]
-                vstrip = vcache[local]
-            if not contiguous_cols:
-                strip = strip[:, :, cols]
-                vstrip = vstrip[:, cols]
-            else:
-                strip = strip[:, :, cols[0] : cols[-1] + 1]
-                vstrip = vstrip[:, cols[0] : cols[-1] + 1]
+            block_valid = valid[r0 - lo : r1 - lo].copy()
+            local = strips[i] - lo
+            if np.all(np.diff(local) == 1):  # inside the scene: views
+                strip, vstrip = data[:, local[0] : local[-1] + 1], valid[local[0] : local[-1] + 1]
+            else:  # the first and last strips mirror rows
+                strip, vstrip = data[:, local], valid[local]
+            vcols: np.ndarray = np.asarray(vstrip.any(axis=0))
             tasks: list[tuple[PatchTask, np.ndarray]] = []
             for j in range(lay.n_cols):
-                if not vstrip[:, j * s : j * s + p].any():
-                    self.stats.skipped += 1
-                    continue
-                tasks.append((PatchTask(i, j), strip[:, :, j * s : j * s + p]))
-            self.stats.add("normalise", time.perf_counter() - t0)
+                c0 = j * s - m
+                if c0 >= 0 and c0 + p <= w:
+                    if not vcols[c0 : c0 + p].any():
+                        self.stats.skipped += 1
+                        continue
+                    tasks.append((PatchTask(i, j), strip[:, :, c0 : c0 + p]))
+                else:  # mirrored columns at the scene's left and right edges
+                    idx = cols[j * s : j * s + p]
+                    if not vcols[idx].any():
+                        self.stats.skipped += 1
+                        continue
+                    tasks.append((PatchTask(i, j), strip[:, :, idx]))
+            self.stats.add("cut", time.perf_counter() - t0)
             self.control.put(self.out_q, RowCut(i, len(tasks), tuple(t.col for t, _ in tasks), block_valid))
             for task in tasks:
                 pending.append(task)
                 if len(pending) == self.batch:
                     self._emit(pending)
                     pending = []
-            # drop rows no later strip needs
-            if i + 1 < lay.n_rows:
-                nxt = int(lay.strip_rows(i + 1).min())
-                if nxt > lo:
-                    cut = min(nxt - lo, cache.shape[1])
-                    cache, vcache, lo = cache[:, cut:], vcache[cut:], lo + cut
+            t_wait = time.perf_counter()
         if pending:
             self._emit(pending)
+        self.stats.add("read", reader.seconds["read"])
+        self.stats.add("normalise", reader.seconds["prepare"])
+
+    def _normalise(self, data: np.ndarray) -> None:
+        self.card.normalise(data, out=data)
 
     def _emit(self, tasks: list[tuple[PatchTask, np.ndarray]]) -> None:
         arr = self.pool.take()
@@ -142,7 +141,7 @@ class PatchProducer(Producer):
             arr[k] = patch
         if len(tasks) < arr.shape[0]:
             arr[len(tasks) :] = 0.0
-        self.stats.add("normalise", time.perf_counter() - t0)
+        self.stats.add("cut", time.perf_counter() - t0)
         self.control.put(self.in_q, Batch([t for t, _ in tasks], arr, len(tasks)))
 
 

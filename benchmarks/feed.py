@@ -1,0 +1,136 @@
+"""Host feed rate and device-bound ratio of the engine on one tile, against a baseline in the same run.
+
+Each run masks the tile end to end (COGs to finished COG, no quicklook) with an emulated device of
+``--latency-ms`` per batch-1 call, in its own process (its own peak RSS). ``--base DIR`` names a
+source tree (e.g. ``git archive <commit> | tar -x -C DIR``) whose ``cloudmask`` the baseline runs
+import; runs alternate base/current so drifting machine load hits both alike, and the summary gives
+medians and the median of the per-pair ratios. Usage::
+
+    python benchmarks/feed.py --res 10 --latency-ms 0 --repeat 3 [--base /tmp/base]
+    python benchmarks/feed.py --res 10 --latency-ms 5 --repeat 3
+    python benchmarks/feed.py --res 10 --profile benchmarks/work/profile.txt   # py-spy of one run
+
+Prints one JSON document: per run ``total_s``, ``patches``, ``calls``, ``patches_per_s``,
+``device_bound_ratio`` (total / (calls x latency)), ``peak_rss_mib``, stage seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_TILE = HERE / "work" / "full-10980" / "tile" / "tile.json"
+
+
+def child(tile: str, res: float, latency_ms: float, out_dir: str) -> dict[str, Any]:
+    import cloudmask
+    import pystac
+
+    from cloudmask.models import load_model
+    from cloudmask.pipeline import mask_scene_spec
+    from cloudmask.profiles import scene_spec
+    from cloudmask.runtime import make_runners
+
+    spec = scene_spec(pystac.Item.from_file(tile))
+    card = load_model("ukis-6b-l2a")
+    runners = make_runners(card, "emulated", instances=1, latency_s=latency_ms / 1000.0)
+    t0 = time.perf_counter()
+    res_ = mask_scene_spec(spec, Path(out_dir), card, runners=runners, resolution=res)
+    wall = time.perf_counter() - t0
+    stats = res_.stats.as_dict()
+    total = stats["seconds"]["total"]
+    calls = stats["calls"]
+    return {
+        "cloudmask": str(Path(cloudmask.__file__).parent),
+        "wall_s": wall,
+        "total_s": total,
+        "patches": stats["patches"],
+        "calls": calls,
+        "patches_per_s": stats["patches"] / total if total else None,
+        "device_bound_ratio": total / (calls * latency_ms / 1000.0) if latency_ms and calls else None,
+        "seconds": stats["seconds"],
+        "peak_rss_mib": _vm_hwm_mib(),
+    }
+
+
+def _vm_hwm_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def run_one(tile: Path, res: float, latency_ms: float, base: Path | None, profile: Path | None = None) -> dict:
+    env = dict(os.environ)
+    if base is not None:
+        env["PYTHONPATH"] = str(base) + os.pathsep + env.get("PYTHONPATH", "")
+    with tempfile.TemporaryDirectory(prefix="cloudmask-feed-") as out:
+        args = [sys.executable, __file__, "--child", json.dumps([str(tile), res, latency_ms, out])]
+        if profile is not None:
+            py_spy = Path(sys.executable).with_name("py-spy")
+            args = [str(py_spy), "record", "--threads", "--idle", "-r", "50", "-f", "raw", "-o", str(profile),
+                    "--", *args]
+        proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise SystemExit(f"run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    return dict(json.loads(line[7:]))
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        tile, res, latency, out = json.loads(sys.argv[2])
+        print("RESULT " + json.dumps(child(tile, res, latency, out)), flush=True)
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tile", type=Path, default=DEFAULT_TILE)
+    ap.add_argument("--res", type=float, default=10.0)
+    ap.add_argument("--latency-ms", type=float, default=0.0)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--base", type=Path, default=None, help="source tree of the baseline cloudmask")
+    ap.add_argument("--profile", type=Path, default=None, help="py-spy raw (collapsed) profile of one run")
+    args = ap.parse_args()
+    if args.profile is not None:
+        r = run_one(args.tile, args.res, args.latency_ms, args.base, args.profile)
+        print(json.dumps(r, indent=1))
+        return
+    runs: dict[str, list[dict]] = {"current": [], "base": []}
+    for _ in range(max(1, args.repeat)):
+        if args.base is not None:
+            runs["base"].append(run_one(args.tile, args.res, args.latency_ms, args.base))
+        runs["current"].append(run_one(args.tile, args.res, args.latency_ms, None))
+    summary: dict[str, Any] = {"tile": str(args.tile), "res": args.res, "latency_ms": args.latency_ms}
+    for name, rs in runs.items():
+        if not rs:
+            continue
+        summary[name] = {
+            "total_s": [round(r["total_s"], 2) for r in rs],
+            "median_total_s": round(statistics.median(r["total_s"] for r in rs), 2),
+            "median_patches_per_s": round(statistics.median(r["patches_per_s"] for r in rs), 1),
+            "median_peak_rss_mib": round(statistics.median(r["peak_rss_mib"] for r in rs)),
+            "patches": rs[0]["patches"],
+            "calls": rs[0]["calls"],
+            "seconds_last": {k: round(v, 2) for k, v in rs[-1]["seconds"].items()},
+            "cloudmask": rs[0]["cloudmask"],
+        }
+        if args.latency_ms:
+            summary[name]["median_device_bound_ratio"] = round(
+                statistics.median(r["device_bound_ratio"] for r in rs), 3)
+    if runs["base"]:
+        ratios = [c["total_s"] / b["total_s"] for b, c in zip(runs["base"], runs["current"], strict=True)]
+        summary["time_ratio_current_over_base"] = round(statistics.median(ratios), 3)
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
