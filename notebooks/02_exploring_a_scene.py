@@ -20,34 +20,35 @@
 # transform, so `ds.rio` (rioxarray) and `ds.odc` (odc-geo) work. `cloudmask.predict` masks it and
 # returns a DataArray on the same grid.
 #
-# Below: xarray operations, cloud fraction over an area of interest, and a cloud-cover time series.
+# The scenes are the real Sentinel-2 L2A chips of the demo catalogue that ships with cloudmask
+# (On Cloud N data, CC BY 4.0; see `cloudmask/data/demo/SOURCE.md`). Below: xarray operations,
+# cloud fraction over an area of interest, cloud cover of every chip, two models side by side, and a
+# comparison with the chips' ensemble prediction.
 
 # %%
-import os
-
 import matplotlib.pyplot as plt
 import numpy as np
-import xarray as xr
 from odc.geo.geom import Geometry
 from odc.geo.xr import rasterize
 from shapely.geometry import Polygon
 
 from cloudmask import open_scene, predict, search
+from cloudmask.evaluate import score_arrays
 from cloudmask.quicklook import class_fractions, compare_masks, plot_fractions, plot_mask
-from cloudmask.sample import default_catalog_dir, make_catalog
+from cloudmask.sample import demo_catalog
 from cloudmask.xr import valid_mask
 
-SIZE = int(os.environ.get("CLOUDMASK_NOTEBOOK_SIZE", "600"))
-catalog = make_catalog(default_catalog_dir() / f"notebooks-{SIZE}", n_scenes=3, size=SIZE)
-items = search(catalog)
+items = {it.properties["cloudmask:chip"]: it for it in search(demo_catalog())}
+MODEL = "ukis-4b-l2a"  # the chips have blue, green, red and nir only: the 4-band L2A model
+print(list(items))
 
 # %% [markdown]
 # ## A scene as a Dataset
 #
-# Nothing is read yet: the variables are dask arrays (chunks of rows).
+# The savanna chip `adwp` at the model's 30 m. Nothing is read yet: the variables are dask arrays.
 
 # %%
-ds = open_scene(items[1])
+ds = open_scene(items["adwp"], MODEL)
 ds  # noqa: B018 - shows the Dataset
 
 # %%
@@ -78,9 +79,9 @@ print("north-east quarter:", dict(ne.sizes), "transform:", tuple(ne.rio.transfor
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
 ndvi.plot(ax=axes[0], cmap="RdYlGn", vmin=-0.2, vmax=0.8)
-axes[0].set_title("NDVI")
-ds.swir16.plot(ax=axes[1], cmap="magma", vmin=0, vmax=0.5)
-axes[1].set_title("SWIR 1.6 µm reflectance")
+axes[0].set_title("NDVI (clouds are near 0)")
+ds.nir.plot(ax=axes[1], cmap="magma", vmin=0, vmax=0.6)
+axes[1].set_title("NIR reflectance")
 for ax in axes:
     ax.set_aspect("equal")
 fig.tight_layout()
@@ -92,7 +93,7 @@ fig.tight_layout()
 # needs them) and returns a uint8 DataArray on the same coordinates, CRS and transform.
 
 # %%
-mask = predict(ds)
+mask = predict(ds, MODEL)
 print(mask.dtype, dict(mask.sizes), mask.attrs["flag_meanings"], "| nodata:", mask.rio.nodata)
 print("same grid:", mask.odc.geobox == ds.odc.geobox)
 print({k: round(v, 1) for k, v in class_fractions(mask).items()})
@@ -102,12 +103,12 @@ print({k: round(v, 1) for k, v in class_fractions(mask).items()})
 #
 # ## Cloud fraction over an area of interest
 #
-# An AOI is a shapely polygon in longitude/latitude (here: a quadrilateral inside the scene's
-# footprint). Rasterised onto the mask's grid it selects pixels; class shares are then of the valid
-# pixels inside it.
+# An AOI is a shapely polygon in longitude/latitude (here: a quadrilateral inside the chip).
+# Rasterised onto the mask's grid it selects pixels; class shares are then of the valid pixels
+# inside it.
 
 # %%
-west, south, east, north = items[1].bbox
+west, south, east, north = items["adwp"].bbox
 dx, dy = east - west, north - south
 aoi = Polygon([
     (west + 0.45 * dx, south + 0.15 * dy), (west + 0.9 * dx, south + 0.1 * dy),
@@ -115,14 +116,14 @@ aoi = Polygon([
 ])
 aoi_mask = rasterize(Geometry(aoi, "EPSG:4326"), mask.odc.geobox)
 inside = class_fractions(mask, where=aoi_mask)
-print(f"AOI covers {100 * float(aoi_mask.mean()):.1f} % of the scene")
+print(f"AOI covers {100 * float(aoi_mask.mean()):.1f} % of the chip")
 print({k: round(v, 1) for k, v in inside.items()})
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1, 1.2]})
 plot_mask(ds, mask, title="mask with AOI (cyan)", ax=axes[0])
 axes[0].contour(aoi_mask.values.astype(float), levels=[0.5], colors="cyan", linewidths=1.5)
-plot_fractions({"whole scene": class_fractions(mask), "AOI": inside}, ax=axes[1])
+plot_fractions({"whole chip": class_fractions(mask), "AOI": inside}, ax=axes[1])
 fig.tight_layout()
 
 # %% [markdown]
@@ -133,46 +134,58 @@ clipped = mask.rio.clip([aoi], crs="EPSG:4326", drop=True)
 print("clipped:", dict(clipped.sizes), {k: round(v, 1) for k, v in class_fractions(clipped).items()})
 
 # %% [markdown]
-# ## A time series of cloud cover
+# ## Cloud cover of every chip
 #
-# Mask every scene, stack the masks along `time` (each scene carries a scalar `time` coordinate),
-# and compute cloud cover inside the AOI with plain xarray. The catalogue's own `eo:cloud_cover`
-# (whole scene) is shown for comparison.
+# Mask every chip and compare its cloud share with the catalogue's `eo:cloud_cover` (here the cloud
+# share of the chips' ensemble prediction, a second model). Four chips were taken at the same moment
+# over Chifunfu (Tanzania), one over Addis Ababa.
 
 # %%
-masks = xr.concat([predict(open_scene(item)) for item in items], dim="time")
-in_aoi = aoi_mask & (masks != 255)
-cloud_cover = 100 * ((masks == 1) & in_aoi).sum(("y", "x")) / in_aoi.sum(("y", "x"))
-shadow_cover = 100 * ((masks == 2) & in_aoi).sum(("y", "x")) / in_aoi.sum(("y", "x"))
-catalogue_cover = xr.DataArray([it.properties["eo:cloud_cover"] for it in items], coords={"time": masks.time})
-for t, c, s, k in zip(masks.time.values, cloud_cover.values, shadow_cover.values, catalogue_cover.values,
-                      strict=True):
-    print(f"{np.datetime_as_string(t, unit='D')}: AOI cloud {c:5.1f} %  shadow {s:5.1f} %  | catalogue {k:5.1f} %")
+masks = {chip: predict(open_scene(item, MODEL), MODEL) for chip, item in items.items()}
+cover = {chip: class_fractions(m) for chip, m in masks.items()}
+for chip, f in cover.items():
+    print(f"{chip}: cloud {f['cloud']:5.1f} %  shadow {f['shadow']:5.1f} %  clear {f['clear']:5.1f} %  | "
+          f"ensemble cloud {items[chip].properties['eo:cloud_cover']:5.1f} %")
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.5))
-cloud_cover.plot(ax=ax, marker="o", label="cloud, AOI (cloudmask)")
-shadow_cover.plot(ax=ax, marker="s", label="shadow, AOI (cloudmask)")
-catalogue_cover.plot(ax=ax, marker="x", linestyle="--", label="eo:cloud_cover (catalogue)")
-ax.set_ylabel("% of valid pixels")
-ax.set_ylim(0, 100)
-ax.set_title("cloud cover over time")
-ax.legend(fontsize=8)
+plot_fractions(cover, ax=ax)
+ax.set_title(f"class shares per chip ({MODEL})")
 fig.tight_layout()
 
 # %% [markdown]
-# ## Against the sample's truth
+# ## Two models side by side
 #
-# The synthetic scenes come with a truth raster (asset `truth`, 10 m, same class codes). Brought
-# onto the mask's 30 m grid (mode resampling), it compares directly:
+# The same chip through the 4-band **L2A** model (trained on surface reflectance, like these chips)
+# and the 4-band **L1C** model (trained on top-of-atmosphere reflectance). `compare_masks` shows both
+# masks and where they differ.
+
+# %%
+other = predict(ds, "ukis-4b-l1c")
+agree = float((other == mask).where(mask != 255).mean())
+print(f"ukis-4b-l2a vs ukis-4b-l1c on adwp: same class on {100 * agree:.1f} % of pixels")
+fig = compare_masks(mask, other, ds, titles=(MODEL, "ukis-4b-l1c"))
+
+# %% [markdown]
+# ## Against the ensemble prediction
+#
+# Each chip carries the challenge author's model-ensemble prediction (asset `ensemble`, 0/1 cloud at
+# 10 m). It is **another model's output, not ground truth**: agreement measures how similar two
+# cloud detectors are on this chip, cloud vs not cloud (our shadow counts as not cloud), not how
+# right either is. For human labels see the README's accuracy table. The 30 m mask is brought onto
+# the 10 m grid with nearest-neighbour resampling, as `cloudmask evaluate` does.
 
 # %%
 import rioxarray  # noqa: E402
 from rasterio.enums import Resampling  # noqa: E402
 
-truth = rioxarray.open_rasterio(items[1].assets["truth"].get_absolute_href()).squeeze("band", drop=True)
-truth30 = truth.rio.reproject_match(mask, resampling=Resampling.mode)
-fig = compare_masks(truth30, mask, ds, titles=("truth", mask.attrs["model"]))
+ens = rioxarray.open_rasterio(items["adwp"].assets["ensemble"].get_absolute_href()).squeeze("band", drop=True)
+mask10 = mask.rio.reproject_match(ens, resampling=Resampling.nearest)
+s = score_arrays(mask10.values, ens.values, reference_classes="0=clear,1=cloud")
+print(f"agreement with the ensemble: {100 * s.overall_accuracy:.1f} % | cloud IoU {s.per_class()['cloud']['iou']:.2f}")
+print(s.table())
+cloud10 = np.where(mask10.values == 255, 255, (mask10.values == 1).astype(np.uint8))
+fig = compare_masks(ens.values.astype(np.uint8), cloud10, titles=("ensemble: cloud", f"{MODEL}: cloud"))
 
 # %% [markdown]
 # ## With a dask.distributed cluster
@@ -185,5 +198,5 @@ from dask.distributed import Client, LocalCluster  # noqa: E402
 
 with LocalCluster(n_workers=1, processes=False, threads_per_worker=2, dashboard_address=":0") as cluster, \
         Client(cluster) as client:
-    mask_distributed = predict(open_scene(items[1]))
+    mask_distributed = predict(open_scene(items["adwp"], MODEL), MODEL)
 print("same mask with a distributed Client:", bool((mask_distributed.values == mask.values).all()))
