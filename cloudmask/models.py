@@ -236,6 +236,10 @@ def load_card_file(path: Path) -> ModelCard:
         raise ModelCardError(f"cannot read model card {path}: {err}") from err
     if not isinstance(raw, dict):
         raise ModelCardError(f"model card {path} must be a mapping of fields (name, onnx, bands, ...)")
+    from .mlm import card_from_mlm, is_mlm
+
+    if is_mlm(raw):  # a STAC item with the MLM extension
+        return card_from_mlm(raw, base=path.parent, source=str(path))
     return card_from_dict(raw, base=path.parent, source=str(path))
 
 
