@@ -235,8 +235,8 @@ class ClassTable:
     # ---- numbers
 
     def histogram(self, mask: np.ndarray) -> np.ndarray:
-        """256-bin pixel counts of a uint8 mask (index = value)."""
-        return np.bincount(np.asarray(mask, np.uint8).ravel(), minlength=256)
+        """256-bin pixel counts of a uint8 mask (index = value); see :func:`histogram`."""
+        return histogram(mask)
 
     def shares(self, counts: np.ndarray | Sequence[int]) -> ClassShares:
         """Class counts and percentages from a 256-bin histogram of a mask.
@@ -303,6 +303,11 @@ THREE_CLASSES = ClassTable(MASK_CLASSES[:3])
 CLASSES: dict[int, str] = THREE_CLASSES.mapping
 
 
+def histogram(mask: np.ndarray) -> np.ndarray:
+    """256-bin pixel counts (int64) of a uint8 mask or mask block (index = value); counts add up over blocks."""
+    return np.bincount(np.asarray(mask, np.uint8).ravel(), minlength=256).astype(np.int64, copy=False)
+
+
 def collapse_names(names: Iterable[str], mode: str = "all") -> tuple[str, ...]:
     """Channel class names under a ``--classes`` mode: ``all`` keeps them, ``cloud-shadow`` folds
     thin cloud into cloud and snow into clear."""
@@ -342,4 +347,5 @@ __all__ = [
     "class_value",
     "collapse_names",
     "fractions_from_counts",
+    "histogram",
 ]

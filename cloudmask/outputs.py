@@ -30,7 +30,7 @@ from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 
 from . import __version__, atomic
-from .classes import NODATA, THREE_CLASSES, ClassShares, ClassTable
+from .classes import NODATA, THREE_CLASSES, ClassShares, ClassTable, histogram
 from .layout import OutputPaths
 from .models import ModelCard
 from .scene import SceneSpec
@@ -104,7 +104,7 @@ def _shares(result: MaskResult) -> ClassShares:
     hist = np.zeros(256, np.int64)
     with rasterio.open(result.mask) as ds:
         for _, win in ds.block_windows(1):
-            hist += np.bincount(ds.read(1, window=win).ravel(), minlength=256)
+            hist += histogram(ds.read(1, window=win))
     return result.classes.shares(hist)
 
 
@@ -329,7 +329,7 @@ def _collection_table(items: list[pystac.Item]) -> ClassTable:
         summary = it.properties.get("cloudmask:classes")
         if isinstance(summary, str):
             try:
-                other = ClassTable.from_mapping(dict(kv.split("=", 1) for kv in summary.split(",")))
+                other = ClassTable.from_summary(summary)
             except ValueError:
                 continue
             if len(other) > len(table):

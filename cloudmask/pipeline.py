@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .classes import THREE_CLASSES, ClassShares, ClassTable, collapse_names
+from .classes import THREE_CLASSES, ClassShares, ClassTable, collapse_names, histogram
 from .engine import StreamConfig, StreamStats, output_geobox, stream_scene
 from .layout import OutputPaths, safe_name
 from .models import ModelCard, load_model
@@ -93,7 +93,7 @@ class _HistogramSink:
         self.counts = np.zeros(256, np.int64)
 
     def write_block(self, row: int, classes: np.ndarray, probabilities: np.ndarray | None) -> None:
-        self.counts += np.bincount(classes.ravel(), minlength=256)
+        self.counts += histogram(classes)
         self.inner.write_block(row, classes, probabilities)
 
 
