@@ -3,7 +3,7 @@
 ``OUT/<stem>_cloudmask.tif``, ``OUT/<stem>_probabilities.tif``, ``OUT/<stem>_quicklook.png`` and
 ``OUT/items/<stem>.json``. The stem is the item id made safe as a file name; when making it safe
 changed the id (``dup/a`` -> ``dup_a``), an 8-hex-digit hash of the original id is appended
-(``dup_a-1f2e3d4c``), so two ids never share a file name (``dup_a`` itself keeps its plain stem).
+(``dup_a-3d56665d``), so two ids never share a file name (``dup_a`` itself keeps its plain stem).
 The stem is also the output item's id.
 """
 

@@ -298,3 +298,25 @@ def test_run_summary_shows_thin_cloud_and_cloud_shadow_folds_it(tmp_path, sample
     for p in (folded / "items").glob("*.json"):
         doc = json.loads(p.read_text())
         assert doc["properties"]["cloudmask:classes"] == "0=clear,1=cloud,2=shadow,255=nodata"
+
+
+def test_job_spec_classes(tmp_path, sample_catalog):
+    from cloudmask.errors import CloudmaskError
+    from cloudmask.jobs import load_spec, run_job
+
+    card = _four_class_card(tmp_path / "model")
+    base = f'stac = "{sample_catalog}"\nmodel = "{card}"\nlimit = 1\n'
+    four, three = tmp_path / "four.toml", tmp_path / "three.toml"
+    four.write_text(base + f'output = "{tmp_path / "o4"}"\n')
+    three.write_text(base + f'output = "{tmp_path / "o3"}"\nclasses = "cloud-shadow"\n')
+    for spec_path, summary in ((four, "0=clear,1=cloud,2=shadow,3=thin_cloud,255=nodata"),
+                               (three, "0=clear,1=cloud,2=shadow,255=nodata")):
+        spec = load_spec(spec_path)
+        report = run_job(spec)
+        assert len(report.processed) == 1 and not report.failed
+        (item,) = (spec.output / "items").glob("*.json")
+        assert json.loads(item.read_text())["properties"]["cloudmask:classes"] == summary
+    bad = tmp_path / "bad.toml"
+    bad.write_text(base + f'output = "{tmp_path / "ob"}"\nclasses = "three"\n')
+    with pytest.raises(CloudmaskError, match="classes"):
+        load_spec(bad)

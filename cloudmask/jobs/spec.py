@@ -35,7 +35,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
@@ -70,6 +70,7 @@ class JobSpec:
     retries: RetryPolicy = field(default_factory=RetryPolicy)
     probabilities: bool = False
     quicklook: bool = False
+    classes: str = "all"  # or "cloud-shadow": fold thin cloud/snow onto the three-class contract
     margin: int = 26
     push_to: str | None = None
     public_url: str | None = None
@@ -185,6 +186,7 @@ class _SpecFile(BaseModel):
     emulated_latency: float | None = None
     probabilities: bool | None = None
     quicklook: bool | None = None
+    classes: Literal["all", "cloud-shadow"] | None = None
     retries: _Retries | None = None
     push_to: str | None = None
     public_url: str | None = None
@@ -411,7 +413,8 @@ def spec_from_dict(raw: Mapping[str, Any], base: Path | None = None, source: Pat
         "max_cloud": max_cloud, "min_cloud": min_cloud, "limit": doc.limit, "model": doc.model,
         "backend": doc.backend, "resolution": doc.resolution, "profile": doc.profile,
         "concurrency": doc.concurrency, "margin": doc.margin, "emulated_latency": doc.emulated_latency,
-        "probabilities": doc.probabilities, "quicklook": doc.quicklook, "push_to": doc.push_to,
+        "probabilities": doc.probabilities, "quicklook": doc.quicklook, "classes": doc.classes,
+        "push_to": doc.push_to,
         "public_url": doc.public_url, "scheduler": doc.scheduler,
         "http_timeout": None if doc.http_timeout is None else str(doc.http_timeout),
         "http_retries": doc.http_retries, "source": source,

@@ -50,6 +50,7 @@ class TaskSettings:
     margin: int = 26
     probabilities: bool = False
     quicklook: bool = False
+    classes: str = "all"
     retries: RetryPolicy = field(default_factory=RetryPolicy)
     emulated_latency: float = 0.0
 
@@ -58,7 +59,8 @@ class TaskSettings:
         return cls(
             out_dir=str(spec.output), model=spec.model, backend=spec.backend, resolution=spec.resolution,
             profile=spec.profile, margin=spec.margin, probabilities=spec.probabilities,
-            quicklook=spec.quicklook, retries=spec.retries, emulated_latency=spec.emulated_latency,
+            quicklook=spec.quicklook, classes=spec.classes, retries=spec.retries,
+            emulated_latency=spec.emulated_latency,
         )
 
 
@@ -165,7 +167,7 @@ def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[st
     serial = _RUNNER_LOCKS[_key(card, settings.backend, settings.emulated_latency)]
     with serial if settings.backend in SERIAL_BACKENDS else contextlib.nullcontext():
         res = mask_scene_spec(spec, Path(settings.out_dir), card, runners=runs, stream=stream,
-                              resolution=settings.resolution)
+                              resolution=settings.resolution, classes=settings.classes)
     res.extra.update(backend=settings.backend, backend_version=_backend_version(settings.backend))
     if settings.quicklook:
         from ..quicklook import quicklook_for_result
