@@ -204,6 +204,7 @@ def mask_scene(
     runners: Sequence[Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     classes: str = "all",
+    postprocess: Any = None,
 ) -> MaskResult:
     """Mask one scene into ``out`` exactly as ``cloudmask run`` does; returns the :class:`MaskResult`.
 
@@ -212,6 +213,8 @@ def mask_scene(
     ``catalog.json``/``collection.json`` in ``out``. ``result.extra`` holds the paths of the quicklook,
     item and catalogue. ``runners`` reuses loaded models across calls. ``classes="cloud-shadow"`` folds
     the model's classes onto the three-class contract (thin cloud -> cloud, snow -> clear).
+    ``postprocess``: post-processing options (:mod:`cloudmask.postprocess`: ``threshold``, ``buffer``,
+    ``min_region``, ``scl``, ...), recorded in the item's ``cloudmask:postprocess`` and lineage.
     """
     from .outputs import mask_item, update_output_catalog, write_item
     from .pipeline import mask_scene_spec
@@ -226,7 +229,7 @@ def mask_scene(
     card = choose_model(model, spec)
     result = mask_scene_spec(
         spec, out_dir, card, runners=runners, backend=backend, stream=cfg, reader=reader, cog=cog,
-        resolution=resolution, progress=progress, classes=classes,
+        resolution=resolution, progress=progress, classes=classes, postprocess=postprocess,
     )
     if quicklook:
         from .quicklook import quicklook_for_result

@@ -156,6 +156,10 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
         "created": now,
         "updated": now,
     }
+    post = result.extra.get("postprocess")
+    if post:  # recorded as processing: what was done to the model's argmax, with which options
+        props["cloudmask:postprocess"] = post
+        props["processing:lineage"] += "; post-processing " + ", ".join(f"{k}={v}" for k, v in post.items())
     cover = shares.cloud_cover
     if cover is None:
         props["description"] = NO_VALID_PIXELS

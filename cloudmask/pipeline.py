@@ -110,14 +110,21 @@ def mask_scene_spec(
     resolution: float | None = None,
     progress: Callable[[int, int], None] | None = None,
     classes: str = "all",
+    postprocess: Any = None,
 ) -> MaskResult:
     """Mask one scene into ``out_dir`` (``<id>_cloudmask.tif``; ``<id>_probabilities.tif`` on request).
 
     ``resolution`` (metres) overrides the card's. ``runners`` lets callers reuse loaded models across
     scenes. The mask is on the scene's own grid at that resolution, anchored on the tile corner.
     ``classes="cloud-shadow"`` folds the card's classes onto the three-class contract (thin cloud
-    into cloud, snow into clear; their probabilities add up) before masking.
+    into cloud, snow into clear; their probabilities add up) before masking. ``postprocess`` (a
+    :class:`~cloudmask.postprocess.PostProcess` or a mapping of its options) adds to the card's own
+    post-processing defaults; it runs on the streamed blocks (``result.extra["postprocess"]``).
     """
+    from dataclasses import replace
+
+    from .postprocess import PostProcessSink, SclRows, for_card
+
     t0 = time.perf_counter()
     card = choose_model(model, spec)
     if classes != "all":
@@ -129,16 +136,29 @@ def mask_scene_spec(
     geobox = spec.geobox(res)
     runs = runners if runners is not None else make_runners(card, backend)
     tags = {"CLOUDMASK_MODEL": card.name, "CLOUDMASK_SOURCE_ITEM": spec.id}
+    out_box = output_geobox(card, geobox)
+    post = for_card(card, postprocess, resolution=abs(float(out_box.resolution.x)))
+    run_cfg = replace(cfg, probabilities=True) if post.needs_probabilities else cfg
+    scl = None
+    if post.scl is not None:
+        if "scl" not in spec.bands:
+            log.warning("scene %s has no SCL asset: --scl %s is skipped", spec.id, post.scl)
+        else:
+            scl = SclRows(spec.bands["scl"].href, out_box)
     source = RasterSource(spec, card.bands, geobox, reader)
     try:
         with CogSink(
-            paths.mask, output_geobox(card, geobox), paths.probabilities if cfg.probabilities else None, cog, tags,
+            paths.mask, out_box, paths.probabilities if cfg.probabilities else None, cog, tags,
             classes=table,
         ) as sink:
             counter = _HistogramSink(sink)
-            stats = stream_scene(source, card, runs, counter, cfg, progress)
+            target = (PostProcessSink(counter, post, out_box.height, out_box.width, provider=scl)
+                      if post.active else counter)
+            stats = stream_scene(source, card, runs, target, run_cfg, progress)
     finally:
         source.close()
+        if scl is not None:
+            scl.close()
         if runners is None:
             for r in runs:
                 r.close()
@@ -156,4 +176,5 @@ def mask_scene_spec(
         seconds=seconds,
         classes=table,
         counts=dict(shares.counts),
+        extra={"postprocess": post.as_dict()} if post.active else {},
     )

@@ -385,3 +385,45 @@ def for_card(card: Any, options: PostProcess | Mapping[str, Any] | None = None, 
     if getattr(card, "kind", "") == "patch-classifier" and resolution is None:
         res *= float(card.patch_size)
     return post.with_resolution(res)
+
+
+class SclRows:
+    """Reads rows of a scene's SCL asset onto a mask grid (nearest neighbour: SCL is categorical).
+
+    ``href`` is the SCL asset (any GDAL path), ``geobox`` the mask's odc-geo GeoBox. Pixels outside
+    the asset read as 0 (SCL "no data"). Call :meth:`close` (or use as a context manager) when done.
+    """
+
+    def __init__(self, href: str, geobox: Any) -> None:
+        import rasterio
+
+        self.geobox = geobox
+        try:
+            self.ds = rasterio.open(href)
+        except rasterio.RasterioIOError as err:
+            from .errors import ReadError
+
+            raise ReadError(f"cannot open the SCL asset {href} for the provider-mask merge: {err}; "
+                            "run without --scl or check the item's assets") from err
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        import rasterio
+        from rasterio.enums import Resampling
+        from rasterio.warp import reproject
+
+        gb = self.geobox
+        out = np.zeros((stop - start, gb.width), np.uint8)
+        dst_transform = gb.transform @ gb.transform.translation(0, start)
+        reproject(source=rasterio.band(self.ds, 1), destination=out, dst_transform=dst_transform,
+                  dst_crs=str(gb.crs), resampling=Resampling.nearest, src_nodata=0, dst_nodata=0)
+        return out
+
+    def close(self) -> None:
+        self.ds.close()
+
+    def __enter__(self) -> SclRows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

@@ -178,3 +178,34 @@ def test_bad_options_name_the_fix(kwargs, message):
         PostProcess(**kwargs)
     with pytest.raises(ConfigError, match="unknown post-processing option"):
         PostProcess.from_options({"blur": 2})
+
+
+@pytest.mark.slow
+def test_pipeline_postprocess_equals_whole_array_and_is_recorded(sample_items, tmp_path):
+    """A scene through the pipeline with every option (SCL from the item) equals the whole-array result."""
+    import json
+
+    import rasterio
+
+    from cloudmask.api import mask_scene, scene_of
+    from cloudmask.postprocess import SclRows
+
+    spec = scene_of(sample_items[1])  # has a nodata wedge and an SCL asset
+    options = {"threshold": 0.4, "min_region": 20, "buffer": 60, "scl": "fill"}
+    raw = mask_scene(spec, tmp_path / "raw", probabilities=True, quicklook=False)
+    post = mask_scene(spec, tmp_path / "post", probabilities=True, quicklook=False, postprocess=options)
+    with rasterio.open(raw.mask) as m, rasterio.open(raw.probabilities) as p:
+        classes, probs = m.read(1), p.read()
+    with rasterio.open(post.mask) as m, rasterio.open(post.probabilities) as p:
+        got, got_probs = m.read(1), p.read()
+        from odc.geo.geobox import GeoBox
+
+        box = GeoBox((m.height, m.width), m.transform, m.crs)
+    with SclRows(spec.bands["scl"].href, box) as scl:
+        expected = PostProcess.from_options(options, resolution=30.0).apply(classes, probs, scl(0, box.height))
+    assert np.array_equal(got, expected) and not np.array_equal(got, classes)
+    assert (got == NODATA).any() and (got_probs[:, got == NODATA] == 0).all()
+    item = json.loads(post.extra["item"].read_text())
+    assert item["properties"]["cloudmask:postprocess"] == {
+        "thresholds": {"cloud": 0.4}, "min_region": 20, "buffer_m": {"cloud": 60.0, "shadow": 60.0}, "scl": "fill"}
+    assert "post-processing" in item["properties"]["processing:lineage"]
