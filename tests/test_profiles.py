@@ -16,7 +16,6 @@ from typing import Any
 
 import pystac
 import pytest
-
 from click.testing import CliRunner
 
 from cloudmask.cli import main
