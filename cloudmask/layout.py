@@ -78,12 +78,16 @@ class OutputPaths:
         return self.out_dir / f"{self.stem}_quicklook.png"
 
     @property
+    def thumbnail(self) -> Path:
+        return self.out_dir / f"{self.stem}_thumbnail.png"
+
+    @property
     def item(self) -> Path:
         return self.out_dir / "items" / f"{self.stem}.json"
 
     def __getitem__(self, key: str) -> Path:
         """``paths["mask"]`` etc., as the former ``mask_paths`` dict."""
-        if key not in ("mask", "probabilities", "quicklook", "item"):
+        if key not in ("mask", "probabilities", "quicklook", "thumbnail", "item"):
             raise KeyError(key)
         path: Path = getattr(self, key)
         return path

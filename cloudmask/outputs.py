@@ -218,6 +218,9 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
         item.add_asset("quicklook", pystac.Asset(href=paths.quicklook.name, media_type=pystac.MediaType.PNG,
                                                  title="True colour beside true colour with the mask",
                                                  roles=["overview"]))
+    if paths.thumbnail.exists():
+        item.add_asset("thumbnail", pystac.Asset(href=paths.thumbnail.name, media_type=pystac.MediaType.PNG,
+                                                 title="True colour with the mask, small", roles=["thumbnail"]))
     src = _source_href(spec, paths.item.parent)
     if src:
         item.add_link(pystac.Link("derived_from", src, media_type=pystac.MediaType.GEOJSON,
@@ -351,6 +354,7 @@ def _item_assets(table: ClassTable) -> dict[str, Any]:
                           "raster:bands": [{"data_type": "uint8", "unit": "percent"}] * len(table)},
         "quicklook": {"type": pystac.MediaType.PNG, "roles": ["overview"],
                       "title": "True colour beside true colour with the mask"},
+        "thumbnail": {"type": pystac.MediaType.PNG, "roles": ["thumbnail"], "title": "True colour with the mask, small"},
     }
 
 

@@ -388,6 +388,24 @@ def save_quicklook(rgb: Any, mask: Any, path: Path, title: str = "", classes: Cl
     return _save(fig, Path(path), dpi=110)
 
 
+def save_thumbnail(rgb: Any, mask: Any, path: Path, max_pixels: int = 256) -> Path:
+    """Write a small PNG (longest side <= ``max_pixels``) of true colour with the mask overlaid (atomic).
+
+    No axes, legend or title: the STAC ``thumbnail`` a catalogue browser shows beside the item.
+    """
+    import matplotlib.image as mpimg
+
+    m = as_mask(mask)
+    step = max(1, math.ceil(max(m.shape) / max_pixels))
+    img = overlay(true_colour(rgb), m)[::step, ::step]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    mpimg.imsave(tmp, np.clip(img, 0.0, 1.0))
+    tmp.replace(path)
+    return path
+
+
 def read_rgb(spec: SceneSpec, resolution: float, shape: tuple[int, int] | None = None) -> np.ndarray:
     """``(3, H, W)`` red/green/blue reflectance of ``spec`` on its grid at ``resolution`` metres."""
     from .reader import RasterSource
@@ -404,7 +422,8 @@ def read_rgb(spec: SceneSpec, resolution: float, shape: tuple[int, int] | None =
 
 
 def quicklook_for_result(spec: SceneSpec, result: MaskResult, max_pixels: int = 1024) -> Path:
-    """Quicklook PNG beside ``result.mask``: RGB read from the scene at the mask's grid (decimated)."""
+    """Quicklook PNG beside ``result.mask`` (STAC ``overview``) and a small thumbnail (STAC
+    ``thumbnail``): RGB read from the scene at the mask's grid (decimated). Returns the quicklook."""
     import rasterio
     from rasterio.enums import Resampling
 
@@ -414,9 +433,10 @@ def quicklook_for_result(spec: SceneSpec, result: MaskResult, max_pixels: int = 
         mask = ds.read(1, out_shape=(h, w), resampling=Resampling.nearest)
         res = abs(ds.transform.a) * factor
     rgb = read_rgb(spec, res, (h, w))
-    path = OutputPaths.of_mask(result.mask).quicklook
-    return save_quicklook(rgb, mask[: rgb.shape[1], : rgb.shape[2]], path, f"{spec.id} — {result.model}",
-                          classes=result.classes)
+    paths = OutputPaths.of_mask(result.mask)
+    mask = mask[: rgb.shape[1], : rgb.shape[2]]
+    save_thumbnail(rgb, mask, paths.thumbnail)
+    return save_quicklook(rgb, mask, paths.quicklook, f"{spec.id} — {result.model}", classes=result.classes)
 
 
 __all__ = [
@@ -438,6 +458,7 @@ __all__ = [
     "quicklook_for_result",
     "read_rgb",
     "save_quicklook",
+    "save_thumbnail",
     "table_of",
     "true_colour",
 ]

@@ -141,6 +141,11 @@ def test_item_classes_quicklook_and_summary_show_thin_cloud(four_class):
     assert doc["properties"]["proj:epsg"] == int(doc["properties"]["proj:code"].split(":")[1])
     assert not any(k.endswith("_cover") and k.startswith("cloudmask:") for k in doc["properties"])
     assert doc["assets"]["quicklook"]["roles"] == ["overview"]
+    assert doc["assets"]["thumbnail"]["roles"] == ["thumbnail"]
+    import matplotlib.image as mpimg
+
+    thumb = mpimg.imread(res.extra["item"].parent / doc["assets"]["thumbnail"]["href"])
+    assert max(thumb.shape[:2]) <= 256 and thumb.shape[:2] == (mask.shape[0], mask.shape[1])  # 100 px: not decimated
     # quicklook legend and the summary row
     assert res.extra["quicklook"].is_file()
     labels = [label for _, label in legend_labels(mask, res.classes)]

@@ -134,6 +134,11 @@ def test_classes_beyond_three_in_numbers_legend_and_pictures(tmp_path, rgb, mask
     assert agree["classes"] == ["clear", "cloud", "shadow", "thin_cloud"] and agree["confusion"][0][3] == 500
     out = overlay(true_colour(rgb), four)
     assert not np.allclose(out[35, 30], true_colour(rgb)[35, 30])  # thin cloud is drawn
+    from cloudmask.quicklook import save_thumbnail
+
+    big = np.kron(four, np.ones((10, 10), np.uint8))  # 400 x 600
+    thumb = mpimg.imread(save_thumbnail(np.kron(rgb, np.ones((1, 10, 10), np.float32)), big, tmp_path / "t.png"))
+    assert thumb.shape[:2] == (134, 200) and not list(tmp_path.glob(".*tmp*"))  # every 3rd pixel: <= 256
     path = save_quicklook(rgb, four, tmp_path / "q4.png")
     assert mpimg.imread(path).shape[2] in (3, 4)
     ax = plot_fractions(rows)
