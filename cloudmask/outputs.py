@@ -182,38 +182,17 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
         collection=COLLECTION_ID,
     )
     res = abs(geobox.resolution.x)
-    item.add_asset(
-        "mask",
-        pystac.Asset(
-            href=result.mask.name,
-            media_type=pystac.MediaType.COG,
-            title="Cloud mask (" + ", ".join(table.names) + ")",
-            roles=["data", "cloud", "cloud-shadow"],
-            extra_fields={
-                "file:checksum": file_checksum(result.mask),
-                "file:size": result.mask.stat().st_size,
-                "raster:bands": [{"nodata": NODATA, "data_type": "uint8", "spatial_resolution": res,
-                                  "sampling": "area"}],
-                "classification:classes": table.stac_classes(shares),
-            },
-        ),
-    )
+    item.add_asset("mask", _cog_asset(
+        result.mask, "Cloud mask (" + ", ".join(table.names) + ")", ["data", "cloud", "cloud-shadow"],
+        **{"raster:bands": [{"nodata": NODATA, "data_type": "uint8", "spatial_resolution": res, "sampling": "area"}],
+           "classification:classes": table.stac_classes(shares)},
+    ))
     if result.probabilities is not None and result.probabilities.exists():
-        item.add_asset(
-            "probabilities",
-            pystac.Asset(
-                href=result.probabilities.name,
-                media_type=pystac.MediaType.COG,
-                title="Class probabilities, percent (bands: " + ", ".join(table.names) + ")",
-                roles=["data"],
-                extra_fields={
-                    "file:checksum": file_checksum(result.probabilities),
-                    "file:size": result.probabilities.stat().st_size,
-                    "raster:bands": [{"data_type": "uint8", "unit": "percent", "spatial_resolution": res,
-                                      "description": f"probability of {name}"} for name in table.names],
-                },
-            ),
-        )
+        item.add_asset("probabilities", _cog_asset(
+            result.probabilities, "Class probabilities, percent (bands: " + ", ".join(table.names) + ")", ["data"],
+            **{"raster:bands": [{"data_type": "uint8", "unit": "percent", "spatial_resolution": res,
+                                 "description": f"probability of {name}"} for name in table.names]},
+        ))
     if paths.quicklook.exists():
         item.add_asset("quicklook", pystac.Asset(href=paths.quicklook.name, media_type=pystac.MediaType.PNG,
                                                  title="True colour beside true colour with the mask",
@@ -226,6 +205,12 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
         item.add_link(pystac.Link("derived_from", src, media_type=pystac.MediaType.GEOJSON,
                                   title=f"source item {spec.id}"))
     return item
+
+
+def _cog_asset(path: Path, title: str, roles: list[str], **fields: Any) -> pystac.Asset:
+    """A COG asset (href relative to the item's folder parent) with its file checksum and size."""
+    extra = {"file:checksum": file_checksum(path), "file:size": path.stat().st_size, **fields}
+    return pystac.Asset(href=path.name, media_type=pystac.MediaType.COG, title=title, roles=roles, extra_fields=extra)
 
 
 def item_percentages(item: pystac.Item | dict[str, Any]) -> dict[str, float | None]:
