@@ -81,6 +81,7 @@ def mask_many(
     skip_existing: bool = False,
     write_catalog: Callable[[Path], Path] | None = None,
     failed: Sequence[dict[str, Any]] = (),
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> BatchReport:
     """Mask ``specs`` with ``mask_one`` (scene -> summary row); isolate failures; catalogue + summary.
 
@@ -90,41 +91,42 @@ def mask_many(
     failed scene; raises :class:`~cloudmask.errors.WriteError` when the disk is full.
     """
     out = prepare_out_dir(out)
-    report = BatchReport(rows=[dict(r) for r in failed])
+    report = BatchReport()
+
+    def add(row: dict[str, Any]) -> None:
+        report.rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
+    for r in failed:
+        add(dict(r))
     fatal: WriteError | None = None
     for spec in specs:
         if skip_existing and model_of is not None:
             kept = existing_output(out, spec, model_of(spec))
             if kept is not None:
                 log.info("scene %s: a valid mask exists, kept (--skip-existing)", spec.id)
-                report.rows.append(kept)
+                add(kept)
                 continue
         t0 = time.perf_counter()
         try:
             row = mask_one(spec)
         except (ConfigError, ModelError):
             raise  # the user's settings, not the scene: every scene would fail the same way
-        except CloudmaskError as err:
-            log.error("scene %s failed: %s", spec.id, err)
-            report.rows.append({"scene": spec.id, "status": "failed", "error": str(err),
-                                "seconds": round(time.perf_counter() - t0, 2)})
-            if isinstance(err, WriteError) and atomic.is_no_space(err):
-                fatal = err
-                break
-            continue
         except Exception as err:  # noqa: BLE001 - one scene's failure must not lose the others
-            wrapped = atomic.write_error(err, out) if isinstance(err, OSError) else err
             if isinstance(err, OSError):
-                log.error("scene %s failed: %s", spec.id, wrapped)
+                err = atomic.write_error(err, out)
+            if isinstance(err, CloudmaskError):
+                log.info("scene %s failed: %s", spec.id, err)
             else:
                 log.exception("scene %s failed unexpectedly: %s", spec.id, err)
-            report.rows.append({"scene": spec.id, "status": "failed", "error": f"{wrapped}",
-                                "seconds": round(time.perf_counter() - t0, 2)})
+            add({"scene": spec.id, "status": "failed", "error": str(err),
+                 "seconds": round(time.perf_counter() - t0, 2)})
             if atomic.is_no_space(err):
-                fatal = atomic.write_error(err, out)
+                fatal = err if isinstance(err, WriteError) else atomic.write_error(err, out)
                 break
             continue
-        report.rows.append({"status": "done", **row})
+        add({**row, "status": "done"})
     try:
         report.catalog = _catalog(out, write_catalog, report)
         report.summary = write_summary(out, report.rows)

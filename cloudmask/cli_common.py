@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from .atomic import is_no_space, write_error
+from .console import error
 from .errors import CloudmaskError
 
 
@@ -22,17 +23,17 @@ class CloudmaskGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CloudmaskError as err:
-            click.echo(f"error: {err}", err=True)
+            error(str(err), err.exit_code)
             ctx.exit(err.exit_code)
         except click.UsageError as err:  # a bad option value: one line, exit 2, the option named
             hint = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
-            click.echo(f"error: {err.format_message()}{hint}", err=True)
+            error(f"{err.format_message()}{hint}", err.exit_code)
             ctx.exit(err.exit_code)
         except Exception as err:
             if not is_no_space(err):
                 raise
             wrapped = write_error(err, getattr(err, "filename", None) or "an output")
-            click.echo(f"error: {wrapped}", err=True)
+            error(str(wrapped), wrapped.exit_code)
             ctx.exit(wrapped.exit_code)
 
 

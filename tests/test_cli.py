@@ -83,9 +83,13 @@ def test_item_missing_band_fails_cleanly(cli, sample_catalog, tmp_path):
     c.normalize_and_save(str(single), pystac.CatalogType.ABSOLUTE_PUBLISHED)
     res = cli.invoke(main, ["run", "--stac", str(single / "catalog.json"), "--out", str(tmp_path / "o"),
                             "--model", "ukis-6b-l2a", "--no-progress"])
-    assert res.exit_code == 4, res.output
+    # the scene fails alone (its row names the band); the batch exits with the failed-scene code
+    assert res.exit_code == 8, res.output
     assert "swir22" in res.output
-    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").glob("*.tif"))
+    assert res.output.strip().splitlines()[-1].startswith("error: 1 of 1 scenes failed")
+    assert not list((tmp_path / "o").glob("*.tif"))
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["failed"] == 1 and "swir22" in summary["rows"][0]["error"]
 
 
 def test_log_format_json(cli, sample_catalog, tmp_path):

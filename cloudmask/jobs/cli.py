@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ..cli_common import CloudmaskGroup, table
+from ..console import is_json, note
 
 _COLUMNS = ("scene", "status", "cloud", "shadow", "thin_cloud", "snow", "clear", "nodata", "seconds", "attempts", "error")
 
@@ -57,14 +58,16 @@ def run_cmd(spec_path: Path, wait: bool, wait_timeout: float | None, scheduler: 
         raise click.UsageError("give --scheduler or --workers, not both")
 
     def echo(o: SceneOutcome) -> None:
+        fields = {"scene": o.scene, "seconds": round(o.seconds, 2), "status": "done" if o.ok else "failed"}
         if o.ok and o.row:
-            click.echo(f"done   {o.scene}  cloud {o.row.get('cloud')} %  shadow {o.row.get('shadow')} %  "
-                       f"{o.seconds:.1f} s", err=True)
+            note(f"done   {o.scene}  cloud {o.row.get('cloud')} %  shadow {o.row.get('shadow')} %  "
+                 f"{o.seconds:.1f} s", **fields, shares={k: o.row.get(k) for k in ("cloud", "shadow", "clear")})
         else:
-            click.echo(f"FAILED {o.scene}: {o.error}", err=True)
+            note(f"FAILED {o.scene}: {o.error}", **fields, error=o.error)
 
     report = run_job(spec, wait=wait, wait_timeout=wait_timeout, scheduler=scheduler, workers=workers,
-                     on_outcome=echo if sys.stderr.isatty() and not as_json else None, raise_on_failure=False)
+                     on_outcome=echo if (sys.stderr.isatty() or is_json()) and not as_json else None,
+                     raise_on_failure=False)
     if as_json:
         click.echo(json.dumps({"job": report.job, "found": report.found, "skipped": report.skipped,
                                "processed": len(report.processed), "failed": len(report.failed),
@@ -73,8 +76,10 @@ def run_cmd(spec_path: Path, wait: bool, wait_timeout: float | None, scheduler: 
     else:
         if report.rows:
             click.echo(_table(report.rows, _COLUMNS))
-        click.echo(report.line() + (f"; pushed {report.pushed}" if report.push_to else ""), err=True)
-        click.echo(f"summary: {report.out_dir / 'summary.csv'}", err=True)
+        note(report.line() + (f"; pushed {report.pushed}" if report.push_to else ""), job=report.job,
+             found=report.found, skipped=report.skipped, processed=len(report.processed),
+             failed=len(report.failed), seconds=round(report.seconds, 2))
+        note(f"summary: {report.out_dir / 'summary.csv'}")
     report.raise_for_failures()
 
 

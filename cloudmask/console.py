@@ -1,0 +1,180 @@
+"""What the command line shows on stderr: log lines, notes, progress bars and errors.
+
+Two formats (``cloudmask --log-format``):
+
+* ``plain``: notes as plain lines, warnings and errors with their level, and (on a terminal) an overall
+  bar over scenes with ETA above a per-scene bar over patches, drawn by rich so that log lines are
+  printed above the bars, never glued to them;
+* ``json``: every line on stderr is one JSON object (python-json-logger) with structured fields
+  (``scene``, ``model``, ``seconds``, ``shares`` ...), errors included; no bars.
+
+A warning is shown once per process however many scenes trigger it. The library only logs; this
+module is the CLI's.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from pythonjsonlogger.json import JsonFormatter
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+#: Level of the CLI's notes (what it tells the user by default): between INFO and WARNING.
+NOTE = 25
+logging.addLevelName(NOTE, "NOTE")
+
+_state: dict[str, Any] = {"format": "plain", "console": None}
+_LOGGERS = ("cloudmask", "py.warnings")
+
+
+def json_default(value: Any) -> Any:
+    """JSON for numpy scalars and arrays, paths and anything else (never a numpy repr)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+class _Once(logging.Filter):
+    """Lets each warning (logger, message) through once per process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[tuple[str, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        key = (record.name, record.getMessage())
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+
+class _PlainFormatter(logging.Formatter):
+    """Notes as bare lines; other levels with level and logger."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno == NOTE:
+            return record.getMessage()
+        return f"{record.levelname.lower()}: {record.getMessage()} [{record.name}]"
+
+
+def console() -> Console:
+    """The stderr console shared by log lines and progress bars."""
+    if _state["console"] is None:
+        _state["console"] = Console(stderr=True)
+    return _state["console"]
+
+
+def is_json() -> bool:
+    return _state["format"] == "json"
+
+
+def setup_logging(verbose: int = 0, fmt: str = "plain") -> None:
+    """Configure the ``cloudmask`` logger for the CLI: ``verbose`` 0 notes, 1 info, 2 debug."""
+    _state["format"] = fmt
+    level = NOTE if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler: logging.Handler
+    if fmt == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter(
+            "{asctime}{levelname}{name}{message}", style="{", json_default=json_default,
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        ))
+    elif sys.stderr.isatty():
+        handler = RichHandler(console=console(), show_path=False, show_time=False, markup=False,
+                              rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PlainFormatter())
+    handler.addFilter(_Once())
+    logging.captureWarnings(True)  # library warnings (pystac, rasterio) go through the same handler, once
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # the libraries' business, not the user's
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level if name == "cloudmask" else logging.WARNING)
+        logger.propagate = False
+
+
+def note(message: str, **fields: Any) -> None:
+    """Tell the user something (shown by default); ``fields`` travel as JSON fields in JSON mode."""
+    logging.getLogger("cloudmask.cli").log(NOTE, message, extra=fields)
+
+
+def error(message: str, exit_code: int) -> None:
+    """The one ``error: ...`` line (a JSON object with ``exit_code`` in JSON mode)."""
+    if is_json():
+        logging.getLogger("cloudmask.cli").error(message, extra={"exit_code": exit_code})
+    else:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+class BatchProgress:
+    """An overall bar over scenes (with ETA) and a bar over the current scene's patches.
+
+    Disabled (every method a no-op) in JSON mode or when ``enabled`` is false.
+    """
+
+    def __init__(self, scenes: int, enabled: bool) -> None:
+        self.enabled = enabled and not is_json()
+        self._progress: Progress | None = None
+        self._overall: Any = None
+        self._scenes = scenes
+
+    def __enter__(self) -> BatchProgress:
+        if self.enabled:
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TimeRemainingColumn(), console=console(), transient=False,
+            )
+            self._progress.start()
+            self._overall = self._progress.add_task("scenes", total=self._scenes)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    @contextmanager
+    def scene(self, label: str) -> Iterator[Callable[[int, int], None] | None]:
+        """A ``progress(done, total)`` callback over one scene's patches; advances the overall bar at the end."""
+        if self._progress is None:
+            yield None
+            return
+        progress = self._progress
+        task = progress.add_task(f"  {label}", total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        try:
+            yield update
+        finally:
+            progress.remove_task(task)
+            progress.advance(self._overall)
+
+    def skip(self) -> None:
+        """Count a scene that needed no work."""
+        if self._progress is not None:
+            self._progress.advance(self._overall)
