@@ -9,30 +9,36 @@ it takes the job's lock, searches, masks only the scenes the output catalogue do
 
 from __future__ import annotations
 
-from ..errors import JobLockedError, SceneFailuresError
-from ..retry import RetryPolicy
-from .run import JobReport, run_job
-from .spec import JobSpec, load_spec, resolve_datetime, spec_from_dict
-from .state import JobLock, Journal, check_done, clean_temporaries
-from .status import JobStatus, job_status
-from .task import SceneOutcome, process_scene
+import importlib
+from typing import Any
 
-__all__ = [
-    "JobLock",
-    "JobLockedError",
-    "JobReport",
-    "JobSpec",
-    "JobStatus",
-    "Journal",
-    "RetryPolicy",
-    "SceneFailuresError",
-    "SceneOutcome",
-    "check_done",
-    "clean_temporaries",
-    "job_status",
-    "load_spec",
-    "process_scene",
-    "resolve_datetime",
-    "run_job",
-    "spec_from_dict",
-]
+#: Public names and the module that holds each; imported on first use (PEP 562), so that the CLI's
+#: ``job`` command group (:mod:`.cli`) loads without the models, runtimes and pydantic.
+_EXPORTS = {
+    "JobLockedError": "cloudmask.errors",
+    "SceneFailuresError": "cloudmask.errors",
+    "RetryPolicy": "cloudmask.retry",
+    "JobReport": ".run",
+    "run_job": ".run",
+    "JobSpec": ".spec",
+    "load_spec": ".spec",
+    "resolve_datetime": ".spec",
+    "spec_from_dict": ".spec",
+    "JobLock": ".state",
+    "Journal": ".state",
+    "check_done": ".state",
+    "clean_temporaries": ".state",
+    "JobStatus": ".status",
+    "job_status": ".status",
+    "SceneOutcome": ".task",
+    "process_scene": ".task",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module, __name__), name)
