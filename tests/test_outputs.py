@@ -325,3 +325,42 @@ def test_job_spec_classes(tmp_path, sample_catalog):
     bad.write_text(base + f'output = "{tmp_path / "ob"}"\nclasses = "three"\n')
     with pytest.raises(CloudmaskError, match="classes"):
         load_spec(bad)
+
+
+def test_run_and_job_keep_two_ids_that_sanitise_alike(tmp_path, sample_catalog):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from cloudmask.cli import main
+    from cloudmask.jobs import load_spec, run_job
+
+    cat = tmp_path / "cat"
+    shutil.copytree(sample_catalog.parent, cat)
+    files = sorted(p for p in cat.rglob("*.json") if json.loads(p.read_text()).get("type") == "Feature")
+    for path, new_id in zip(files[:2], ("dup/a", "dup_a"), strict=True):
+        doc = json.loads(path.read_text())
+        doc["id"] = new_id
+        path.write_text(json.dumps(doc))
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["run", "--stac", str(cat / "catalog.json"), "--out", str(out), "--backend",
+                                    "emulated", "--no-progress", "--no-quicklook"])
+    assert res.exit_code == 0, res.output
+    job = tmp_path / "job.toml"
+    job.write_text(f'stac = "{cat / "catalog.json"}"\noutput = "{tmp_path / "job"}"\nbackend = "emulated"\n')
+    report = run_job(load_spec(job))
+    assert len(report.processed) == 3 and not report.failed
+    for folder in (out, tmp_path / "job"):
+        sources = {json.loads(p.read_text())["properties"]["cloudmask:source_id"] for p in (folder / "items").glob("*.json")}
+        assert {"dup/a", "dup_a"} <= sources and len(sources) == 3
+        assert len(list(folder.glob("*_cloudmask.tif"))) == 3
+
+
+def test_predict_attrs_name_the_classes(four_class, scene):
+    import cloudmask
+
+    card, _, _ = four_class
+    ds = cloudmask.open_scene(scene)  # reflectance at 30 m (the default model's bands include blue and nir)
+    da = cloudmask.predict(ds[["blue", "nir"]].to_array("band"), model=str(card))
+    assert da.attrs["flag_values"] == [0, 1, 2, 3] and da.attrs["flag_meanings"].split()[-1] == "thin_cloud"
+    assert 3 in np.unique(da.values)
