@@ -209,3 +209,16 @@ def test_pipeline_postprocess_equals_whole_array_and_is_recorded(sample_items, t
     assert item["properties"]["cloudmask:postprocess"] == {
         "thresholds": {"cloud": 0.4}, "min_region": 20, "buffer_m": {"cloud": 60.0, "shadow": 60.0}, "scl": "fill"}
     assert "post-processing" in item["properties"]["processing:lineage"]
+
+
+def test_job_spec_carries_postprocess(tmp_path):
+    from cloudmask.jobs.spec import spec_from_dict
+    from cloudmask.jobs.task import TaskSettings
+
+    (tmp_path / "catalog.json").write_text('{"type": "Catalog", "id": "c", "description": "d", "links": []}')
+    spec = spec_from_dict({"stac": "catalog.json", "output": "out", "postprocess": {"threshold": 0.4, "buffer": 30}},
+                          base=tmp_path)
+    assert spec.postprocess == {"threshold": 0.4, "buffer": 30}
+    assert TaskSettings.from_spec(spec).postprocess == {"threshold": 0.4, "buffer": 30}
+    with pytest.raises(ConfigError, match="postprocess: unknown post-processing option"):
+        spec_from_dict({"stac": "catalog.json", "output": "out", "postprocess": {"blur": 1}}, base=tmp_path)

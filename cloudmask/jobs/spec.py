@@ -71,6 +71,8 @@ class JobSpec:
     probabilities: bool = False
     quicklook: bool = False
     classes: str = "all"  # or "cloud-shadow": fold thin cloud/snow onto the three-class contract
+    #: post-processing options (cloudmask.postprocess: threshold, buffer, min_region, scl, ...)
+    postprocess: dict[str, Any] | None = None
     margin: int = 26
     push_to: str | None = None
     public_url: str | None = None
@@ -187,6 +189,7 @@ class _SpecFile(BaseModel):
     probabilities: bool | None = None
     quicklook: bool | None = None
     classes: Literal["all", "cloud-shadow"] | None = None
+    postprocess: dict[str, Any] | None = None
     retries: _Retries | None = None
     push_to: str | None = None
     public_url: str | None = None
@@ -421,4 +424,12 @@ def spec_from_dict(raw: Mapping[str, Any], base: Path | None = None, source: Pat
     }
     if doc.retries is not None:
         kw["retries"] = RetryPolicy(doc.retries.count, doc.retries.backoff, doc.retries.backoff_max)
+    if doc.postprocess:
+        from ..postprocess import PostProcess
+
+        try:
+            PostProcess.from_options(doc.postprocess, resolution=10.0)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: postprocess: {err}") from err
+        kw["postprocess"] = dict(doc.postprocess)
     return JobSpec(**{k: v for k, v in kw.items() if v is not None})

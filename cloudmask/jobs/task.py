@@ -51,6 +51,7 @@ class TaskSettings:
     probabilities: bool = False
     quicklook: bool = False
     classes: str = "all"
+    postprocess: dict[str, Any] | None = None
     retries: RetryPolicy = field(default_factory=RetryPolicy)
     emulated_latency: float = 0.0
 
@@ -59,7 +60,7 @@ class TaskSettings:
         return cls(
             out_dir=str(spec.output), model=spec.model, backend=spec.backend, resolution=spec.resolution,
             profile=spec.profile, margin=spec.margin, probabilities=spec.probabilities,
-            quicklook=spec.quicklook, classes=spec.classes, retries=spec.retries,
+            quicklook=spec.quicklook, classes=spec.classes, postprocess=spec.postprocess, retries=spec.retries,
             emulated_latency=spec.emulated_latency,
         )
 
@@ -167,7 +168,8 @@ def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[st
     serial = _RUNNER_LOCKS[_key(card, settings.backend, settings.emulated_latency)]
     with serial if settings.backend in SERIAL_BACKENDS else contextlib.nullcontext():
         res = mask_scene_spec(spec, Path(settings.out_dir), card, runners=runs, stream=stream,
-                              resolution=settings.resolution, classes=settings.classes)
+                              resolution=settings.resolution, classes=settings.classes,
+                              postprocess=settings.postprocess)
     res.extra.update(backend=settings.backend, backend_version=_backend_version(settings.backend))
     if settings.quicklook:
         from ..quicklook import quicklook_for_result
