@@ -183,3 +183,15 @@ def test_job_against_a_hung_api_ends_and_frees_its_lock(tmp_path: Any) -> None:
     JobLock(out).acquire().release()
     ends = [e for e in Journal(out).events() if e["event"] == "run-end"]
     assert ends and ends[-1]["error_type"] == "CatalogUnreachableError"
+
+
+@pytest.mark.timeout(120)
+def test_cli_run_against_a_hung_api_ends(tmp_path: Any) -> None:
+    with FakeStacApi(PAGES, faults={1: ["hang"] * 5}) as api:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cloudmask.cli", "run", "--stac", api.url, "--out", str(tmp_path / "out"),
+             "--backend", "emulated", "--http-timeout", "0.5", "--http-retries", "0"],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert_one_error_line(proc, 4, "POST http://", "/search failed after 0 retries")
+        assert api.hits[1] == 1

@@ -132,6 +132,8 @@ class _StacIO(StacApiIO):
 
     def read_json(self, source: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         href = source.href if isinstance(source, pystac.Link) else str(source)
+        link_method = source.extra_fields.get("method") if isinstance(source, pystac.Link) else None
+        method = str(kwargs.get("method") or link_method or "GET").upper()
 
         def once() -> dict[str, Any]:
             text = self.read_text(source, *args, **kwargs)
@@ -145,11 +147,11 @@ class _StacIO(StacApiIO):
             return doc
 
         try:
-            return _retry.call(once, self.http.retry, _retryable, f"GET {href}")
+            return _retry.call(once, self.http.retry, _retryable, f"{method} {href}")
         except Exception as err:
             if _retryable(err):
                 raise CatalogUnreachableError(
-                    f"STAC API request {href} failed after {self.http.retry.count} retries ({_short(err)}); "
+                    f"STAC API request {method} {href} failed after {self.http.retry.count} retries ({_short(err)}); "
                     "check the URL and your network, raise CLOUDMASK_HTTP_TIMEOUT/CLOUDMASK_HTTP_RETRIES, "
                     "or try again later"
                 ) from err
