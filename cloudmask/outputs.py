@@ -190,7 +190,7 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
     if result.probabilities is not None and result.probabilities.exists():
         item.add_asset("probabilities", _cog_asset(
             result.probabilities, "Class probabilities, percent (bands: " + ", ".join(table.names) + ")", ["data"],
-            **{"raster:bands": [{"data_type": "uint8", "unit": "percent", "spatial_resolution": res,
+            **{"raster:bands": [{"nodata": NODATA, "data_type": "uint8", "unit": "percent", "spatial_resolution": res,
                                  "description": f"probability of {name}"} for name in table.names]},
         ))
     if paths.quicklook.exists():
@@ -336,7 +336,7 @@ def _item_assets(table: ClassTable) -> dict[str, Any]:
                  "raster:bands": [{"nodata": NODATA, "data_type": "uint8", "sampling": "area"}],
                  "classification:classes": table.stac_classes()},
         "probabilities": {"type": pystac.MediaType.COG, "roles": ["data"], "title": "Class probabilities, percent",
-                          "raster:bands": [{"data_type": "uint8", "unit": "percent"}] * len(table)},
+                          "raster:bands": [{"nodata": NODATA, "data_type": "uint8", "unit": "percent"}] * len(table)},
         "quicklook": {"type": pystac.MediaType.PNG, "roles": ["overview"],
                       "title": "True colour beside true colour with the mask"},
         "thumbnail": {"type": pystac.MediaType.PNG, "roles": ["thumbnail"], "title": "True colour with the mask, small"},

@@ -109,7 +109,8 @@ class CogSink:
             if self.prob_path is not None:
                 ptmp = _tmp_path(self.prob_path, "blocks")
                 self._tmp.append(ptmp)
-                self._prob = rasterio.open(ptmp, "w", **self._profile(len(self.classes), None))
+                # nodata 255 (probabilities are 0-100): the probability COG is nodata exactly where the mask is
+                self._prob = rasterio.open(ptmp, "w", **self._profile(len(self.classes), NODATA))
         except (OSError, rasterio.RasterioIOError) as err:
             self._cleanup()
             raise WriteError(f"cannot write mask under {self.path.parent}: {err}") from err
@@ -120,6 +121,10 @@ class CogSink:
         try:
             self._mask.write(classes, 1, window=win)
             if self._prob is not None and probabilities is not None:
+                invalid = classes == NODATA
+                if invalid.any():
+                    probabilities = probabilities.copy()
+                    probabilities[:, invalid] = NODATA
                 self._prob.write(probabilities, window=win)
         except _GDAL_ERRORS as err:
             raise write_error(err, self.path) from err

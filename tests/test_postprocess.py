@@ -196,6 +196,10 @@ def test_pipeline_postprocess_equals_whole_array_and_is_recorded(sample_items, t
     post = mask_scene(spec, tmp_path / "post", probabilities=True, quicklook=False, postprocess=options)
     with rasterio.open(raw.mask) as m, rasterio.open(raw.probabilities) as p:
         classes, probs = m.read(1), p.read()
+        # the valid output: the probability COG is nodata (255) exactly where the mask is
+        assert p.nodata == NODATA and np.array_equal(p.dataset_mask() == 0, classes == NODATA)
+        assert (probs[:, classes == NODATA] == NODATA).all() and (probs[:, classes != NODATA] <= 100).all()
+    probs[probs == NODATA] = 0
     with rasterio.open(post.mask) as m, rasterio.open(post.probabilities) as p:
         got, got_probs = m.read(1), p.read()
         from odc.geo.geobox import GeoBox
@@ -204,7 +208,7 @@ def test_pipeline_postprocess_equals_whole_array_and_is_recorded(sample_items, t
     with SclRows(spec.bands["scl"].href, box) as scl:
         expected = PostProcess.from_options(options, resolution=30.0).apply(classes, probs, scl(0, box.height))
     assert np.array_equal(got, expected) and not np.array_equal(got, classes)
-    assert (got == NODATA).any() and (got_probs[:, got == NODATA] == 0).all()
+    assert (got == NODATA).any() and (got_probs[:, got == NODATA] == NODATA).all()
     item = json.loads(post.extra["item"].read_text())
     assert item["properties"]["cloudmask:postprocess"] == {
         "thresholds": {"cloud": 0.4}, "min_region": 20, "buffer_m": {"cloud": 60.0, "shadow": 60.0}, "scl": "fill"}
