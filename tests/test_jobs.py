@@ -563,3 +563,11 @@ def test_push_failure_is_reported_and_retried(tmp_path, sample_catalog):
     assert res.exit_code == 8 and "could not be pushed" in res.output, res.output
     assert len(masks(tmp_path / "out")) == SCENES
     assert journal_events(tmp_path / "out", "push-failed")
+
+
+def test_spec_missing_keys_are_reported_together(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        spec_from_dict({"max_cloud": 300}, base=tmp_path)
+    msg = str(err.value)
+    assert "3 problems" in msg and "'stac' is missing" in msg and "'output' is missing" in msg, msg
+    assert "'max_cloud' must be between 0 and 100" in msg, msg

@@ -384,29 +384,37 @@ def spec_from_dict(raw: Mapping[str, Any], base: Path | None = None, source: Pat
     base = Path(base) if base is not None else Path.cwd()
     where = f"job spec {source}" if source else "job spec"
     keys = sorted(_SpecFile.model_fields)
+    problems: list[str] = []
+    doc: _SpecFile | None = None
     try:
         doc = _SpecFile.model_validate(dict(raw), context={"base": base})
     except ValidationError as err:
-        problems = _field_errors(err, keys)
-        head = f"{where}: " if len(problems) == 1 else f"{where}: {len(problems)} problems: "
-        raise ConfigError(head + "; ".join(problems)) from None
+        problems += _field_errors(err, keys)
+    if isinstance(raw.get("postprocess"), Mapping) and raw["postprocess"]:
+        from ..postprocess import PostProcess  # the model-side options, checked at 10 m
 
-    problems = []
-    if doc.output is not None and doc.out is not None:
-        problems.append("'out' and 'output' both given: keep 'output'")
-    out = doc.output or doc.out
-    if out is None:
+        try:
+            PostProcess.from_options(dict(raw["postprocess"]), resolution=10.0)
+        except ConfigError as exc:
+            problems.append(f"postprocess: {exc}")
+    if raw.get("output") is None and raw.get("out") is None:
         problems.append("'output' is missing: add output = \"masks\" (a directory, relative to the spec)")
-    min_cloud, max_cloud = doc.min_cloud, doc.max_cloud
-    if doc.cloud_cover is not None:
-        if min_cloud is not None or max_cloud is not None:
-            problems.append("'cloud_cover' and max_cloud/min_cloud both given: use one or the other")
-        min_cloud, max_cloud = float(doc.cloud_cover[0]), float(doc.cloud_cover[1])
-    if min_cloud is not None and max_cloud is not None and min_cloud > max_cloud:
-        problems.append(f"'min_cloud' ({min_cloud}) is above max_cloud ({max_cloud}); swap them")
+    out = min_cloud = max_cloud = None
+    if doc is not None:
+        if doc.output is not None and doc.out is not None:
+            problems.append("'out' and 'output' both given: keep 'output'")
+        out = doc.output or doc.out
+        min_cloud, max_cloud = doc.min_cloud, doc.max_cloud
+        if doc.cloud_cover is not None:
+            if min_cloud is not None or max_cloud is not None:
+                problems.append("'cloud_cover' and max_cloud/min_cloud both given: use one or the other")
+            min_cloud, max_cloud = float(doc.cloud_cover[0]), float(doc.cloud_cover[1])
+        if min_cloud is not None and max_cloud is not None and min_cloud > max_cloud:
+            problems.append(f"'min_cloud' ({min_cloud}) is above max_cloud ({max_cloud}); swap them")
     if problems:
         head = f"{where}: " if len(problems) == 1 else f"{where}: {len(problems)} problems: "
         raise ConfigError(head + "; ".join(problems))
+    assert doc is not None
     assert out is not None
     p = Path(out).expanduser()
     kw: dict[str, Any] = {
@@ -425,11 +433,5 @@ def spec_from_dict(raw: Mapping[str, Any], base: Path | None = None, source: Pat
     if doc.retries is not None:
         kw["retries"] = RetryPolicy(doc.retries.count, doc.retries.backoff, doc.retries.backoff_max)
     if doc.postprocess:
-        from ..postprocess import PostProcess
-
-        try:
-            PostProcess.from_options(doc.postprocess, resolution=10.0)
-        except ConfigError as err:
-            raise ConfigError(f"{where}: postprocess: {err}") from err
         kw["postprocess"] = dict(doc.postprocess)
     return JobSpec(**{k: v for k, v in kw.items() if v is not None})
