@@ -117,7 +117,8 @@ class PostProcess:
                 if v is None:
                     continue
                 if k == "threshold":
-                    merged["thresholds"] = {**merged.get("thresholds", {}), "cloud": float(v)}
+                    rest = {k2: v2 for k2, v2 in merged.get("thresholds", {}).items() if k2 != "cloud"}
+                    merged["thresholds"] = {"cloud": float(v), **rest}  # cloud first: it wins ties
                 elif k == "buffer":
                     merged["buffer_m"] = v
                 elif k == "thresholds":

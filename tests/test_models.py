@@ -90,3 +90,14 @@ def test_card_is_frozen():
     assert isinstance(c, ModelCard)
     with pytest.raises(AttributeError):
         c.name = "x"  # type: ignore[misc]
+
+
+def test_cli_models_lists_kinds_and_s2cloudless():
+    from click.testing import CliRunner
+
+    from cloudmask.cli import main
+
+    res = CliRunner().invoke(main, ["models"])
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("s2cloudless"))
+    assert "pixel" in line and "clear,cloud" in line and "L1C" in line

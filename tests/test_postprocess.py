@@ -226,3 +226,23 @@ def test_job_spec_carries_postprocess(tmp_path):
     assert TaskSettings.from_spec(spec).postprocess == {"threshold": 0.4, "buffer": 30}
     with pytest.raises(ConfigError, match="postprocess: unknown post-processing option"):
         spec_from_dict({"stac": "catalog.json", "output": "out", "postprocess": {"blur": 1}}, base=tmp_path)
+
+
+@pytest.mark.slow
+def test_cli_run_options_reach_the_item(sample_catalog, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from cloudmask.cli import main
+
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["run", "--stac", str(sample_catalog), "--limit", "1", "--out", str(out),
+                                    "--no-quicklook", "--no-progress", "--threshold", "0.45",
+                                    "--class-threshold", "shadow=0.5", "--min-region", "4", "--buffer", "30"])
+    assert res.exit_code == 0, res.output
+    item = json.loads(next((out / "items").glob("*.json")).read_text())
+    assert item["properties"]["cloudmask:postprocess"] == {
+        "thresholds": {"shadow": 0.5, "cloud": 0.45}, "min_region": 4, "buffer_m": {"cloud": 30.0, "shadow": 30.0}}
+    bad = CliRunner().invoke(main, ["run", "--stac", str(sample_catalog), "--out", str(out), "--average-over", "2"])
+    assert bad.exit_code == 2 and "set a threshold too" in bad.output
