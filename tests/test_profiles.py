@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from cloudmask.cli import main
 from cloudmask.errors import ItemLayoutError, MissingBandError
 from cloudmask.profiles import GDAL_ENV_KEY, get_profile, list_profiles, processing_baseline, scene_spec
+from cloudmask.stac.sign import sign_item
 
 try:
     from .conftest import shared_dir
@@ -297,6 +298,11 @@ def test_planetary_computer_signing(monkeypatch: pytest.MonkeyPatch) -> None:
     assert spec.bands["red"].href.endswith("_B04_10m.tif?sig=test")
     monkeypatch.setitem(sys.modules, "planetary_computer", None)  # not installed: unsigned
     assert scene_spec(d).bands["red"].href.endswith("_B04_10m.tif")
+    monkeypatch.setitem(sys.modules, "planetary_computer", fake)
+    item = pystac.Item.from_dict(copy.deepcopy(d), migrate=False)
+    signed = sign_item(item)
+    assert signed.assets["B04"].href.endswith("_B04_10m.tif?sig=test")
+    assert item.assets["B04"].href.endswith("_B04_10m.tif")  # the search result itself stays unsigned
 
 
 def test_earth_search_l1c_needs_requester_pays() -> None:

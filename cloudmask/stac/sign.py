@@ -4,7 +4,8 @@ Uses the optional ``planetary-computer`` package (``pip install 's2-cloudmask[pl
 without it hrefs stay unsigned (public Sentinel-2 blobs need a token, so reads will then fail with
 HTTP 403 naming the href). Used by :func:`cloudmask.profiles.scene_spec` for each band href of a
 profile with ``"sign": "planetary-computer"``; search results are not signed in place, so items
-written or pushed by cloudmask never carry short-lived tokens.
+written or pushed by cloudmask never carry short-lived tokens. :func:`sign_item` signs a copy of an
+item for other readers (odc-stac, stackstac).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import importlib
 import logging
 
+import pystac
+
 log = logging.getLogger(__name__)
 
-__all__ = ["SIGNERS", "sign_href"]
+__all__ = ["SIGNERS", "sign_href", "sign_item"]
 
 #: Signing schemes a profile may name in its ``sign`` field.
 SIGNERS = ("planetary-computer",)
@@ -38,3 +41,11 @@ def sign_href(href: str, scheme: str | None) -> str:
     except Exception as err:  # noqa: BLE001 - token service trouble: the read will say more
         log.warning("could not sign %s with planetary-computer: %s", href, err)
         return href
+
+
+def sign_item(item: pystac.Item, scheme: str | None = "planetary-computer") -> pystac.Item:
+    """A copy of ``item`` with every asset href signed under ``scheme`` (the item itself is unchanged)."""
+    signed = item.clone()
+    for asset in signed.assets.values():
+        asset.href = sign_href(asset.get_absolute_href() or asset.href, scheme)
+    return signed
