@@ -25,6 +25,7 @@ import pystac
 from .api import DEFAULT_HTTP, HttpPolicy, search_api
 from .dedupe import dedupe
 from .query import AoiLike, DatetimeLike, SearchQuery, parse_aoi, parse_bbox, parse_datetime
+from .sign import sign_item
 from .static import search_static
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ __all__ = [
     "parse_bbox",
     "parse_datetime",
     "search",
+    "sign_item",
 ]
 
 
