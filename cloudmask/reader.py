@@ -101,9 +101,15 @@ class _Handles:
             yield
 
     def overview_levels(self, asset: BandAsset) -> list[int]:
-        """Decimation factors of the asset's overviews (e.g. ``[2, 4, 8]``)."""
-        with self.checkout(asset, None) as ds:
-            return list(ds.overviews(1))
+        """Decimation factors of the asset's overviews (e.g. ``[2, 4, 8]``).
+
+        Pooled handles are opened with ``OVERVIEW_LEVEL`` set (``NONE`` hides the overviews; a level
+        lists the coarser ones relative to itself), so this opens the asset plainly, once."""
+        try:
+            with self._env(), rasterio.open(gdal_path(asset.href)) as ds:
+                return list(ds.overviews(1))
+        except rasterio.RasterioIOError as err:
+            raise ReadError(f"cannot open band '{asset.band}' at {asset.href}: {err}") from err
 
     @contextmanager
     def checkout(self, asset: BandAsset, level: int | None) -> Iterator[Any]:

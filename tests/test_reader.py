@@ -139,3 +139,13 @@ def test_prefetch_serves_later_reads_and_closes_cleanly(sample_items):
     src.close()  # with a prefetch in flight or done: returns, and the source refuses reads
     with pytest.raises(ReadError):
         src.read_rows(0, 10)
+
+
+def test_overview_level_is_found_for_a_coarser_grid(sample_items):
+    spec = scene_spec(sample_items[0])
+    with RasterSource(spec, ("blue", "swir16"), spec.geobox(30.0)) as src:
+        assert src._handles.overview_levels(src.assets[0])[:1] == [2]
+        assert src._level(0) == 0  # 10 m band onto 30 m: from its 20 m overview
+        assert src._level(1) is None  # 20 m band: 40 m overview is too coarse
+    with RasterSource(spec, ("blue",), spec.geobox(30.0), ReaderConfig(overviews=False)) as src:
+        assert src._level(0) is None
