@@ -321,6 +321,9 @@ def test_job_spec_classes(tmp_path, sample_catalog):
         assert len(report.processed) == 1 and not report.failed
         (item,) = (spec.output / "items").glob("*.json")
         assert json.loads(item.read_text())["properties"]["cloudmask:classes"] == summary
+        (row,) = json.loads((spec.output / "summary.json").read_text())["scenes"]
+        assert ("thin_cloud" in row) == ("thin_cloud" in summary)
+        assert sum(v for k, v in row.items() if k in ("clear", "cloud", "shadow", "thin_cloud")) == pytest.approx(100)
     bad = tmp_path / "bad.toml"
     bad.write_text(base + f'output = "{tmp_path / "ob"}"\nclasses = "three"\n')
     with pytest.raises(CloudmaskError, match="classes"):
