@@ -241,7 +241,7 @@ def test_cli_check_exit_codes(tmp_path: Path) -> None:
 def test_cli_calibration_needs_a_catalogue(tmp_path: Path) -> None:
     res = CliRunner().invoke(metis, ["calibration", "--stac", str(tmp_path / "none.json"), "--model", "ukis-6b-l1c",
                                      "--out", str(tmp_path / "c")])
-    assert res.exit_code != 0 and "does not exist" in res.output
+    assert res.exit_code == 4 and "does not exist" in res.output  # CatalogError
 
 
 # ------------------------------------------------------------------------------------------ calibration

@@ -7,9 +7,10 @@ import threading
 import numpy as np
 import pytest
 
+from cloudmask.engine import ArraySink, ArraySource, StreamConfig, stream_scene
+from cloudmask.errors import CloudmaskError
 from cloudmask.models import NODATA, load_model
 from cloudmask.runtime import EmulatedRunner, make_runners
-from cloudmask.stream import ArraySink, ArraySource, StreamConfig, stream_scene
 
 
 class RecordingRunner:
@@ -109,7 +110,7 @@ def test_source_error_is_raised():
 
 def test_mismatched_runner_shape_rejected():
     card, refl = _scene()
-    with pytest.raises(Exception, match="does not match"):
+    with pytest.raises(CloudmaskError, match="does not match"):
         stream_scene(ArraySource(refl), card, [EmulatedRunner(6, 256)], ArraySink(300, 250))
 
 
@@ -118,3 +119,48 @@ def test_emulated_backend_counts_calls():
     runners = make_runners(card, "emulated", instances=2, batch=4, latency_s=0.001)
     stats = stream_scene(ArraySource(refl), card, runners, ArraySink(500, 500))
     assert sum(r.calls for r in runners) == stats.calls == -(-stats.patches // 4)
+
+
+def test_stats_merge_every_thread_and_show_the_call_budget():
+    card, refl = _scene(500, 500)
+    runners = [RecordingRunner((2, 4, 256, 256)) for _ in range(3)]
+    stats = stream_scene(ArraySource(refl), card, runners, ArraySink(500, 500))
+    assert stats.unit == "patches" and stats.per_call == 2
+    assert stats.calls == sum(r.calls for r in runners) and stats.samples_per_call == stats.patches / stats.calls
+    assert stats.seconds["read"] > 0 and stats.seconds["device"] > 0 and stats.seconds["blend"] > 0
+    d = stats.as_dict()
+    assert d["per_call"] == 2 and d["calls"] == stats.calls
+    assert f"device calls {stats.calls} of up to 2 patches per call" in stats.table()
+
+
+def test_classes_beyond_three_come_from_the_card():
+    """A 4-channel model (clear, cloud, shadow, thin cloud) writes class 3 where channel 3 wins."""
+    base, refl = _scene()
+    card = base.with_onnx(base.onnx_path, classes=("clear", "cloud", "shadow", "thin_cloud"))
+
+    class FourClass(RecordingRunner):
+        def run(self, batch):
+            self.calls += 1
+            out = np.zeros((batch.shape[0], 4, *batch.shape[2:]), np.float32)
+            out[:, 3] = np.where(batch[:, 0] > 0, 10.0, -10.0)
+            return out
+
+    sink = ArraySink(300, 250, probabilities=True, classes=4)
+    stream_scene(ArraySource(refl), card, [FourClass((1, 4, 256, 256))], sink, StreamConfig(probabilities=True))
+    expected = np.where(refl[0] > card.mean[0], 3, 0)
+    assert np.array_equal(sink.classes, expected)
+    assert sink.probabilities is not None and sink.probabilities.shape == (4, 300, 250)
+
+
+def test_batch_arrays_are_recycled_not_reallocated():
+    card, refl = _scene(1000, 1000)
+    seen: set[int] = set()
+
+    class Ids(RecordingRunner):
+        def run(self, batch):
+            seen.add(id(batch))
+            return super().run(batch)
+
+    cfg = StreamConfig(queue_batches=2)
+    stats = stream_scene(ArraySource(refl), card, [Ids((1, 4, 256, 256))], ArraySink(1000, 1000), cfg)
+    assert stats.calls == 25 and len(seen) <= cfg.queue_batches + 1 + 1  # the pool: queue + device + producer
