@@ -30,7 +30,7 @@ from rasterio._err import CPLE_BaseError
 from rasterio.windows import Window
 
 from .atomic import write_error
-from .classes import NODATA, THREE_CLASSES, ClassTable, fractions_from_counts
+from .classes import NODATA, THREE_CLASSES, ClassTable
 from .errors import WriteError
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,4 @@ def write_category_names(path: Path, classes: ClassTable) -> Path:
     return path
 
 
-#: Colour table of the three-class contract (kept for callers of the former constant).
-MASK_COLORMAP = THREE_CLASSES.colormap()
-
-__all__ = ["MASK_COLORMAP", "CogConfig", "CogSink", "fractions_from_counts", "write_category_names"]
+__all__ = ["CogConfig", "CogSink", "write_category_names"]
