@@ -193,8 +193,10 @@ class PixelStrategy:
         return blender.inner.stats.pixels + blender.skipped
 
 
-#: Rows per pixel strip: enough for two blocks, within these bounds (memory ~ bands x rows x width x 4 B).
-PIXEL_STRIP_ROWS = (16, 256)
+#: Rows per pixel strip: enough for two blocks, within these bounds (memory ~ bands x rows x width x 4 B:
+#: 56 MB for 10 bands of a 10,980-px-wide tile at 128 rows). Short strips would make the reader decode
+#: the same compressed blocks again and again.
+PIXEL_STRIP_ROWS = (128, 256)
 
 
 def pixel_strip_rows(block: int, width: int) -> int:

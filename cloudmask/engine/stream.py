@@ -29,7 +29,7 @@ from .strategies import make_strategy
 class StreamConfig:
     """Engine settings: patch halo (pixels each side), blending, queue depth (batches) and outputs.
 
-    ``strip_rows`` (pixel models): rows read per strip (default: two blocks' worth, 16-256 rows).
+    ``strip_rows`` (pixel models): rows read per strip (default: two blocks' worth, 128-256 rows).
     """
 
     margin: int = 26
