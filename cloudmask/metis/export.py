@@ -222,6 +222,9 @@ def export(
     if card.kind == "pixel":
         if patches_per_call != 1:
             raise ConfigError("--patches-per-call is for segmentation models; pixel models take --fold HxW")
+        if cores != "single":
+            raise ConfigError("a folded pixel model runs as 4 single-core instances (--cores single); for more "
+                              "pixels per call use a larger --fold")
         return _export_folded(card, out, cores, fold or DEFAULT_FOLD)
     if fold is not None:
         raise ConfigError(f"--fold is for pixel models; '{card.name}' is a {card.kind} model")
