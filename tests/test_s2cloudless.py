@@ -102,3 +102,18 @@ def test_nodata_pixels_stay_nodata_with_zero_probability(cache, arrays):
                                            postprocess={"average_over": 2, "dilation_size": 1})
     assert (mask[:10] == 255).all() and not valid[:10].any() and valid[10:].all()
     assert (probs[:, :10] == 0).all() and (probs[:, 10:].sum(axis=0) >= 99).all()
+
+
+def test_xarray_predict_applies_the_card_threshold(cache, arrays):
+    import xarray as xr
+
+    import cloudmask
+
+    crop = arrays[:96, :80]
+    da = xr.DataArray(np.moveaxis(crop, -1, 0), dims=("band", "y", "x"),
+                      coords={"band": S2_NAMES, "y": np.arange(96) * -10.0, "x": np.arange(80) * 10.0})
+    ds = cloudmask.predict(da, model="s2cloudless", probabilities=True)
+    numpy_mask, numpy_probs = cloudmask.predict(crop, model="s2cloudless", bands=S2_NAMES, probabilities=True)
+    assert np.array_equal(ds["mask"].values, numpy_mask)
+    assert list(ds["probability"]["class"].values) == ["clear", "cloud"]
+    assert np.array_equal(ds["probability"].values, numpy_probs)
