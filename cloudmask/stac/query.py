@@ -15,8 +15,9 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -358,7 +359,7 @@ class SearchQuery:
 
     # ---- derived
 
-    @property
+    @cached_property
     def geometry(self) -> BaseGeometry | None:
         """Where a scene must intersect: the bbox, the AOI, or both intersected (maybe empty)."""
         geom = bbox_geometry(self.bbox) if self.bbox is not None else None
@@ -409,8 +410,7 @@ class SearchQuery:
         return kw
 
     def with_collections(self, collections: Sequence[str]) -> SearchQuery:
-        from dataclasses import replace
-
+        """This query for ``collections`` instead."""
         return replace(self, collections=tuple(collections))
 
     # ---- matching
