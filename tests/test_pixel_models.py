@@ -303,33 +303,35 @@ def fake_sdk(monkeypatch):
     return axelera_runtime
 
 
-def _recentred_mlp(tmp_path: Path, shift: float = 13.7) -> Path:
-    """The example MLP (MatMul + Add form) with its cloud logit lowered by ``shift``.
+def _recentred_mlp(tmp_path: Path, form: str = "matmul", shift: float = 13.7) -> Path:
+    """The example MLP (``gemm`` or ``matmul`` form) with its cloud logit lowered by ``shift``.
 
     The example model calls nearly all of the JP2 clip cloud (cloud-minus-clear logit 6 to 23, median
     13.7: the clip has thin cirrus, B10 ~0.03); re-centring its last bias splits the clip about half and
     half, so that comparing masks compares decisions, not a constant.
     """
-    m = onnx.load(str(MLP / "model-matmul.onnx"))
-    last_add = [n for n in m.graph.node if n.op_type == "Add"][-1]
+    m = onnx.load(str(MLP / ("model-matmul.onnx" if form == "matmul" else "model.onnx")))
+    last = [n for n in m.graph.node if n.op_type in ("Add", "Gemm")][-1]
     init = {t.name: t for t in m.graph.initializer}
-    t = init[last_add.input[1]]
+    t = init[last.input[1] if form == "matmul" else last.input[2]]
     b = numpy_helper.to_array(t).copy()
     b[1] -= shift
     t.CopyFrom(numpy_helper.from_array(b, t.name))
     onnx.save(m, str(tmp_path / "mlp.onnx"))
-    card = _mlp_card("card-matmul.yaml").with_onnx(tmp_path / "mlp.onnx", name="mlp-recentred")
+    card = _mlp_card("card-matmul.yaml" if form == "matmul" else "card.yaml").with_onnx(
+        tmp_path / "mlp.onnx", name="mlp-recentred")
     return card.save(tmp_path / "mlp.yaml")
 
 
 @pytest.mark.slow
-def test_jp2_clip_same_mask_original_exported_and_fake_metis(tmp_path, fake_sdk):
+@pytest.mark.parametrize("form", ["gemm", "matmul"])
+def test_jp2_clip_same_mask_original_exported_and_fake_metis(tmp_path, fake_sdk, form):
     from cloudmask.metis.export import export
     from cloudmask.pipeline import mask_scene_spec
     from cloudmask.profiles import scene_spec
 
     catalog = _clip_catalog(tmp_path)
-    mlp = _recentred_mlp(tmp_path)
+    mlp = _recentred_mlp(tmp_path, form)
     original, p_original = _run(catalog, mlp, tmp_path / "o1")
     assert original.shape == (300, 300) and (original != NODATA).all()
     assert 0.2 < (original == 1).mean() < 0.8 and p_original.shape == (2, 300, 300)
