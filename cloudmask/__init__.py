@@ -23,6 +23,7 @@ _EXPORTS = {
     "search": ".api",
     "open_scene": ".api",
     "mask_scene": ".api",
+    "to_reflectance": ".dn",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .errors import ConfigError
 from .models import ModelCard
 from .pipeline import MaskResult, choose_model
 from .reader import RasterSource, ReaderConfig
@@ -127,8 +128,14 @@ def open_scene(
     profile: str | None = None,
     chunks: int = DEFAULT_ROW_CHUNK,
     reader: ReaderConfig | None = None,
+    groupby: str | None = None,
 ) -> xr.Dataset:
     """A scene as a lazy (dask) Dataset of reflectance, one float32 ``(y, x)`` variable per band.
+
+    ``item`` may also be a list of items of one tile (one grid): the result then has a ``time``
+    dimension (ascending) with an ``id`` coordinate, as odc-stac and stackstac give; with
+    ``groupby="solar_day"`` items of the same local solar day (adjacent datatake strips) are merged,
+    the first item's valid pixels first.
 
     * ``model``: whose bands and resolution to use (default ``auto``: ``ukis-6b-<product level>``);
     * ``resolution``: pixel size in metres (default the model's, e.g. 30), on the tile's own grid;
@@ -145,6 +152,11 @@ def open_scene(
     import xarray as xr
     from odc.geo.xr import xr_coords  # also registers the .odc accessor
 
+    if isinstance(item, list | tuple):
+        return _open_stack(item, model, groupby=groupby, resolution=resolution, bands=bands, profile=profile,
+                           chunks=chunks, reader=reader)
+    if groupby is not None:
+        raise ConfigError("groupby applies to a list of items")
     spec = scene_of(item, profile)
     card = choose_model(model, spec)
     res = float(resolution or card.resolution)
@@ -187,6 +199,54 @@ def open_scene(
     return ds
 
 
+def solar_day(spec: SceneSpec) -> str:
+    """The local solar date (``YYYY-MM-DD``) of ``spec``'s acquisition: UTC shifted by longitude / 15 h."""
+    from datetime import timedelta
+
+    from odc.geo.geom import Geometry
+
+    if spec.datetime is None:
+        raise ConfigError(f"item {spec.id} has no datetime; it cannot be grouped by solar day")
+    geom = getattr(spec.item, "geometry", None)
+    lon = Geometry(geom, "EPSG:4326").centroid.coords[0][0] if geom else 0.0
+    when = spec.datetime.astimezone(UTC) if spec.datetime.tzinfo else spec.datetime
+    return (when + timedelta(hours=lon / 15.0)).date().isoformat()
+
+
+def _open_stack(items: Sequence[ItemLike], model: str | Path | ModelCard | None, *, groupby: str | None,
+                **kwargs: Any) -> xr.Dataset:
+    """Several items of one tile as a ``time`` stack (see :func:`open_scene`)."""
+    import xarray as xr
+
+    if groupby not in (None, "solar_day"):
+        raise ConfigError(f"groupby must be None or 'solar_day', got {groupby!r}")
+    specs = [scene_of(it, kwargs.get("profile")) for it in items]
+    if not specs:
+        raise ConfigError("open_scene got an empty list of items")
+    first = specs[0]
+    other = [s.id for s in specs if (str(s.crs), s.bounds) != (str(first.crs), first.bounds)]
+    if other:
+        raise ConfigError(
+            f"open_scene stacks items of one tile (grid); {other[:3]} are on another grid than {first.id}: "
+            "open them separately, or mosaic across tiles with odc.stac.load"
+        )
+    card = choose_model(model, first)
+    groups: dict[Any, list[SceneSpec]] = {}
+    for s in sorted(specs, key=lambda s: (s.datetime is None, s.datetime)):
+        key = solar_day(s) if groupby == "solar_day" else s.id
+        groups.setdefault(key, []).append(s)
+    slices = []
+    for members in groups.values():
+        parts = [open_scene(s, card, **kwargs) for s in members]
+        merged = parts[0]
+        for p in parts[1:]:
+            merged = merged.combine_first(p.drop_vars("time", errors="ignore"))
+        slices.append(merged)
+    out = xr.concat(slices, dim="time", coords="different", compat="equals", combine_attrs="drop_conflicts")
+    ids = ["+".join(s.id for s in members) for members in groups.values()]
+    return out.assign_coords(id=("time", ids)).assign_attrs(model=card.name, items=[s.id for s in specs])
+
+
 def mask_scene(
     item: ItemLike,
     out: str | Path,
@@ -205,6 +265,7 @@ def mask_scene(
     progress: Callable[[int, int], None] | None = None,
     classes: str = "all",
     postprocess: Any = None,
+    device: Any = None,
 ) -> MaskResult:
     """Mask one scene into ``out`` exactly as ``cloudmask run`` does; returns the :class:`MaskResult`.
 
@@ -215,6 +276,7 @@ def mask_scene(
     the model's classes onto the three-class contract (thin cloud -> cloud, snow -> clear).
     ``postprocess``: post-processing options (:mod:`cloudmask.postprocess`: ``threshold``, ``buffer``,
     ``min_region``, ``scl``, ...), recorded in the item's ``cloudmask:postprocess`` and lineage.
+    ``device``: a context manager held only while the scene streams (see :mod:`cloudmask.overlap`).
     """
     from .outputs import mask_item, update_output_catalog, write_item
     from .pipeline import mask_scene_spec
@@ -229,7 +291,7 @@ def mask_scene(
     card = choose_model(model, spec)
     result = mask_scene_spec(
         spec, out_dir, card, runners=runners, backend=backend, stream=cfg, reader=reader, cog=cog,
-        resolution=resolution, progress=progress, classes=classes, postprocess=postprocess,
+        resolution=resolution, progress=progress, classes=classes, postprocess=postprocess, device=device,
     )
     if quicklook:
         from .quicklook import quicklook_for_result

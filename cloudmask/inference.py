@@ -66,9 +66,21 @@ def predict_array(
     return sink.classes, sink.probabilities, stats
 
 
+#: The model :func:`predict` uses when neither the call nor the data (``open_scene``'s attrs) name one.
+DEFAULT_MODEL = "ukis-6b-l2a"
+
+
+def _model_of(data: Any, model: str | ModelCard | None) -> str | ModelCard:
+    """``model``, else the one :func:`cloudmask.open_scene` recorded in ``data.attrs['model']``."""
+    if model is not None and str(model) != "auto":
+        return model
+    recorded = getattr(data, "attrs", {}).get("model") if not isinstance(data, np.ndarray) else None
+    return str(recorded) if recorded else DEFAULT_MODEL
+
+
 def predict(
     data: Any,
-    model: str | ModelCard = "ukis-6b-l2a",
+    model: str | ModelCard | None = None,
     *,
     bands: Sequence[str] | None = None,
     nodata: float | None = None,
@@ -87,13 +99,17 @@ def predict(
     names / a Dataset with one variable per band — returns a DataArray on the same coordinates (see
     :mod:`cloudmask.xr`). With ``probabilities=True`` returns ``(mask, probabilities)``.
 
+    ``model`` defaults to the one :func:`cloudmask.open_scene` recorded in ``data.attrs["model"]``,
+    else ``ukis-6b-l2a``; a warning says when xarray data are not at the model's resolution.
+    Dask-backed xarray input gives a lazy result (computed, in bounded memory, when asked for).
+
     Post-processing (:mod:`cloudmask.postprocess`): ``threshold`` is the cloud probability (0–1) above
     which a pixel is cloud (s2cloudless: default 0.4); ``postprocess`` a :class:`PostProcess` or a
     mapping of its options (``thresholds``, ``average_over``, ``dilation_size``, ``buffer_m``,
     ``min_region``). With ``valid=True`` (numpy input) a boolean ``(H, W)`` valid mask (the pixels
     that have a class; the probabilities are 0 elsewhere) is appended to the returned tuple.
     """
-    card = load_model(model)
+    card = load_model(_model_of(data, model))
     cfg = config or StreamConfig()
     if probabilities and not cfg.probabilities:
         cfg = replace(cfg, probabilities=True)

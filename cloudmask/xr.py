@@ -14,7 +14,9 @@ coordinate that carries CRS and transform (rioxarray/odc-geo), and any scalar co
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,8 @@ import xarray as xr
 from .errors import ConfigError, MissingBandError
 from .models import CLASSES, NODATA, ModelCard, load_model
 from .stream import ArraySink, StreamConfig, StreamStats, stream_scene
+
+log = logging.getLogger(__name__)
 
 #: Names accepted for the row/column dimensions, in order of preference.
 _SPATIAL_DIMS: tuple[tuple[str, str], ...] = (("y", "x"), ("latitude", "longitude"), ("lat", "lon"))
@@ -145,7 +149,6 @@ class XarrayRowSource:
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         if not self._lazy:
             return np.array(self.data[:, start:stop], dtype=np.float32, copy=True)
-        import dask
 
         edges = self._edges
         first = int(np.searchsorted(edges, start, side="right")) - 1
@@ -155,13 +158,29 @@ class XarrayRowSource:
             del self._cache[k]
         todo = [k for k in range(first, last + 1) if k not in self._cache]
         if todo:
-            computed = dask.compute(*[self.data[:, edges[k] : edges[k + 1]] for k in todo])
+            computed = _compute([self.data[:, edges[k] : edges[k + 1]] for k in todo])
             for k, block in zip(todo, computed, strict=True):
                 self._cache[k] = np.asarray(block, dtype=np.float32)
         parts = [self._cache[k] for k in range(first, last + 1)]
         joined = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         lo = start - int(edges[first])
         return np.array(joined[:, lo : lo + (stop - start)], dtype=np.float32, copy=True)
+
+
+def _compute(arrays: list[Any]) -> list[Any]:
+    """Compute dask ``arrays`` on the active scheduler; inside a ``dask.distributed`` task (a lazy
+    :func:`predict` running on a worker) through ``worker_client``, so the reads run on the cluster
+    without blocking the worker's thread."""
+    import dask
+
+    try:
+        from distributed import get_worker, worker_client
+
+        get_worker()
+    except (ImportError, ValueError):
+        return list(dask.compute(*arrays))
+    with worker_client() as client:
+        return list(client.compute(arrays, sync=True))
 
 
 def _is_dask(data: Any) -> bool:
@@ -195,8 +214,11 @@ def predict_xarray(
     model = load_model(card)
     cfg = config or StreamConfig()
     if probabilities and not cfg.probabilities:
-        cfg = StreamConfig(cfg.margin, cfg.blend, cfg.queue_batches, True)
+        cfg = replace(cfg, probabilities=True)
     arr = to_band_array(data, model)
+    check_resolution(arr, model)
+    if runners is None and _is_dask(arr.data):
+        return _predict_lazy(arr, model, backend, cfg, probabilities, postprocess)
     own = runners is None
     if runners is None:
         from .runtime import make_runners
@@ -219,12 +241,16 @@ def _predict_any(
         parts = [_predict_any(arr.isel({dim: i}), card, runners, cfg, probabilities, postprocess)
                  for i in range(arr.sizes[dim])]
         return xr.concat(parts, dim=dim, coords="minimal", compat="override", combine_attrs="override")  # type: ignore[call-overload, no-any-return]
-    classes, probs, stats = _predict_one(arr, card, runners, cfg, postprocess)
-    mask = _mask_like(arr, classes, card, stats)
+    classes, probs, _ = _predict_one(arr, card, runners, cfg, postprocess)
+    mask = _mask_like(arr, classes, card)
     if not probabilities:
         return mask
-    ydim, xdim = arr.dims[1], arr.dims[2]
     assert probs is not None
+    return _with_probabilities(arr, mask, probs, card)
+
+
+def _with_probabilities(arr: xr.DataArray, mask: xr.DataArray, probs: Any, card: ModelCard) -> xr.Dataset:
+    ydim, xdim = arr.dims[1], arr.dims[2]
     prob = xr.DataArray(
         probs,
         dims=("class", ydim, xdim),
@@ -235,11 +261,68 @@ def _predict_any(
     return xr.Dataset({"mask": mask, "probability": prob}, attrs={"model": card.name})
 
 
+class _Opaque:
+    """Hides a dask-backed DataArray from ``dask.delayed`` (which would compute it whole first)."""
+
+    def __init__(self, arr: xr.DataArray) -> None:
+        self.arr = arr
+
+
+def _predict_task(box: _Opaque, card: ModelCard, backend: str, cfg: StreamConfig,
+                  postprocess: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    from .runtime import make_runners
+
+    runners = make_runners(card, backend)
+    try:
+        classes, probs, _ = _predict_one(box.arr, card, runners, cfg, postprocess)
+    finally:
+        for r in runners:
+            r.close()
+    return classes, probs
+
+
+def _predict_lazy(arr: xr.DataArray, card: ModelCard, backend: str, cfg: StreamConfig, probabilities: bool,
+                  postprocess: Any) -> xr.DataArray | xr.Dataset:
+    """The mask of dask-backed ``arr`` as a lazy DataArray: one dask task per (y, x) slice streams the
+    slice through the engine when computed (the result is one chunk per slice; bounded memory)."""
+    import dask
+    import dask.array as da
+
+    if arr.ndim > 3:
+        dim = arr.dims[0]
+        parts = [_predict_lazy(arr.isel({dim: i}), card, backend, cfg, probabilities, postprocess)
+                 for i in range(arr.sizes[dim])]
+        return xr.concat(parts, dim=dim, coords="minimal", compat="override", combine_attrs="override")  # type: ignore[call-overload, no-any-return]
+    h, w = int(arr.shape[1]), int(arr.shape[2])
+    task = dask.delayed(_predict_task, pure=True)(_Opaque(arr), card, backend, cfg, postprocess)
+    classes = da.from_delayed(task[0], shape=(h, w), dtype=np.uint8)
+    mask = _mask_like(arr, classes, card)
+    if not probabilities:
+        return mask
+    probs = da.from_delayed(task[1], shape=(len(card.class_table), h, w), dtype=np.uint8)
+    return _with_probabilities(arr, mask, probs, card)
+
+
+def check_resolution(arr: xr.DataArray, card: ModelCard) -> None:
+    """Warn when ``arr``'s pixels (metres, projected CRS) are not the size the model was trained at."""
+    try:
+        geobox = arr.odc.geobox
+    except Exception:  # noqa: BLE001 - no usable grid: nothing to compare
+        return
+    if geobox is None or geobox.crs is None or geobox.crs.geographic:
+        return
+    res = abs(float(geobox.resolution.x))
+    if card.resolution and abs(res - card.resolution) > 0.01 * card.resolution:
+        log.warning(
+            "the data are at %g m but model %s was trained at %g m; results may be worse: load at %g m "
+            "(e.g. open_scene(item, resolution=%g) or odc.stac.load(..., resolution=%g))",
+            res, card.name, card.resolution, card.resolution, card.resolution, card.resolution,
+        )
+
+
 def _predict_one(
     arr: xr.DataArray, card: ModelCard, runners: Sequence[Any], cfg: StreamConfig, postprocess: Any = None,
 ) -> tuple[np.ndarray, np.ndarray | None, StreamStats]:
-    from dataclasses import replace
-
     from .postprocess import PostProcessSink, for_card
 
     source = XarrayRowSource(arr)
@@ -257,7 +340,7 @@ def _spatial_coords(arr: xr.DataArray) -> dict[Hashable, Any]:
     return {k: v for k, v in arr.coords.items() if "band" not in v.dims and k != "band"}
 
 
-def _mask_like(arr: xr.DataArray, classes: np.ndarray, card: ModelCard, stats: StreamStats) -> xr.DataArray:
+def _mask_like(arr: xr.DataArray, classes: Any, card: ModelCard) -> xr.DataArray:
     ydim, xdim = arr.dims[1], arr.dims[2]
     mask = xr.DataArray(
         classes,

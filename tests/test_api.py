@@ -157,8 +157,9 @@ def test_predict_with_a_distributed_client(item, predicted):
         Client(cluster) as client,
         get_task_stream(client) as ts,
     ):
-        mask = predict(open_scene(item, chunks=64))
-    np.testing.assert_array_equal(mask.values, predicted.values)
+        mask = predict(open_scene(item, chunks=64))  # lazy: computed on the cluster below
+        values = mask.values
+    np.testing.assert_array_equal(values, predicted.values)
     assert any("cloudmask-read" in str(t["key"]) for t in ts.data), "reads did not run on the cluster"
 
 
