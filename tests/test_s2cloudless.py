@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -117,3 +119,16 @@ def test_xarray_predict_applies_the_card_threshold(cache, arrays):
     assert np.array_equal(ds["mask"].values, numpy_mask)
     assert list(ds["probability"]["class"].values) == ["clear", "cloud"]
     assert np.array_equal(ds["probability"].values, numpy_probs)
+
+
+def test_metis_check_says_tree_ensembles_are_not_metis_operators(cache):
+    from click.testing import CliRunner
+
+    from cloudmask.cli import main
+
+    card = load_model("s2cloudless")
+    res = CliRunner().invoke(main, ["metis", "check", str(card.onnx_path), "--json"])
+    assert res.exit_code == 1
+    report = json.loads(res.output)
+    text = json.dumps(report)
+    assert "tree ensembles" in text and "are not Metis operators" in text and "run this model on the CPU" in text
