@@ -294,7 +294,9 @@ def _export_folded(card: ModelCard, out: Path, cores: str, fold: tuple[int, int]
     extra.update({"fold": [fold[0], fold[1]], "folded_from": {"kind": "pixel", "onnx": str(card.onnx_path),
                                                               "input": original}, "metis": meta})
     output = "logits" if softmax else card.output
-    new_card = card.with_onnx(onnx_path, output=output, extra=extra)
+    # a square fold doubles as the window size of `cloudmask metis calibration` (spatial windows of pixels)
+    size = fold[0] if fold[0] == fold[1] and fold[0] >= 16 else card.patch_size
+    new_card = card.with_onnx(onnx_path, output=output, extra=extra, patch_size=size)
     if softmax:
         log.info("removed the graph's final Softmax: the host applies it (card output: logits)")
     card_path = new_card.save(out / "card.yaml")
