@@ -241,6 +241,11 @@ def _predict_any(
         parts = [_predict_any(arr.isel({dim: i}), card, runners, cfg, probabilities, postprocess)
                  for i in range(arr.sizes[dim])]
         return xr.concat(parts, dim=dim, coords="minimal", compat="override", combine_attrs="override")  # type: ignore[call-overload, no-any-return]
+    if card.kind == "patch-classifier":
+        raise ConfigError(
+            f"model '{card.name}' is a patch classifier (one label per {card.patch_size}-px patch): its mask is "
+            "not on the DataArray's grid; use predict() on a numpy array or mask_scene() for a COG"
+        )
     classes, probs, _ = _predict_one(arr, card, runners, cfg, postprocess)
     mask = _mask_like(arr, classes, card)
     if not probabilities:

@@ -430,3 +430,15 @@ def test_spatial_batching_export_compiles_a_larger_patch(tmp_path):
     assert out.shape == (1, 3, 512, 512)
     with pytest.raises(ConfigError, match="square"):
         export("ukis-4b-l2a", tmp_path / "x", patches_per_call=3)
+
+
+def test_patch_classifier_refuses_an_xarray_grid(tmp_path):
+    import xarray as xr
+
+    from cloudmask.inference import predict
+
+    card = _patch_classifier(tmp_path)
+    da = xr.DataArray(np.full((4, 64, 64), 0.1, np.float32), dims=("band", "y", "x"),
+                      coords={"band": list(card.bands)})
+    with pytest.raises(ConfigError, match="patch classifier"):
+        predict(da, card)
