@@ -45,11 +45,13 @@ def predict_array(
     config: StreamConfig | None = None,
     runners: Sequence[Any] | None = None,
     postprocess: PostProcess | Mapping[str, Any] | None = None,
+    scl: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, StreamStats]:
     """Mask ``(C, H, W)`` float32 reflectance in model band order (NaN = nodata).
 
     Returns ``(classes uint8 (H, W), probabilities uint8 (K, H, W) or None, stats)``. ``postprocess``
-    (:mod:`cloudmask.postprocess`) adds to the card's own post-processing defaults.
+    (:mod:`cloudmask.postprocess`) adds to the card's own post-processing defaults; ``scl`` is the
+    provider's L2A scene classification on the same grid (``(H, W)`` uint8) for ``scl: fill|veto``.
     """
     card = load_model(model)
     cfg = config or StreamConfig()
@@ -61,7 +63,10 @@ def predict_array(
     h, w = reflectance.shape[1:]
     oh, ow = output_shape(card, h, w)
     sink = ArraySink(oh, ow, probabilities=want_probs, classes=len(card.class_table))
-    target = PostProcessSink(sink, post, oh, ow) if post.active else sink
+    if post.scl is not None and (scl is None or np.shape(scl) != (oh, ow)):
+        raise ConfigError(f"post-processing scl={post.scl!r} needs scl=<(H, W) uint8 SCL array> of shape {(oh, ow)}")
+    provider = None if scl is None else (lambda a, b: np.asarray(scl)[a:b])
+    target = PostProcessSink(sink, post, oh, ow, provider=provider) if post.active else sink
     stats = stream_scene(ArraySource(reflectance), card, runs, target, cfg)
     return sink.classes, sink.probabilities, stats
 
@@ -90,6 +95,7 @@ def predict(
     threshold: float | None = None,
     postprocess: PostProcess | Mapping[str, Any] | None = None,
     valid: bool = False,
+    scl: np.ndarray | None = None,
 ) -> Any:
     """Class mask (0 clear, 1 cloud, 2 shadow, 255 nodata) of reflectance already in memory.
 
@@ -106,8 +112,9 @@ def predict(
     Post-processing (:mod:`cloudmask.postprocess`): ``threshold`` is the cloud probability (0–1) above
     which a pixel is cloud (s2cloudless: default 0.4); ``postprocess`` a :class:`PostProcess` or a
     mapping of its options (``thresholds``, ``average_over``, ``dilation_size``, ``buffer_m``,
-    ``min_region``). With ``valid=True`` (numpy input) a boolean ``(H, W)`` valid mask (the pixels
-    that have a class; the probabilities are 0 elsewhere) is appended to the returned tuple.
+    ``min_region``, ``scl`` with the SCL array in ``scl``). With ``valid=True`` (numpy input) a boolean
+    ``(H, W)`` valid mask (the pixels that have a class; the probabilities are 0 elsewhere) is appended
+    to the returned tuple.
     """
     card = load_model(_model_of(data, model))
     cfg = config or StreamConfig()
@@ -118,7 +125,8 @@ def predict(
         postprocess = post.as_dict()
     if isinstance(data, np.ndarray):
         refl = _to_band_first(data, card, bands, nodata)
-        classes, probs, _ = predict_array(refl, card, backend=backend, config=cfg, postprocess=postprocess)
+        classes, probs, _ = predict_array(refl, card, backend=backend, config=cfg, postprocess=postprocess,
+                                          scl=scl)
         out: tuple[Any, ...] = (classes,) + ((probs,) if probabilities else ())
         if valid:
             out += (classes != NODATA,)

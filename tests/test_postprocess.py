@@ -246,3 +246,16 @@ def test_cli_run_options_reach_the_item(sample_catalog, tmp_path):
         "thresholds": {"shadow": 0.5, "cloud": 0.45}, "min_region": 4, "buffer_m": {"cloud": 30.0, "shadow": 30.0}}
     bad = CliRunner().invoke(main, ["run", "--stac", str(sample_catalog), "--out", str(out), "--average-over", "2"])
     assert bad.exit_code == 2 and "set a threshold too" in bad.output
+
+
+def test_predict_merges_an_scl_array_like_the_whole_array_rule():
+    import cloudmask
+
+    rng = np.random.default_rng(5)
+    refl = rng.uniform(0.02, 0.6, (48, 40, 4)).astype(np.float32)
+    scl = rng.choice([3, 4, 8, 9, 10, 11], size=(48, 40)).astype(np.uint8)
+    raw = cloudmask.predict(refl, model="ukis-4b-l2a")
+    merged = cloudmask.predict(refl, model="ukis-4b-l2a", postprocess={"scl": "fill"}, scl=scl)
+    assert np.array_equal(merged, PostProcess(scl="fill").apply(raw, provider=scl))
+    with pytest.raises(ConfigError, match="needs scl="):
+        cloudmask.predict(refl, model="ukis-4b-l2a", postprocess={"scl": "veto"})
