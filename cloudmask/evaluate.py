@@ -339,7 +339,7 @@ def _mask_key(path: Path) -> str:
 
 def _references(reference: Path, asset: str | None) -> dict[str, Path]:
     """Reference rasters by key: item ids of a STAC catalogue, else file stems of a directory."""
-    from .pipeline import safe_name
+    from .layout import output_stem  # the masks' own file stems
 
     cat = reference if reference.is_file() else reference / "catalog.json"
     if cat.is_file() and cat.suffix == ".json":
@@ -353,7 +353,7 @@ def _references(reference: Path, asset: str | None) -> dict[str, Path]:
                 log.info("item %s has no reference asset (%s); skipped", item.id, ", ".join(keys))
                 continue
             href = item.assets[key].get_absolute_href() or item.assets[key].href
-            out[safe_name(item.id)] = Path(href)
+            out[output_stem(item.id)] = Path(href)
         if not out:
             raise ConfigError(f"no item of {cat} has a reference asset ({', '.join(keys)}); name one with "
                               "--reference-asset")
