@@ -103,7 +103,7 @@ def test_run_twice_second_run_does_nothing(tmp_path, sample_catalog):
     assert len(masks(out)) == SCENES
     assert f"{SCENES} masked, 0 failed" in res.output
     assert sorted(p.name for p in (out / "items").glob("*.json")) == sorted(
-        f"{safe_name(i.id)}.json" for i in pystac.Catalog.from_file(str(sample_catalog)).get_items(recursive=True))
+        f"{output_stem(i.id)}.json" for i in pystac.Catalog.from_file(str(sample_catalog)).get_items(recursive=True))
     before = {p: p.stat().st_mtime_ns for p in masks(out)}
 
     res2 = cli_job("run", spec)
@@ -309,7 +309,7 @@ def test_output_items_carry_every_field(tmp_path, sample_catalog):
     assert len(items) == SCENES
     for item in items:
         src = sources[item.properties["cloudmask:source_id"]]
-        assert item.id == safe_name(src.id) and item.collection_id == "cloudmask"
+        assert item.id == output_stem(src.id) and item.collection_id == "cloudmask"
         assert item.datetime == src.datetime
         proj = ProjectionExtension.ext(item)
         assert proj.code == "EPSG:32631" and proj.epsg == 32631
