@@ -158,7 +158,7 @@ def card(convert_now: bool = True) -> ModelCard:
             "s2cloudless LightGBM pixel cloud detector (Sentinel Hub, CC BY-SA 4.0), 10 L1C bands, "
             f"cloud = P(cloud) > {THRESHOLD}; a tree ensemble: runs on the CPU (not a Metis graph)"
         ),
-        extra={"license": LICENSE, "postprocess": {"thresholds": {"cloud": THRESHOLD}}},
+        extra={"license": LICENSE, "architecture": "LightGBM", "postprocess": {"thresholds": {"cloud": THRESHOLD}}},
     )
 
 
