@@ -80,3 +80,29 @@ def test_batch_progress_off_in_json_mode(restore_logging) -> None:
     console.setup_logging(0, "json")
     with console.BatchProgress(3, enabled=True) as bar, bar.scene("x") as cb:
         assert cb is None
+
+
+def _options(cmd, path=("cloudmask",)):
+    import click
+
+    if isinstance(cmd, click.Group):
+        for name, sub in cmd.commands.items():
+            yield from _options(sub, (*path, name))
+    for p in cmd.params:
+        if isinstance(p, click.Option) and not p.hidden:
+            yield " ".join(path), p
+
+
+def test_every_option_default_is_shown_in_help() -> None:
+    """A default that is not stated in --help is a default users cannot know (help must match behaviour)."""
+    from click.core import UNSET
+
+    from cloudmask.cli import main
+
+    hidden = []
+    for where, opt in _options(main):
+        if opt.required or opt.default in (None, False, (), UNSET) or (opt.is_flag and not opt.secondary_opts):
+            continue
+        if not (opt.show_default or "default" in (opt.help or "").lower()):
+            hidden.append(f"{where} {opt.opts[0]} (default {opt.default!r})")
+    assert hidden == []
