@@ -291,6 +291,13 @@ def graph_output_channels(onnx_path: Path) -> int | None:
     if not model.graph.output:
         return None
     dims = model.graph.output[0].type.tensor_type.shape.dim
+    if len(dims) >= 2 and dims[1].dim_value:
+        return int(dims[1].dim_value)
+    try:  # not declared: ONNX shape inference often knows it (e.g. a Conv head's output channels)
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - inference is best effort; the runtime checks again
+        return None
+    dims = inferred.graph.output[0].type.tensor_type.shape.dim
     return int(dims[1].dim_value) if len(dims) >= 2 and dims[1].dim_value else None
 
 

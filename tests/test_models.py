@@ -101,3 +101,25 @@ def test_cli_models_lists_kinds_and_s2cloudless():
     assert res.exit_code == 0, res.output
     line = next(ln for ln in res.output.splitlines() if ln.startswith("s2cloudless"))
     assert "pixel" in line and "clear,cloud" in line and "L1C" in line
+
+
+def test_class_count_checked_when_the_graph_leaves_the_output_shape_open(tmp_path):
+    """A graph without a declared output shape: shape inference finds the channels and the card is refused."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 4, 1, 1], [0.1] * 12)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])], "seg",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "s.onnx"))
+    card = {"onnx": "s.onnx", "bands": ["blue", "green", "red", "nir"], "product_level": "l2a", "resolution": 30,
+            "normalisation": {"type": "scale", "multiply": 1}, "patch_size": 32, "classes": ["clear", "cloud"]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(card))
+    with pytest.raises(ModelCardError, match="ONNX output has 3 channels but the card lists 2 classes"):
+        load_model(tmp_path / "s.yaml")
+    card["classes"] = ["clear", "thick cloud", "thin cloud"]
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(card))
+    assert load_model(tmp_path / "s.yaml").class_index.tolist() == [0, 1, 3]
