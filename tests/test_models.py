@@ -123,3 +123,14 @@ def test_class_count_checked_when_the_graph_leaves_the_output_shape_open(tmp_pat
     card["classes"] = ["clear", "thick cloud", "thin cloud"]
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(card))
     assert load_model(tmp_path / "s.yaml").class_index.tolist() == [0, 1, 3]
+
+
+def test_s2cloudless_without_its_package_says_how_to_install(monkeypatch, tmp_path):
+    from cloudmask.builtin import s2cloudless
+
+    monkeypatch.setenv("CLOUDMASK_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(s2cloudless, "package_version", lambda: None)
+    with pytest.raises(UnknownModelError, match=r"pip install 's2-cloudmask\[s2cloudless\]'"):
+        load_model("s2cloudless")
+    assert "s2cloudless" in [c.name for c in list_models()]  # still listed
+    assert not any(tmp_path.iterdir())  # nothing converted or downloaded
