@@ -267,6 +267,10 @@ def test_stackstac_and_odc_stac_load_the_mask_on_its_grid(four_class):
     assert float(arr.x[0]) == transform.c and float(arr.y[0]) == transform.f
     assert float(arr.x[1] - arr.x[0]) == transform.a and float(arr.y[1] - arr.y[0]) == transform.e
     assert np.array_equal(np.nan_to_num(arr.values, nan=NODATA).astype(np.uint8), mask)
+    # through pystac too, when it is told not to migrate (migrating drops proj:epsg)
+    kept = pystac.Item.from_dict(doc, migrate=False)
+    assert kept.properties["proj:epsg"] == epsg
+    assert stackstac.stack([kept], assets=["mask"]).shape[-2:] == mask.shape
     # odc-stac through pystac (which reads proj:code)
     item = pystac.Item.from_dict(doc)
     ds = odc_stac.load([item], bands=["mask"])
