@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,12 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Built-in model name (see `cloudmask models`), a model card, or an ONNX file with a card."),
         click.option("--backend", type=click.Choice(["onnxruntime", "emulated", "metis"]), default="onnxruntime",
                      show_default=True, help="Inference backend."),
+        click.option("--latency-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="With --backend emulated: milliseconds per device call (an emulated accelerator that "
+                          "computes nothing: measures whether this host keeps such a device busy)."),
+        click.option("--stats-json", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                     help="Write each scene's stats (calls, patches, seconds per stage incl. total and "
+                          "device_idle; the device's idle gap before the scene) to this JSON file."),
         click.option("--instances", type=click.IntRange(min=1), default=None,
                      help="Model instances fed round-robin, one device thread each (default: 2 ONNX Runtime "
                           "sessions on a multi-core CPU, else 1; for metis: 4 // compiled batch)."),
@@ -79,9 +86,13 @@ def _mask_all(
     progress: bool | None, quicklook: bool, skip_existing: bool = False, failed: Sequence[dict[str, Any]] = (),
     classes: str = "all", threshold: float | None = None, class_thresholds: Sequence[str] = (),
     average_over: int | None = None, dilation_size: int | None = None, buffer_m: float | None = None,
-    min_region: int | None = None, scl: str | None = None,
+    min_region: int | None = None, scl: str | None = None, latency_ms: float = 0.0, stats_json: Path | None = None,
 ) -> Any:
-    """Mask ``specs`` into ``out`` (failures isolated, catalogue and summary always written)."""
+    """Mask ``specs`` into ``out`` (failures isolated, catalogue and summary always written).
+
+    Scenes overlap on the device (:class:`~cloudmask.overlap.ScenePipeline`): the next one is opened
+    and its first rows read while one streams, and a finished one's COG, quicklook and item are
+    written while the next streams."""
     from .api import mask_scene
     from .batch import mask_many
     from .errors import ConfigError
@@ -98,25 +109,38 @@ def _mask_all(
                             "average_over": average_over, "dilation_size": dilation_size, "buffer": buffer_m,
                             "min_region": min_region, "scl": scl}
     PostProcess.from_options(post, resolution=10.0)  # refuse bad combinations before any scene runs
+    if latency_ms and backend != "emulated":
+        raise ConfigError("--latency-ms applies to --backend emulated (an emulated device); drop it or add "
+                          "--backend emulated")
+    from .batch import existing_output
+    from .overlap import DeviceClock, ScenePipeline
+
+    clock = DeviceClock()
+    scene_stats: dict[str, dict[str, Any]] = {}
+    runners_lock = threading.Lock()
     show = sys.stderr.isatty() if progress is None else progress
     runners_by_model: dict[str, Any] = {}
 
     def card_of(spec: Any) -> Any:
         return choose_model(model, spec) if model == "auto" else load_model(model)
 
-    def mask_one(spec: Any) -> dict[str, Any]:
+    def mask_one(spec: Any, turn: Any = None) -> dict[str, Any]:
         card = card_of(spec)
         if card.kind == "segmentation" and 2 * cfg.margin >= card.patch_size:
             raise ConfigError(f"--margin {cfg.margin} leaves no patch core: it must be below "
                               f"{card.patch_size // 2} px for {card.name}'s {card.patch_size}-px patches")
-        if card.name not in runners_by_model:
-            runners_by_model[card.name] = make_runners(
-                card, backend, instances=instances, ort=OrtConfig(intra_op_threads=threads) if threads else None
-            )
+        with runners_lock:
+            if card.name not in runners_by_model:
+                runners_by_model[card.name] = clock.wrap(make_runners(
+                    card, backend, instances=instances, latency_s=latency_ms / 1000.0,
+                    ort=OrtConfig(intra_op_threads=threads) if threads else None,
+                ))
         with bar.scene(spec.id[:40]) as cb:
             res = mask_scene(spec, out, card, runners=runners_by_model[card.name], stream=cfg,
                              resolution=resolution, progress=cb, quicklook=quicklook, catalog=False, classes=classes,
-                             postprocess=post)
+                             postprocess=post, device=turn)
+        scene_stats[spec.id] = {"scene": spec.id, "model": card.name, "turn": None if turn is None else turn.number,
+                                **res.stats.as_dict()}
         if show_stats:
             note(f"{spec.id}:\n{res.stats.table()}", scene=spec.id, stats=res.stats.as_dict())
         return {**res.row(), "model": card.name, "res_m": float(resolution or card.resolution)}
@@ -126,14 +150,35 @@ def _mask_all(
             bar.skip()
         note(_row_line(row), **{k: v for k, v in row.items() if k != "mask"}, path=row.get("mask"))
 
+    def skip(spec: Any) -> bool:
+        return skip_existing and existing_output(out, spec, card_of(spec).name) is not None
+
     try:
-        with BatchProgress(len(specs), show) as bar:
-            return mask_many(specs, out, mask_one, model_of=lambda s: card_of(s).name,
-                             skip_existing=skip_existing, failed=failed, on_row=on_row)
+        with BatchProgress(len(specs), show) as bar, ScenePipeline(specs, mask_one, skip=skip, clock=clock) as scenes:
+            report = mask_many(specs, out, scenes, model_of=lambda s: card_of(s).name,
+                               skip_existing=skip_existing, failed=failed, on_row=on_row)
     finally:
         for runs in runners_by_model.values():
             for r in runs:
                 r.close()
+        if stats_json is not None:
+            _write_stats(stats_json, scene_stats, clock)
+    return report
+
+
+def _write_stats(path: Path, scene_stats: dict[str, dict[str, Any]], clock: Any) -> None:
+    """``--stats-json``: per scene its stats and the device's idle gap before it (seconds)."""
+    from . import atomic
+
+    gaps = clock.gaps()
+    rows = []
+    for row in sorted(scene_stats.values(), key=lambda r: (r["turn"] is None, r["turn"] or 0)):
+        turn = row.pop("turn")
+        row["seconds"]["device_gap_before"] = round(gaps[turn], 4) if turn in gaps else None
+        rows.append(row)
+    doc = {"scenes": rows, "device_gaps_s": [round(gaps[t], 4) for t in sorted(gaps)]}
+    atomic.write_text(path, json.dumps(doc, indent=1))
+    note(f"stats: {path}")
 
 
 def _row_line(row: dict[str, Any]) -> str:
@@ -173,11 +218,12 @@ def models() -> None:
     from .models import list_models
 
     rows = [
-        {"name": c.name, "bands": ",".join(c.bands), "level": c.product_level.upper(),
-         "resolution_m": int(c.resolution), "patch": c.patch_size, "version": c.version}
+        {"name": c.name, "kind": c.kind, "bands": ",".join(c.bands), "level": c.product_level.upper(),
+         "resolution_m": int(c.resolution), "patch": c.patch_size if c.kind != "pixel" else "-",
+         "classes": ",".join(c.classes), "version": c.version}
         for c in list_models()
     ]
-    click.echo(_table(rows, ["name", "bands", "level", "resolution_m", "patch", "version"]))
+    click.echo(_table(rows, ["name", "kind", "bands", "level", "resolution_m", "patch", "classes", "version"]))
 
 
 @main.command()

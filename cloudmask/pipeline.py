@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,7 @@ def mask_scene_spec(
     progress: Callable[[int, int], None] | None = None,
     classes: str = "all",
     postprocess: Any = None,
+    device: AbstractContextManager[Any] | None = None,
 ) -> MaskResult:
     """Mask one scene into ``out_dir`` (``<id>_cloudmask.tif``; ``<id>_probabilities.tif`` on request).
 
@@ -120,6 +123,9 @@ def mask_scene_spec(
     into cloud, snow into clear; their probabilities add up) before masking. ``postprocess`` (a
     :class:`~cloudmask.postprocess.PostProcess` or a mapping of its options) adds to the card's own
     post-processing defaults; it runs on the streamed blocks (``result.extra["postprocess"]``).
+    ``device`` (a :class:`~cloudmask.overlap.Turn` in a batch) is held only while the scene streams:
+    the bands are opened and the first rows read before it is entered, and the COG is finished
+    after it is left, so the next scene can use the runners meanwhile.
     """
     from dataclasses import replace
 
@@ -146,6 +152,8 @@ def mask_scene_spec(
         else:
             scl = SclRows(spec.bands["scl"].href, out_box)
     source = RasterSource(spec, card.bands, geobox, reader)
+    if device is not None:  # read the first strip while the device still works on the scene before
+        source.prefetch(0, min(geobox.height, max(256, card.patch_size)))
     try:
         with CogSink(
             paths.mask, out_box, paths.probabilities if cfg.probabilities else None, cog, tags,
@@ -154,7 +162,8 @@ def mask_scene_spec(
             counter = _HistogramSink(sink)
             target = (PostProcessSink(counter, post, out_box.height, out_box.width, provider=scl)
                       if post.active else counter)
-            stats = stream_scene(source, card, runs, target, run_cfg, progress)
+            with device if device is not None else contextlib.nullcontext():
+                stats = stream_scene(source, card, runs, target, run_cfg, progress)
     finally:
         source.close()
         if scl is not None:
