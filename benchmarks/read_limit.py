@@ -12,7 +12,8 @@ Variants:
   the producer pays today, without normalising or cutting).
 
 The ceiling in patches/s is the patch count of the default layout (256 px patches, 26 px halo)
-divided by the fastest ``decode`` median. Usage::
+divided by the fastest ``decode`` median. ``median_cpu_s`` is the CPU time of all threads (on a
+loaded machine, wall time / CPU time shows how much of the two cores the run got). Usage::
 
     python benchmarks/read_limit.py --tile benchmarks/work/full-10980/tile/tile.json --res 10 30 --repeat 3
 """
@@ -112,9 +113,12 @@ def main() -> None:
             variants["resample"] = lambda lv=levels, g=gb: _decode(lv, args.threads, {}, (g.height, g.width))
         variants["reader_strips"] = lambda r=res: _reader_strips(spec, card, r, args.margin)
         runs: dict[str, list[float]] = {k: [] for k in variants}
+        cpu: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(args.repeat):  # interleaved, so drifting load hits every variant alike
             for k, fn in variants.items():
+                c0 = time.process_time()
                 runs[k].append(fn())
+                cpu[k].append(time.process_time() - c0)
         med = {k: statistics.median(v) for k, v in runs.items()}
         best = min(med["decode"], med["decode_nt2"])
         out[f"{res:g}m"] = {
@@ -122,6 +126,7 @@ def main() -> None:
             "patches": lay.n_patches,
             "runs_s": {k: [round(x, 3) for x in v] for k, v in runs.items()},
             "median_s": {k: round(v, 3) for k, v in med.items()},
+            "median_cpu_s": {k: round(statistics.median(v), 3) for k, v in cpu.items()},
             "ceiling_patches_per_s": round(lay.n_patches / best, 1),
             "reader_patches_per_s": round(lay.n_patches / med["reader_strips"], 1),
         }
