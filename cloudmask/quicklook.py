@@ -398,12 +398,9 @@ def save_thumbnail(rgb: Any, mask: Any, path: Path, max_pixels: int = 256) -> Pa
     m = as_mask(mask)
     step = max(1, math.ceil(max(m.shape) / max_pixels))
     img = overlay(true_colour(rgb), m)[::step, ::step]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    mpimg.imsave(tmp, np.clip(img, 0.0, 1.0))
-    tmp.replace(path)
-    return path
+    with atomic.atomic_path(path) as tmp:
+        mpimg.imsave(tmp, np.clip(img, 0.0, 1.0), format="png")
+    return Path(path)
 
 
 def read_rgb(spec: SceneSpec, resolution: float, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -421,11 +418,25 @@ def read_rgb(spec: SceneSpec, resolution: float, shape: tuple[int, int] | None =
     return rgb
 
 
-def quicklook_for_result(spec: SceneSpec, result: MaskResult, max_pixels: int = 1024) -> Path:
+def available() -> bool:
+    """Whether quicklooks can be drawn (matplotlib, the ``viz`` extra, is installed)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def quicklook_for_result(spec: SceneSpec, result: MaskResult, max_pixels: int = 1024) -> Path | None:
     """Quicklook PNG beside ``result.mask`` (STAC ``overview``) and a small thumbnail (STAC
-    ``thumbnail``): RGB read from the scene at the mask's grid (decimated). Returns the quicklook."""
+    ``thumbnail``): RGB read from the scene at the mask's grid (decimated). Returns the quicklook,
+    or None (with a warning) when matplotlib is not installed."""
     import rasterio
     from rasterio.enums import Resampling
+
+    if not available():
+        log.warning("quicklooks need matplotlib: pip install 's2-cloudmask[viz]'; masks are written without them")
+        return None
 
     with rasterio.open(result.mask) as ds:
         factor = max(1, math.ceil(max(ds.height, ds.width) / max_pixels))
