@@ -165,6 +165,9 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
         props["description"] = NO_VALID_PIXELS
     else:
         props["eo:cloud_cover"] = round(cover, 3)
+        snow = shares.percentages.get("snow")
+        if snow is not None:  # a model with a snow class
+            props["eo:snow_cover"] = round(snow, 3)
     if code is None and geobox.crs is not None:
         props["proj:wkt2"] = str(geobox.crs.to_wkt())
     if spec.collection:

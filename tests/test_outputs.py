@@ -140,6 +140,7 @@ def test_item_classes_quicklook_and_summary_show_thin_cloud(four_class):
     assert doc["properties"]["eo:cloud_cover"] == pytest.approx(100 * cloudy / n_valid, abs=1e-3)
     assert doc["properties"]["proj:epsg"] == int(doc["properties"]["proj:code"].split(":")[1])
     assert not any(k.endswith("_cover") and k.startswith("cloudmask:") for k in doc["properties"])
+    assert "eo:snow_cover" not in doc["properties"]  # the model has no snow class
     assert doc["assets"]["quicklook"]["roles"] == ["overview"]
     assert doc["assets"]["thumbnail"]["roles"] == ["thumbnail"]
     import matplotlib.image as mpimg
@@ -229,6 +230,28 @@ def test_all_nodata_scene_has_no_cloud_cover(tmp_path, scene):
     assert classes[-1]["count"] == gb.shape[0] * gb.shape[1] and classes[-1]["percentage"] == 100.0
     update_output_catalog(tmp_path)  # a collection of only such items still builds
     assert "eo:cloud_cover" not in json.loads((tmp_path / "collection.json").read_text())["summaries"]
+
+
+def test_snow_class_gives_snow_cover(tmp_path, scene):
+    spec = scene_spec(scene)
+    gb = spec.geobox(30.0)
+    paths = OutputPaths.for_scene(tmp_path, spec.id)
+    table = ClassTable.for_names(["clear", "snow"])
+    mask = (np.arange(gb.shape[0] * gb.shape[1]) % 6).astype(np.uint8).reshape(gb.shape)  # 0-4 and 5 ...
+    mask[mask == 5] = NODATA  # ... one pixel in six nodata
+    with CogSink(paths.mask, gb, classes=table) as sink:
+        sink.write_block(0, mask, None)
+    from cloudmask.engine import StreamStats
+
+    shares = table.shares(table.histogram(mask))
+    res = MaskResult(spec.id, paths.mask, None, shares.fractions(), StreamStats(), "test", 0.1, classes=table,
+                     counts=dict(shares.counts))
+    p = mask_item(spec, res).properties
+    valid = (mask != NODATA).sum()
+    assert p["eo:snow_cover"] == pytest.approx(100 * (mask == 4).sum() / valid, abs=1e-3)
+    assert p["eo:cloud_cover"] == pytest.approx(100 * np.isin(mask, (1, 3)).sum() / valid, abs=1e-3)
+    with rasterio.open(paths.mask) as ds:
+        assert ds.tags()["CLOUDMASK_CLASSES"] == "0=clear,1=cloud,2=shadow,3=thin_cloud,4=snow,255=nodata"
 
 
 # ------------------------------------------------------------------------------------- derived_from
