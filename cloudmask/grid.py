@@ -34,11 +34,6 @@ class PatchLayout:
         if not 0 <= 2 * self.margin < self.patch:
             raise ValueError(f"margin {self.margin} must satisfy 0 <= 2*margin < patch ({self.patch})")
 
-    @classmethod
-    def from_overlap(cls, height: int, width: int, patch: int, overlap: float) -> PatchLayout:
-        """Layout whose neighbouring patches overlap by ``overlap`` (fraction of the patch, 0–0.5)."""
-        return cls(height, width, patch, int(round(patch * overlap / 2)))
-
     @property
     def stride(self) -> int:
         """Core size and step between patch origins, pixels."""
