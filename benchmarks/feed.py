@@ -9,6 +9,7 @@ medians and the median of the per-pair ratios. Usage::
     python benchmarks/feed.py --res 10 --latency-ms 0 --repeat 3 [--base /tmp/base]
     python benchmarks/feed.py --res 10 --latency-ms 5 --repeat 3
     python benchmarks/feed.py --res 10 --profile benchmarks/work/profile.txt   # py-spy of one run
+    python benchmarks/feed.py --res 10 --rows 0.25 --trees old=/tmp/a,new=/tmp/b   # trees side by side
 
 Prints one JSON document: per run ``total_s``, ``cpu_s`` (CPU seconds of all the run's threads:
 on a shared, loaded machine the steadier measure of host work), ``patches``, ``calls``,
@@ -32,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_TILE = HERE / "work" / "full-10980" / "tile" / "tile.json"
 
 
-def child(tile: str, res: float, latency_ms: float, out_dir: str) -> dict[str, Any]:
+def child(tile: str, res: float, latency_ms: float, out_dir: str, rows: float = 1.0) -> dict[str, Any]:
     import pystac
 
     import cloudmask
@@ -42,6 +43,11 @@ def child(tile: str, res: float, latency_ms: float, out_dir: str) -> dict[str, A
     from cloudmask.runtime import make_runners
 
     spec = scene_spec(pystac.Item.from_file(tile))
+    if rows < 1.0:  # the top `rows` fraction of the tile (same columns, same reads per row)
+        from dataclasses import replace
+
+        left, bottom, right, top = spec.bounds
+        spec = replace(spec, bounds=(left, top - round((top - bottom) * rows / 60) * 60, right, top))
     card = load_model("ukis-6b-l2a")
     runners = make_runners(card, "emulated", instances=1, latency_s=latency_ms / 1000.0)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -72,12 +78,13 @@ def _vm_hwm_mib() -> float:
     return float("nan")
 
 
-def run_one(tile: Path, res: float, latency_ms: float, base: Path | None, profile: Path | None = None) -> dict:
+def run_one(tile: Path, res: float, latency_ms: float, base: Path | None, profile: Path | None = None,
+            rows: float = 1.0) -> dict:
     env = dict(os.environ)
     if base is not None:
         env["PYTHONPATH"] = str(base) + os.pathsep + env.get("PYTHONPATH", "")
     with tempfile.TemporaryDirectory(prefix="cloudmask-feed-") as out:
-        args = [sys.executable, __file__, "--child", json.dumps([str(tile), res, latency_ms, out])]
+        args = [sys.executable, __file__, "--child", json.dumps([str(tile), res, latency_ms, out, rows])]
         if profile is not None:
             py_spy = Path(sys.executable).with_name("py-spy")
             args = [str(py_spy), "record", "--threads", "--idle", "-r", "50", "-f", "raw", "-o", str(profile),
@@ -91,8 +98,7 @@ def run_one(tile: Path, res: float, latency_ms: float, base: Path | None, profil
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        tile, res, latency, out = json.loads(sys.argv[2])
-        print("RESULT " + json.dumps(child(tile, res, latency, out)), flush=True)
+        print("RESULT " + json.dumps(child(*json.loads(sys.argv[2]))), flush=True)
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tile", type=Path, default=DEFAULT_TILE)
@@ -100,18 +106,31 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=0.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--base", type=Path, default=None, help="source tree of the baseline cloudmask")
+    ap.add_argument("--trees", default=None,
+                    help="NAME=DIR,NAME=DIR,...: source trees to compare (the first is the baseline); "
+                         "instead of --base and the working tree")
+    ap.add_argument("--rows", type=float, default=1.0, help="mask only this top fraction of the tile's rows")
     ap.add_argument("--profile", type=Path, default=None, help="py-spy raw (collapsed) profile of one run")
     args = ap.parse_args()
     if args.profile is not None:
-        r = run_one(args.tile, args.res, args.latency_ms, args.base, args.profile)
+        r = run_one(args.tile, args.res, args.latency_ms, args.base, args.profile, args.rows)
         print(json.dumps(r, indent=1))
         return
-    runs: dict[str, list[dict]] = {"current": [], "base": []}
-    for _ in range(max(1, args.repeat)):
+    trees: dict[str, Path | None] = {}
+    if args.trees:
+        for part in args.trees.split(","):
+            name, _, path = part.partition("=")
+            trees[name] = Path(path)
+    else:
         if args.base is not None:
-            runs["base"].append(run_one(args.tile, args.res, args.latency_ms, args.base))
-        runs["current"].append(run_one(args.tile, args.res, args.latency_ms, None))
-    summary: dict[str, Any] = {"tile": str(args.tile), "res": args.res, "latency_ms": args.latency_ms}
+            trees["base"] = args.base
+        trees["current"] = None
+    runs: dict[str, list[dict]] = {k: [] for k in trees}
+    for _ in range(max(1, args.repeat)):
+        for name, tree in trees.items():
+            runs[name].append(run_one(args.tile, args.res, args.latency_ms, tree, rows=args.rows))
+    summary: dict[str, Any] = {"tile": str(args.tile), "res": args.res, "latency_ms": args.latency_ms,
+                               "rows": args.rows}
     for name, rs in runs.items():
         if not rs:
             continue
@@ -130,11 +149,13 @@ def main() -> None:
         if args.latency_ms:
             summary[name]["median_device_bound_ratio"] = round(
                 statistics.median(r["device_bound_ratio"] for r in rs), 3)
-    if runs["base"]:
-        ratios = [c["total_s"] / b["total_s"] for b, c in zip(runs["base"], runs["current"], strict=True)]
-        summary["time_ratio_current_over_base"] = round(statistics.median(ratios), 3)
-        cpu = [c["cpu_s"] / b["cpu_s"] for b, c in zip(runs["base"], runs["current"], strict=True)]
-        summary["cpu_ratio_current_over_base"] = round(statistics.median(cpu), 3)
+    names = list(runs)
+    for name in names[1:]:
+        first, other = runs[names[0]], runs[name]
+        ratios = [c["total_s"] / b["total_s"] for b, c in zip(first, other, strict=True)]
+        summary[f"time_ratio_{name}_over_{names[0]}"] = round(statistics.median(ratios), 3)
+        cpu = [c["cpu_s"] / b["cpu_s"] for b, c in zip(first, other, strict=True)]
+        summary[f"cpu_ratio_{name}_over_{names[0]}"] = round(statistics.median(cpu), 3)
     print(json.dumps(summary, indent=1))
 
 
