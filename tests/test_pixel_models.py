@@ -279,14 +279,14 @@ def _clip_catalog(tmp_path: Path) -> Path:
     return root / "catalog.json"
 
 
-def _run(catalog: Path, model: Path, out: Path) -> tuple[np.ndarray, np.ndarray]:
+def _run(catalog: Path, model: Path, out: Path, *extra: str) -> tuple[np.ndarray, np.ndarray]:
     """``cloudmask run`` on the catalogue: (mask, probabilities in percent)."""
     from click.testing import CliRunner
 
     from cloudmask.cli import main
 
     r = CliRunner().invoke(main, ["run", "--stac", str(catalog), "--model", str(model), "--out", str(out),
-                                  "--no-quicklook", "--no-progress", "--probabilities"])
+                                  "--no-quicklook", "--no-progress", "--probabilities", *extra])
     assert r.exit_code == 0, r.output
     (tif,) = sorted(out.glob("*_cloudmask.tif"))
     (ptif,) = sorted(out.glob("*_probabilities.tif"))
@@ -361,6 +361,9 @@ def test_jp2_clip_same_mask_original_exported_and_fake_metis(tmp_path, fake_sdk,
     # 98.5 % of the pixels agree, probabilities within 1.7 percentage points on average
     assert (metis != NODATA).all() and (metis == original).mean() >= 0.98
     assert np.abs(p_metis.astype(int) - p_original).mean() < 2.0  # int8 in and out: within a few percent
+    # the same through `cloudmask run --backend metis` (4 instances, round-robin): the same mask
+    cli_mask, _ = _run(catalog, card.save(tmp_path / "exp" / "card-metis.yaml"), tmp_path / "o4", "--backend", "metis")
+    assert np.array_equal(cli_mask, metis)
 
 
 def _patch_classifier(tmp_path: Path, patch: int = 32, blue_mean: float = 0.1) -> ModelCard:
