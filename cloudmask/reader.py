@@ -51,6 +51,8 @@ class ReaderConfig:
     ``gdal_env`` holds per-dataset GDAL options (credentials, endpoints) on top of the provider
     profile's; process-wide ones (block cache) are set once by :func:`~cloudmask.gdal_config.configure_gdal`.
     ``threads`` is the number of band reads in flight (default: one per core, at most one per band).
+    ``decode_threads`` is GDAL's own threads per read for compressed blocks (the GTiff/JP2
+    ``NUM_THREADS`` open option; default ``min(2, cores)``; 1 turns it off).
     """
 
     resampling: str = "average"
@@ -60,6 +62,7 @@ class ReaderConfig:
     gdal_env: Mapping[str, Any] = field(default_factory=dict)
     chunk_cols: int = 2048
     threads: int | None = None
+    decode_threads: int | None = None
 
 
 def gdal_path(href: str) -> str:
@@ -84,8 +87,9 @@ class _Handles:
     read in flight never has its dataset closed under it; a closed pool refuses new checkouts.
     """
 
-    def __init__(self, env: Mapping[str, Any]) -> None:
+    def __init__(self, env: Mapping[str, Any], decode_threads: int = 1) -> None:
         self.env = dataset_options(env)
+        self.decode_threads = decode_threads
         self._free: dict[tuple[str, int | None], list[Any]] = {}
         self._out: set[int] = set()  # id() of checked-out handles
         self._closed = False
@@ -124,6 +128,8 @@ class _Handles:
                 self._out.add(id(ds))
         if ds is None:
             opts: dict[str, Any] = {"OVERVIEW_LEVEL": "NONE"} if level is None else {"overview_level": level}
+            if self.decode_threads > 1 and asset.href.lower().split("?")[0].endswith((".tif", ".tiff")):
+                opts["NUM_THREADS"] = str(self.decode_threads)  # a GTiff open option (GDAL >= 3.6)
             try:
                 with self._env():
                     ds = rasterio.open(gdal_path(asset.href), **opts)
@@ -231,7 +237,8 @@ class RasterSource:
         env = dict(self.config.gdal_env)
         env.update(spec.properties.get("cloudmask:gdal_env", {}) or {})  # the provider profile's settings
         configure_gdal()
-        self._handles = _Handles(env)
+        decode = self.config.decode_threads
+        self._handles = _Handles(env, min(2, os.cpu_count() or 1) if decode is None else decode)
         self._pool: ThreadPoolExecutor | None = None
         self._ahead: ThreadPoolExecutor | None = None  # prefetch thread (started on first use)
         self._prefetched: tuple[int, int, Future[np.ndarray]] | None = None
