@@ -401,6 +401,9 @@ def fold_pixel_model(model: onnx.ModelProto, height: int, width: int) -> tuple[o
                 else:
                     new.input[i] = src(name)
             new_nodes.append(new)
+        elif op.startswith("TreeEnsemble") or node.domain == "ai.onnx.ml":
+            raise ValueError(f"cannot fold op {op} (node {node.name!r}): a tree ensemble is not a Metis operator; "
+                             "run this model on the CPU (--backend onnxruntime)")
         else:
             raise ValueError(f"cannot fold op {op} (node {node.name!r}): batch folding handles Gemm, MatMul(+Add), "
                              f"element-wise activations, Softmax and 1x1 reshapes")
