@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .errors import ConfigError
+
 #: Mask value for pixels without valid input.
 NODATA: int = 255
 
@@ -312,7 +314,7 @@ def collapse_names(names: Iterable[str], mode: str = "all") -> tuple[str, ...]:
     """Channel class names under a ``--classes`` mode: ``all`` keeps them, ``cloud-shadow`` folds
     thin cloud into cloud and snow into clear."""
     if mode not in CLASS_MODES:
-        raise ValueError(f"unknown class mode {mode!r}: use one of {', '.join(CLASS_MODES)}")
+        raise ConfigError(f"unknown classes mode {mode!r}: use one of {', '.join(CLASS_MODES)}")
     out = tuple(canonical(n) for n in names)
     if mode == "cloud-shadow":
         out = tuple(COLLAPSE.get(n, n) for n in out)

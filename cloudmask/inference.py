@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .classes import collapse_names
 from .engine import ArraySink, ArraySource, StreamConfig, StreamStats, output_shape, stream_scene
 from .errors import ConfigError, MissingBandError
 from .models import NODATA, ModelCard, load_model
@@ -96,6 +97,7 @@ def predict(
     postprocess: PostProcess | Mapping[str, Any] | None = None,
     valid: bool = False,
     scl: np.ndarray | None = None,
+    classes: str = "all",
 ) -> Any:
     """Class mask (0 clear, 1 cloud, 2 shadow, 255 nodata) of reflectance already in memory.
 
@@ -115,8 +117,13 @@ def predict(
     ``min_region``, ``scl`` with the SCL array in ``scl``). With ``valid=True`` (numpy input) a boolean
     ``(H, W)`` valid mask (the pixels that have a class; the probabilities are 0 elsewhere) is appended
     to the returned tuple.
+
+    Classes are those of the model's card (3 thin cloud and 4 snow where it has them; see
+    :mod:`cloudmask.classes`); ``classes="cloud-shadow"`` folds them onto 0 clear, 1 cloud, 2 shadow.
     """
     card = load_model(_model_of(data, model))
+    if classes != "all":
+        card = replace(card, classes=collapse_names(card.classes, classes))
     cfg = config or StreamConfig()
     if probabilities and not cfg.probabilities:
         cfg = replace(cfg, probabilities=True)
@@ -125,12 +132,11 @@ def predict(
         postprocess = post.as_dict()
     if isinstance(data, np.ndarray):
         refl = _to_band_first(data, card, bands, nodata)
-        classes, probs, _ = predict_array(refl, card, backend=backend, config=cfg, postprocess=postprocess,
-                                          scl=scl)
-        out: tuple[Any, ...] = (classes,) + ((probs,) if probabilities else ())
+        mask, probs, _ = predict_array(refl, card, backend=backend, config=cfg, postprocess=postprocess, scl=scl)
+        out: tuple[Any, ...] = (mask,) + ((probs,) if probabilities else ())
         if valid:
-            out += (classes != NODATA,)
-        return out if len(out) > 1 else classes
+            out += (mask != NODATA,)
+        return out if len(out) > 1 else mask
     if valid:
         raise ConfigError("valid=True is for numpy input; with xarray use cloudmask.xr.valid_mask or mask != 255")
     from .xr import predict_xarray

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -127,14 +127,13 @@ def mask_scene_spec(
     the bands are opened and the first rows read before it is entered, and the COG is finished
     after it is left, so the next scene can use the runners meanwhile.
     """
-    from dataclasses import replace
 
     from .postprocess import PostProcessSink, SclRows, for_card
 
     t0 = time.perf_counter()
     card = choose_model(model, spec)
     if classes != "all":
-        card = card.with_onnx(card.onnx_path, classes=collapse_names(card.classes, classes))
+        card = replace(card, classes=collapse_names(card.classes, classes))
     table = card.class_table
     res = float(resolution or card.resolution)
     cfg = stream or StreamConfig()

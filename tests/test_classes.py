@@ -14,6 +14,7 @@ from cloudmask.classes import (
     collapse_names,
     fractions_from_counts,
 )
+from cloudmask.errors import ConfigError
 
 
 def test_values_are_fixed_and_aliases_resolve():
@@ -80,5 +81,5 @@ def test_collapse_to_three_classes():
     assert lut[np.array([0, 1, 2, 3, 4, NODATA])].tolist() == [0, 1, 2, 1, 0, NODATA]
     assert collapse_names(["cloud", "thin", "shadow", "clear"], "cloud-shadow") == ("cloud", "cloud", "shadow", "clear")
     assert collapse_names(["thin"], "all") == ("thin_cloud",)
-    with pytest.raises(ValueError, match="cloud-shadow"):
+    with pytest.raises(ConfigError, match="cloud-shadow"):
         collapse_names(["clear"], "three")

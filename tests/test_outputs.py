@@ -394,3 +394,8 @@ def test_predict_attrs_name_the_classes(four_class, scene):
     da = cloudmask.predict(ds[["blue", "nir"]].to_array("band"), model=str(card))
     assert da.attrs["flag_values"] == [0, 1, 2, 3] and da.attrs["flag_meanings"].split()[-1] == "thin_cloud"
     assert 3 in np.unique(da.values)
+    folded = cloudmask.predict(ds[["blue", "nir"]].to_array("band"), model=str(card), classes="cloud-shadow")
+    assert folded.attrs["flag_values"] == [0, 1, 2]
+    assert (folded.values[da.values == 3] == 1).all()
+    arr = np.moveaxis(ds[["blue", "nir"]].to_array("band").values, 0, -1)  # numpy (H, W, bands)
+    assert 3 not in np.unique(cloudmask.predict(arr, model=str(card), classes="cloud-shadow"))
