@@ -58,14 +58,16 @@ class Producer:
     def cut(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows ``[start, stop)`` normalised in place, and their valid mask (nodata set to 0)."""
+    def read(self, start: int, stop: int, zero_invalid: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``[start, stop)`` normalised in place, and their valid mask (nodata set to 0 unless
+        ``zero_invalid`` is false: pixel models never send invalid pixels)."""
         t0 = time.perf_counter()
         new = self.source.read_rows(start, stop)
         t1 = time.perf_counter()
         valid = ~np.isnan(new).any(axis=0)
         self.card.normalise(new, out=new)
-        new[:, ~valid] = 0.0
+        if zero_invalid:
+            new[:, ~valid] = 0.0
         self.stats.add("read", t1 - t0)
         self.stats.add("normalise", time.perf_counter() - t1)
         return new, valid
@@ -172,7 +174,7 @@ class PixelProducer(Producer):
         fill = 0
         for k in range(self.n_strips(h, self.strip_rows)):
             r0, r1 = k * self.strip_rows, min(h, (k + 1) * self.strip_rows)
-            data, valid = self.read(r0, r1)
+            data, valid = self.read(r0, r1, zero_invalid=False)
             t0 = time.perf_counter()
             flat = data.reshape(data.shape[0], -1)
             index = np.flatnonzero(valid)
