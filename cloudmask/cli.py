@@ -432,16 +432,12 @@ def run(stac: str, collection: str | None, bbox: str | None, aoi: str | None, da
     are always written; the exit code is 8 when any scene failed.
     """
     from .batch import prepare_out_dir, specs_of
-    from .errors import CloudmaskError, ConfigError
 
     prepare_out_dir(out)
     if profile is not None:
         from .profiles import get_profile
 
-        try:
-            get_profile(profile)
-        except CloudmaskError as err:
-            raise ConfigError(f"--profile: {err}") from err
+        get_profile(profile)  # an unknown name is an argument error (exit 2), before any search
     items = _do_search(stac, collection, bbox, aoi, datetime_, max_cloud, min_cloud, limit, sortby)
     if not items:
         note("no scenes match the search; nothing to do")

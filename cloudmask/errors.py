@@ -19,6 +19,10 @@ class ConfigError(CloudmaskError):
     exit_code = 2
 
 
+class UnknownProfileError(ConfigError):
+    """No provider profile has that name (``cloudmask profiles`` lists them)."""
+
+
 class ModelError(CloudmaskError):
     """A model cannot be found, or its card or graph is invalid."""
 

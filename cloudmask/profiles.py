@@ -26,7 +26,7 @@ from typing import Any
 
 import pystac
 
-from .errors import ItemLayoutError
+from .errors import ItemLayoutError, UnknownProfileError
 from .scene import BandAsset, SceneSpec
 from .stac.items import processing_baseline
 from .stac.query import item_interval
@@ -152,12 +152,12 @@ def describe_rule(rule: Mapping[str, Any]) -> str:
 
 
 def get_profile(name: str) -> Profile:
-    """The profile called ``name`` (or one of its aliases); :class:`ItemLayoutError` if unknown."""
+    """The profile called ``name`` (or one of its aliases); :class:`UnknownProfileError` (exit 2) if unknown."""
     for p in _table().profiles:
         if name == p.name or name in p.aliases:
             return p
     names = ", ".join(p.name for p in _table().profiles)
-    raise ItemLayoutError(f"unknown profile '{name}': use one of {names} (see `cloudmask profiles`)")
+    raise UnknownProfileError(f"unknown profile '{name}': use one of {names} (see `cloudmask profiles`)")
 
 
 def detect_profile(item: pystac.Item) -> Profile:

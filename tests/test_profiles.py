@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from cloudmask.cli import main
-from cloudmask.errors import ItemLayoutError, MissingBandError
+from cloudmask.errors import ItemLayoutError, MissingBandError, UnknownProfileError
 from cloudmask.profiles import GDAL_ENV_KEY, get_profile, list_profiles, processing_baseline, scene_spec
 from cloudmask.stac.sign import sign_item
 
@@ -317,7 +317,7 @@ def test_profile_override_and_aliases() -> None:
     with pytest.raises(ItemLayoutError, match="B02") as err:
         scene_spec(d, profile="planetary-computer")
     assert "has none of the band assets" in str(err.value)
-    with pytest.raises(ItemLayoutError, match="unknown profile 'nope'"):
+    with pytest.raises(UnknownProfileError, match="unknown profile 'nope'"):
         scene_spec(d, profile="nope")
 
 
@@ -370,5 +370,5 @@ def test_profiles_command_lists_what_each_maps() -> None:
 
 def test_unknown_profile_points_to_the_command() -> None:
     res = CliRunner().invoke(main, ["profiles", "nope"])
-    assert res.exit_code == ItemLayoutError.exit_code
+    assert res.exit_code == 2  # an argument error, like any other unknown option value
     assert "unknown profile 'nope'" in res.output and "`cloudmask profiles`" in res.output
