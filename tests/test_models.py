@@ -85,11 +85,12 @@ def test_card_missing_field(tmp_path):
         load_model(tmp_path / "c.yaml")
 
 
-def test_card_is_frozen():
+def test_card_with_onnx_is_a_new_card(tmp_path):
     c = load_model("ukis-6b-l2a")
-    assert isinstance(c, ModelCard)
-    with pytest.raises(AttributeError):
-        c.name = "x"  # type: ignore[misc]
+    d = c.with_onnx(tmp_path / "m.onnx", name="x")
+    assert isinstance(d, ModelCard) and d.onnx_path == tmp_path / "m.onnx" and d.name == "x"
+    assert d.bands == c.bands and d.normalisation == c.normalisation
+    assert c.name == "ukis-6b-l2a" and c == load_model("ukis-6b-l2a")  # the registry's card is untouched
 
 
 def test_cli_models_lists_kinds_and_s2cloudless():
