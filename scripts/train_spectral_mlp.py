@@ -14,7 +14,8 @@ Writes (``--out``, default ``cloudmask/data/models/spectral-mlp``): ``model.onnx
 ``Gemm``), ``model-matmul.onnx`` (the same weights as ``MatMul`` + ``Add``), ``card.yaml`` and
 ``card-matmul.yaml``. Input ``reflectance`` ``[N, 10]`` (N dynamic), output ``logits`` ``[N, 2]``.
 
-Run: ``.venv/bin/python scripts/train_spectral_mlp.py`` (a few minutes on two busy CPU cores).
+Run: ``.venv/bin/python scripts/train_spectral_mlp.py`` (a few minutes on two busy CPU cores; needs
+``pip install "s2-cloudmask[train]"``: scikit-learn and s2cloudless).
 """
 
 from __future__ import annotations
