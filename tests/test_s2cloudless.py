@@ -132,3 +132,33 @@ def test_metis_check_says_tree_ensembles_are_not_metis_operators(cache):
     report = json.loads(res.output)
     text = json.dumps(report)
     assert "tree ensembles" in text and "are not Metis operators" in text and "run this model on the CPU" in text
+
+
+def test_pipeline_on_native_l1c_jp2_equals_s2cloudless(cache, tmp_path):
+    """A real L1C scene (native 10/20/60 m JP2 files) through the pipeline at 10 m, with s2cloudless's
+    post-processing, against s2cloudless on the same reflectance."""
+    import rasterio
+
+    from cloudmask.engine import StreamConfig
+    from cloudmask.pipeline import mask_scene_spec
+    from cloudmask.reader import RasterSource, ReaderConfig
+    from cloudmask.scene import BandAsset, SceneSpec
+
+    d = shared_dir("data", "real", "s2-l1c-jp2-clip", "IMG_DATA")
+    files = dict(zip(builtin.BANDS, ["B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B11", "B12"],
+                     strict=True))
+    bands = {b: BandAsset(b, str(d / f"T31TDH_20150726T105026_{n}.jp2"), 1e-4, 0.0, 0) for b, n in files.items()}
+    spec = SceneSpec("jp2", bands, "EPSG:32631", (399960.0, 4690200.0, 402960.0, 4693200.0), "l1c")
+    res = mask_scene_spec(spec, tmp_path, "s2cloudless", stream=StreamConfig(probabilities=True),
+                          postprocess={"average_over": 4, "dilation_size": 2})
+    src = RasterSource(spec, builtin.BANDS, spec.geobox(10.0), ReaderConfig(overviews=False))
+    refl = np.moveaxis(src.read_rows(0, 300), 0, -1)[None]
+    src.close()
+    det = s2c.S2PixelCloudDetector(average_over=4, dilation_size=2)
+    prob = det.get_cloud_probability_maps(refl)[0]
+    with rasterio.open(res.mask) as m, rasterio.open(res.probabilities) as p:
+        mask, p_cloud = m.read(1), p.read(2) / 100.0
+        assert m.res == (10.0, 10.0) and mask.shape == (300, 300)
+    assert np.abs(p_cloud - prob).max() <= 0.005
+    assert (mask == det.get_mask_from_prob(prob[None])[0]).mean() >= 0.99
+    assert res.extra["postprocess"] == {"thresholds": {"cloud": 0.4}, "average_over": 4, "dilation_size": 2}
