@@ -118,7 +118,7 @@ def card_to_mlm(card: ModelCard, relative_to: Path | None = None) -> dict[str, A
         props["cloudmask:extra"] = extra
     return {
         "type": "Feature",
-        "stac_version": "1.0.0",
+        "stac_version": "1.1.0",
         "stac_extensions": [MLM_SCHEMA],
         "id": card.name,
         "geometry": None,

@@ -111,3 +111,24 @@ def test_refusals_name_the_fix(tmp_path):
     bare["assets"] = {}
     with pytest.raises(ModelCardError, match="mlm:model"):
         card_from_mlm(bare, base=tmp_path)
+
+
+def test_mlm_item_is_a_valid_stac_item():
+    """The card item validates against the core STAC 1.1.0 item schema (the copies pystac ships, offline)."""
+    from importlib import resources
+    from pathlib import Path
+
+    import jsonschema
+    from referencing import Registry, Resource
+
+    root = Path(str(resources.files("pystac.validation.jsonschemas")))
+    core = root / "stac-spec" / "v1.1.0"
+    files = {f"https://schemas.stacspec.org/v1.1.0/item-spec/json-schema/{p.name}": p for p in core.glob("*.json")}
+    files.update({f"https://geojson.org/schema/{n}.json": root / "geojson" / f"{n}.json" for n in ("Feature", "Geometry")})
+    registry = Registry().with_resources(
+        [(url, Resource.from_contents(json.loads(p.read_text()))) for url, p in files.items()])
+    validator = jsonschema.Draft7Validator(json.loads((core / "item.json").read_text()), registry=registry)
+    item = card_to_mlm(load_model("ukis-6b-l1c"))
+    assert list(validator.iter_errors(item)) == []
+    del item["properties"]["start_datetime"]  # datetime null needs a range: the schema is really checked
+    assert list(validator.iter_errors(item))
