@@ -342,7 +342,8 @@ def _do_search(stac: str, collection: str | None, bbox: str | None, aoi: str | N
     meta = click.get_current_context().meta
     http = HttpPolicy.from_env().with_overrides(meta.get("cloudmask.http_timeout"), meta.get("cloudmask.http_retries"),
                                                 names=("--http-timeout", "--http-retries"))
-    query = SearchQuery.build(collection=collection, bbox=bbox, aoi=aoi, datetime=datetime_, max_cloud=max_cloud,
+    query = SearchQuery.build(collection=collection, bbox=parse_bbox(bbox) if bbox else None, aoi=aoi,
+                              datetime=datetime_, max_cloud=max_cloud,
                               min_cloud=min_cloud, limit=limit, sortby=sortby)
     return search(stac, query, http=http)
 

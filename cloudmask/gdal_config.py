@@ -26,9 +26,8 @@ from rasterio.env import get_gdal_config, set_gdal_config
 
 log = logging.getLogger(__name__)
 
-#: GDAL options for remote COGs: no directory listing, bounded retries, range-request friendly.
+#: GDAL options for remote COGs: bounded retries, range-request friendly.
 DEFAULT_GDAL_OPTIONS: dict[str, str] = {
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MAX_RETRY": "3",
     "GDAL_HTTP_RETRY_DELAY": "1",
     "GDAL_HTTP_MULTIRANGE": "YES",
@@ -36,6 +35,9 @@ DEFAULT_GDAL_OPTIONS: dict[str, str] = {
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff,.jp2,.JP2",
     "VSI_CACHE": "TRUE",
 }
+#: Options for opening remote files only: no directory listing (one request, not a listing per open).
+#: Not process-wide: locally it would hide ``.aux.xml`` sidecars (the masks' category names).
+REMOTE_OPEN_OPTIONS: dict[str, str] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
 #: Default GDAL block cache, bytes.
 DEFAULT_CACHE_BYTES = 128 * 2**20
 #: Options that are process-wide in GDAL and must never be set per dataset or per read.

@@ -32,7 +32,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from .errors import GridError, ReadError
-from .gdal_config import configure_gdal, dataset_options
+from .gdal_config import REMOTE_OPEN_OPTIONS, configure_gdal, dataset_options
 from .scene import BandAsset, SceneSpec
 
 log = logging.getLogger(__name__)
@@ -96,10 +96,12 @@ class _Handles:
         self._lock = threading.Lock()
 
     @contextmanager
-    def _env(self) -> Iterator[None]:
-        """Per-dataset options around an open (thread-local in worker threads); nothing when there are none."""
-        if self.env:
-            with rasterio.Env(**self.env):
+    def _env(self, href: str) -> Iterator[None]:
+        """Per-dataset options around an open of ``href`` (thread-local in worker threads): the profile's,
+        plus :data:`~cloudmask.gdal_config.REMOTE_OPEN_OPTIONS` for remote files; nothing when none apply."""
+        env = {**REMOTE_OPEN_OPTIONS, **self.env} if gdal_path(href).startswith("/vsi") else self.env
+        if env:
+            with rasterio.Env(**env):
                 yield
         else:
             yield
@@ -110,7 +112,7 @@ class _Handles:
         Pooled handles are opened with ``OVERVIEW_LEVEL`` set (``NONE`` hides the overviews; a level
         lists the coarser ones relative to itself), so this opens the asset plainly, once."""
         try:
-            with self._env(), rasterio.open(gdal_path(asset.href)) as ds:
+            with self._env(asset.href), rasterio.open(gdal_path(asset.href)) as ds:
                 return list(ds.overviews(1))
         except rasterio.RasterioIOError as err:
             raise ReadError(f"cannot open band '{asset.band}' at {asset.href}: {err}") from err
@@ -131,7 +133,7 @@ class _Handles:
             if self.decode_threads > 1 and asset.href.lower().split("?")[0].endswith((".tif", ".tiff")):
                 opts["NUM_THREADS"] = str(self.decode_threads)  # a GTiff open option (GDAL >= 3.6)
             try:
-                with self._env():
+                with self._env(asset.href):
                     ds = rasterio.open(gdal_path(asset.href), **opts)
             except rasterio.RasterioIOError as err:
                 raise ReadError(

@@ -37,7 +37,8 @@ def test_demo_masks_every_scene(cli, tmp_path):
         with rasterio.open(m) as ds:
             assert ds.dtypes == ("uint8",) and ds.nodata == 255
     header = [ln for ln in res.output.splitlines() if ln.startswith("scene")][0]
-    assert header.split() == ["scene", "cloud", "shadow", "clear", "nodata", "seconds", "mask"]
+    assert header.split() == ["scene", "model", "res_m", "cloud", "shadow", "clear", "nodata", "agree", "%",
+                              "seconds", "mask"]
     cat = pystac.Catalog.from_file(str(out / "catalog.json"))
     assert len(list(cat.get_items(recursive=True))) == 3
 

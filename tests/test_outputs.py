@@ -108,11 +108,10 @@ def test_cog_carries_the_class_table(four_class, tmp_path):
         assert ds.descriptions[0] == "cloudmask classes: 0 clear, 1 cloud, 2 shadow, 3 thin_cloud, 255 nodata"
         cmap = ds.colormap(1)
         assert cmap[3] == (176, 196, 222, 255) and cmap[NODATA][3] == 0
-    # GDAL itself reads the category names (the PAM sidecar): a VRT copy spells them out. As in any GDAL
-    # client (QGIS, gdalinfo) the folder is listed; cloudmask's remote-read default EMPTY_DIR skips sidecars.
+    # GDAL itself reads the category names (the PAM sidecar): a VRT copy spells them out, in this very
+    # process (cloudmask limits its no-directory-listing setting to remote files, so sidecars are found)
     vrt = tmp_path / "mask.vrt"
-    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="FALSE"):
-        rasterio.shutil.copy(res.mask, vrt, driver="VRT")
+    rasterio.shutil.copy(res.mask, vrt, driver="VRT")
     band = ET.parse(vrt).getroot().find("VRTRasterBand")
     assert band is not None
     names = [c.text or "" for c in band.iterfind("CategoryNames/Category")]
