@@ -190,7 +190,9 @@ def run_job(
             if scheduler or workers:
                 execute = dask_executor(scheduler=scheduler, workers=workers, threads=spec.concurrency)
             else:
-                execute = local_executor(1 if spec.backend in SERIAL_BACKENDS else spec.concurrency)
+                # a serial device streams one scene at a time (task.py holds its lock only while streaming);
+                # a second scene in flight opens, reads ahead and finishes its outputs meanwhile
+                execute = local_executor(2 if spec.backend in SERIAL_BACKENDS else spec.concurrency)
             for it in pending:
                 journal.append("started", run=run_id, scene=it.id)
             last_refresh = time.monotonic()

@@ -8,7 +8,6 @@ the journal, the catalogue and the summary. Each process loads a model once (:fu
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -166,10 +165,11 @@ def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[st
     runs = cached_runners(card, settings.backend, settings.emulated_latency)
     stream = StreamConfig(margin=settings.margin, probabilities=settings.probabilities)
     serial = _RUNNER_LOCKS[_key(card, settings.backend, settings.emulated_latency)]
-    with serial if settings.backend in SERIAL_BACKENDS else contextlib.nullcontext():
-        res = mask_scene_spec(spec, Path(settings.out_dir), card, runners=runs, stream=stream,
-                              resolution=settings.resolution, classes=settings.classes,
-                              postprocess=settings.postprocess)
+    # a serial device is held only while the scene streams (not while its COG is finished)
+    res = mask_scene_spec(spec, Path(settings.out_dir), card, runners=runs, stream=stream,
+                          resolution=settings.resolution, classes=settings.classes,
+                          postprocess=settings.postprocess,
+                          device=serial if settings.backend in SERIAL_BACKENDS else None)
     res.extra.update(backend=settings.backend, backend_version=_backend_version(settings.backend))
     if settings.quicklook:
         from ..quicklook import quicklook_for_result
