@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,11 +70,25 @@ def stac_api_real(stac_api):
 
 
 @pytest.fixture(scope="session")
-def sample_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three small synthetic scenes (600 px at 10 m; the second has a 35 % nodata wedge)."""
+def sample_catalogs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
+    """``sample_catalogs(size)``: the catalogue of three synthetic scenes of ``size`` px at 10 m (the second
+    with a 35 % nodata wedge), made once per size per session; tests only read it."""
     from cloudmask.sample import make_catalog
 
-    return make_catalog(tmp_path_factory.mktemp("sample"), n_scenes=3, size=600)
+    made: dict[int, Path] = {}
+
+    def catalogue(size: int) -> Path:
+        if size not in made:
+            made[size] = make_catalog(tmp_path_factory.mktemp(f"sample{size}"), n_scenes=3, size=size)
+        return made[size]
+
+    return catalogue
+
+
+@pytest.fixture(scope="session")
+def sample_catalog(sample_catalogs: Callable[[int], Path]) -> Path:
+    """Three small synthetic scenes (600 px at 10 m; the second has a 35 % nodata wedge)."""
+    return sample_catalogs(600)
 
 
 @pytest.fixture(scope="session")

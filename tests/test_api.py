@@ -18,13 +18,17 @@ from cloudmask.api import mask_scene, open_mask, open_scene, scene_of, search
 from cloudmask.errors import ConfigError, MissingBandError
 from cloudmask.inference import predict
 from cloudmask.pipeline import mask_scene_spec
-from cloudmask.sample import make_catalog
 
 
 @pytest.fixture(scope="session")
-def sample_items(tmp_path_factory):
-    cat = make_catalog(tmp_path_factory.mktemp("api-sample"), n_scenes=2, size=600)
-    return search(cat)
+def all_items(sample_catalog):
+    """The session's three 600 px sample scenes (cloud cover about 30, 54 and 12 %)."""
+    return search(sample_catalog)
+
+
+@pytest.fixture(scope="session")
+def sample_items(all_items):
+    return all_items[:2]
 
 
 @pytest.fixture(scope="session")
@@ -59,10 +63,10 @@ def test_package_predict_stays_the_function():
     assert cloudmask.predict is function
 
 
-def test_search_filters(sample_items, item):
-    assert len(sample_items) == 2
+def test_search_filters(all_items, item):
+    assert len(all_items) == 3
     cat_root = item.get_root().get_self_href()
-    assert [it.id for it in search(cat_root, max_cloud=40)] == [sample_items[0].id]
+    assert [it.id for it in search(cat_root, max_cloud=40)] == [all_items[0].id, all_items[2].id]
 
 
 def test_open_scene_is_lazy_and_on_the_scene_grid(item):

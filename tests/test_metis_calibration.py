@@ -8,11 +8,10 @@ import numpy as np
 from click.testing import CliRunner
 
 from cloudmask.cli import main
-from cloudmask.sample import make_catalog
 
 
-def test_calibration_from_sample_catalogue(tmp_path):
-    cat = make_catalog(tmp_path / "cat", n_scenes=3, size=1800, nodata_wedge=(0.0, 0.35, 0.0))
+def test_calibration_from_sample_catalogue(tmp_path, sample_catalogs):
+    cat = sample_catalogs(1800)  # three scenes, the second with a 35 % nodata wedge
     out = tmp_path / "calib"
     res = CliRunner().invoke(main, ["metis", "calibration", "--stac", str(cat), "--model", "ukis-6b-l2a",
                                     "--out", str(out), "--samples", "200", "--stride", "48"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +41,8 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[pystac.Item, Path]:
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_catalog(tmp_path_factory.mktemp("cat"), n_scenes=3, size=SIZE, seed=1)
+def catalog(sample_catalogs: Callable[[int], Path]) -> Path:
+    return sample_catalogs(SIZE)
 
 
 def test_bad_arguments_raise_clear_errors(tmp_path: Path) -> None:
