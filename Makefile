@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench setup stac-api clean
+.PHONY: demo test test-fast lint bench setup stac-api clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ lint: $(STAMP)
 
 test: $(STAMP) stac-api lint
 	$(PY) -m pytest -q tests
+
+# The edit loop: every test not marked slow, stopping at the first failure (CI runs `make test`: all of them).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -x -m "not slow" -p no:cacheprovider tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py

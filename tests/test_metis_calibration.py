@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from cloudmask.cli import main
 
 
+@pytest.mark.slow  # two minutes on two cores: 1800 px scenes
 def test_calibration_from_sample_catalogue(tmp_path, sample_catalogs):
     cat = sample_catalogs(1800)  # three scenes, the second with a 35 % nodata wedge
     out = tmp_path / "calib"
