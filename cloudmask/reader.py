@@ -208,7 +208,8 @@ def _read_upsampled(ds: Any, win: Window, shape: tuple[int, int], fill: float) -
     native = Window(c0, r0, c1 - c0, r1 - r0)
     inside = r0 >= 0 and c0 >= 0 and r1 <= ds.height and c1 <= ds.width
     data = ds.read(1, window=native, boundless=not inside, fill_value=None if inside else fill)
-    return np.asarray(data[np.ix_(rows - r0, cols - c0)])
+    # one axis at a time, columns first (on the fewer native rows): 4-6x faster than data[np.ix_(...)]
+    return np.asarray(data.take(cols - c0, axis=1).take(rows - r0, axis=0))
 
 
 def _inside(win: Window, ds: Any) -> bool:
@@ -274,8 +275,10 @@ class RasterSource:
         self._levels[band] = level
         return level
 
-    def read_block(self, band: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
-        """Reflectance of one band over ``rows`` x ``cols`` (pixel ranges), float32, NaN = nodata."""
+    def read_block(self, band: int, rows: tuple[int, int], cols: tuple[int, int],
+                   out: np.ndarray | None = None) -> np.ndarray:
+        """Reflectance of one band over ``rows`` x ``cols`` (pixel ranges), float32, NaN = nodata
+        (written into ``out``, a float32 array or view of that shape, when given)."""
         asset = self.assets[band]
         shape = (rows[1] - rows[0], cols[1] - cols[0])
         level = self._level(band)
@@ -296,11 +299,14 @@ class RasterSource:
                     f"cannot read band '{asset.band}' of scene {self.spec.id} ({asset.href}): {err}; "
                     "the file may be corrupt or truncated"
                 ) from err
-        out = dn.astype(np.float32, copy=dn.dtype != np.float32)
-        out *= np.float32(asset.scale)
-        out += np.float32(asset.offset)
-        if nodata is not None:
-            out[dn == nodata] = np.nan
+        invalid = dn == nodata if nodata is not None else None
+        if out is None:
+            out = np.empty(shape, np.float32)
+        np.multiply(dn, np.float32(asset.scale), out=out, casting="unsafe")  # DN -> float32 in one pass
+        if asset.offset:
+            out += np.float32(asset.offset)
+        if invalid is not None and invalid.any():
+            np.copyto(out, np.float32(np.nan), where=invalid)
         return out
 
     def to_dask(self, row_edges: Sequence[int] | None = None, chunk_cols: int | None = None) -> da.Array:
@@ -361,7 +367,7 @@ class RasterSource:
             return out
 
         def one(b: int) -> None:
-            out[b, :, c0:c1] = self.read_block(b, (start, stop), (c0, c1))
+            self.read_block(b, (start, stop), (c0, c1), out=out[b, :, c0:c1])
 
         futures = [self._executor().submit(one, b) for b in range(len(self.bands))]
         wait(futures)
