@@ -108,12 +108,18 @@ class PatchBlender:
         """Blend the scores ``(>= len(tasks), K, patch, patch)`` of ``tasks``; returns the blocks now final."""
         t0 = time.perf_counter()
         n = self.merge.n
-        probs = self.merge.probabilities(scores[: len(tasks)], axis=1)
         w = self.weights
         weighted = self._weighted  # reused: the weight channel (probabilities only) is set once
+        fused = self.merge.logits and self.merge.identity
+        probs = scores[: len(tasks)] if fused else self.merge.probabilities(scores[: len(tasks)], axis=1)
         for task, pr in zip(tasks, probs, strict=True):
             assert isinstance(task, PatchTask)
-            np.multiply(pr, w, out=weighted[:n])
+            if fused:  # softmax and weighting in one: exp(s - max) * (w / sum exp), no separate division
+                np.subtract(pr, pr.max(axis=0), out=weighted[:n])
+                np.exp(weighted[:n], out=weighted[:n])
+                weighted[:n] *= w / weighted[:n].sum(axis=0)
+            else:
+                np.multiply(pr, w, out=weighted[:n])
             self._accumulate(task, weighted)
             self.done[task.row] = self.done.get(task.row, 0) + 1
         self.stats.patches += len(tasks)
