@@ -193,3 +193,36 @@ def test_many_pairs_from_the_catalogue_and_a_directory(demo_masks: Path, tmp_pat
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="pairs"):
         evaluate_many(tmp_path / "empty", demo_catalog())
+
+
+@pytest.mark.slow
+def test_readme_accuracy_table_is_reproduced(tmp_path: Path) -> None:
+    """benchmarks/accuracy.py (fp32 rows of two models) gives exactly the README's accuracy table lines."""
+    import importlib.util
+    import sys
+
+    try:
+        from .conftest import REPO_ROOT
+    except ImportError:
+        from conftest import REPO_ROOT  # type: ignore[no-redef]
+
+    shared = shared_dir("data", "real").parents[1]
+    spec = importlib.util.spec_from_file_location("bench_accuracy", REPO_ROOT / "benchmarks" / "accuracy.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_accuracy"] = mod
+    spec.loader.exec_module(mod)
+    rows = mod.run(shared, tmp_path, ["ukis-6b-l1c", "ukis-4b-l2a", "s2cloudless"], int8=False)
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    readme = {tuple(c[:4]): c for c in map(cells, (REPO_ROOT / "README.md").read_text().splitlines())
+              if len(c) == 9}
+    lines = [cells(ln) for ln in mod.markdown(rows).splitlines()[2:]]
+    assert len(lines) == 9
+    for got in lines:
+        want = readme.get(tuple(got[:4]))
+        assert want is not None, f"README lacks the row {got[:4]}"
+        assert want[8] == got[8]  # note
+        for a, b in zip(want[4:8], got[4:8], strict=True):  # metrics: within 1 point (code evolves)
+            assert (a == b == "–") or abs(float(a) - float(b)) <= 1.0, (got, want)
