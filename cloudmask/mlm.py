@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .card import ModelCard, check_graph
 from .errors import ModelCardError
-from .models import ModelCard, check_graph
 from .normalisation import Clip, Normalisation, Scale, Standardize, Step, from_card
 
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.4.0/schema.json"

@@ -12,167 +12,31 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import yaml
 
+from .builtin.s2cloudless import card as s2cloudless_card
+from .card import (  # noqa: F401 - re-exported: the card's own module is cloudmask.card
+    KINDS,
+    KNOWN_BANDS,
+    ModelCard,
+    ModelKind,
+    ProductLevel,
+    check_graph,
+    graph_output_channels,
+)
 from .classes import CLASSES, NODATA, ClassTable, canonical, class_names, class_value  # noqa: F401 - re-exported
 from .errors import ModelCardError, UnknownModelError
-from .normalisation import Normalisation, from_card, standardize
+from .mlm import card_from_mlm, is_mlm
+from .normalisation import from_card
 
 log = logging.getLogger(__name__)
 
 # The mask contract lives in classes.py; CLASSES (the three-class table) and NODATA stay importable here.
-#: STAC common names a card may ask for.
-KNOWN_BANDS = (
-    "coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3",
-    "nir", "nir08", "nir09", "cirrus", "swir16", "swir22",
-)
 CARD_SUFFIXES = (".yaml", ".yml", ".json")
-
-ProductLevel = Literal["l1c", "l2a"]
-#: Model kinds and their I/O contract: ``segmentation`` [B, C, H, W] -> [B, K, H, W]; ``pixel`` one spectrum per
-#: sample, [N, C] (or [N, C, 1, 1]) -> [N, K], no patch or halo; ``patch-classifier`` [B, C, H, W] -> [B, K], one
-#: label per patch (the mask is written at patch resolution).
-ModelKind = Literal["segmentation", "pixel", "patch-classifier"]
-KINDS: tuple[str, ...] = ("segmentation", "pixel", "patch-classifier")
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What the pipeline must know about a segmentation model.
-
-    ``normalisation`` turns reflectance (0–1) into model input (:mod:`cloudmask.normalisation`: standardize,
-    scale, minmax, log1p, clip, chains); ``mean``/``std`` are the classic per-band ``(reflectance - mean) / std``
-    (given alone they make the normalisation; they mirror it when it is one ``standardize``). ``classes`` maps each output channel to a cloudmask class name (``clear``, ``cloud``,
-    ``shadow``); several channels may map to one class (their probabilities add up).
-    """
-
-    name: str
-    onnx_path: Path
-    bands: tuple[str, ...]
-    product_level: ProductLevel
-    resolution: float
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-    patch_size: int = 256
-    classes: tuple[str, ...] = ("clear", "cloud", "shadow")
-    output: Literal["logits", "probabilities"] = "logits"
-    kind: ModelKind = "segmentation"
-    version: str = ""
-    description: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    normalisation: Normalisation | None = None
-
-    def __post_init__(self) -> None:
-        if self.normalisation is None:
-            if len(self.mean) != len(self.bands) or len(self.std) != len(self.bands):
-                raise ModelCardError(
-                    f"model card '{self.name}': normalisation mean and std need one value per band "
-                    f"({len(self.bands)}), got {len(self.mean)} and {len(self.std)}"
-                )
-            object.__setattr__(self, "normalisation", standardize(self.mean, self.std))
-        elif not self.mean and not self.std and (std := self.normalisation.standardize) is not None:
-            object.__setattr__(self, "mean", std.mean * (self.n_bands if len(std.mean) == 1 else 1))
-            object.__setattr__(self, "std", std.std * (self.n_bands if len(std.std) == 1 else 1))
-        _validate(self)
-
-    @property
-    def n_bands(self) -> int:
-        return len(self.bands)
-
-    @property
-    def class_index(self) -> np.ndarray:
-        """Mask class value (0 clear, 1 cloud, 2 shadow, 3 thin cloud, 4 snow) of every output channel."""
-        return np.array([class_value(c) for c in self.classes], dtype=np.uint8)
-
-    @property
-    def class_table(self) -> ClassTable:
-        """The classes this model's masks hold (values 0 .. highest named; see :mod:`cloudmask.classes`)."""
-        return ClassTable.for_names(self.classes)
-
-    def normalise(self, reflectance: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Normalise ``(C, ...)`` reflectance in model band order, in float32 (in place if ``out``)."""
-        assert self.normalisation is not None  # set in __post_init__
-        return self.normalisation.apply(reflectance, out=out)
-
-    def with_onnx(self, path: Path, **changes: Any) -> ModelCard:
-        """A copy of this card pointing at another graph (e.g. an exported or quantized one)."""
-        return replace(self, onnx_path=Path(path), **changes)
-
-    def to_dict(self, relative_to: Path | None = None) -> dict[str, Any]:
-        """The card as written to a card file (``onnx`` relative to ``relative_to`` when given)."""
-        onnx = self.onnx_path
-        if relative_to is not None:
-            try:
-                onnx = onnx.resolve().relative_to(relative_to.resolve())
-            except ValueError:
-                onnx = onnx.resolve()
-        d: dict[str, Any] = {
-            "name": self.name,
-            "onnx": str(onnx),
-            "bands": list(self.bands),
-            "product_level": self.product_level,
-            "resolution": self.resolution,
-            "normalisation": self.normalisation.to_dict() if self.normalisation is not None else {},
-            "patch_size": self.patch_size,
-            "classes": list(self.classes),
-            "output": self.output,
-            "kind": self.kind,
-        }
-        if self.version:
-            d["version"] = self.version
-        if self.description:
-            d["description"] = self.description
-        d.update(dict(self.extra))
-        return d
-
-    def save(self, path: Path) -> Path:
-        """Write the card as YAML (or JSON for a ``.json`` suffix) and return the path."""
-        path = Path(path)
-        d = self.to_dict(relative_to=path.parent)
-        text = json.dumps(d, indent=2) if path.suffix == ".json" else yaml.safe_dump(d, sort_keys=False)
-        path.write_text(text)
-        return path
-
-
-def _validate(card: ModelCard) -> None:
-    where = f"model card '{card.name}'"
-    unknown = [b for b in card.bands if b not in KNOWN_BANDS]
-    if not card.bands or unknown:
-        raise ModelCardError(
-            f"{where}: bands must be STAC common names ({', '.join(KNOWN_BANDS)}); got {list(card.bands)}"
-        )
-    if card.product_level not in ("l1c", "l2a"):
-        raise ModelCardError(f"{where}: product_level must be 'l1c' or 'l2a', got {card.product_level!r}")
-    if not card.resolution or card.resolution <= 0:
-        raise ModelCardError(f"{where}: resolution must be a positive number of metres")
-    if card.normalisation is not None:
-        card.normalisation.validate(card.n_bands, f"{where}: normalisation")
-    if card.kind not in KINDS:
-        raise ModelCardError(f"{where}: kind must be one of {', '.join(KINDS)}, got {card.kind!r}")
-    if card.kind != "pixel" and card.patch_size < 16:
-        raise ModelCardError(f"{where}: patch_size must be >= 16 pixels, got {card.patch_size}")
-    bad = [c for c in card.classes if not _known_class(c)]
-    if bad or not card.classes:
-        raise ModelCardError(
-            f"{where}: classes must name each output channel as one of {', '.join(class_names())}; got {bad}"
-        )
-    if card.output not in ("logits", "probabilities"):
-        raise ModelCardError(f"{where}: output must be 'logits' or 'probabilities', got {card.output!r}")
-
-
-def _known_class(name: str) -> bool:
-    try:
-        canonical(name)
-    except ValueError:
-        return False
-    return True
-
 
 # ---------------------------------------------------------------------------------------------- registry
 
@@ -185,9 +49,7 @@ BUILTIN_MODELS = (*BUILTIN, "s2cloudless")
 def builtin_card(name: str, convert: bool = True) -> ModelCard:
     """The card of a built-in model (``convert=False``: s2cloudless without converting its graph yet)."""
     if name == "s2cloudless":
-        from .builtin.s2cloudless import card
-
-        return card(convert_now=convert)
+        return s2cloudless_card(convert_now=convert)
     return _ukis_card(name)
 
 
@@ -236,8 +98,6 @@ def load_card_file(path: Path) -> ModelCard:
         raise ModelCardError(f"cannot read model card {path}: {err}") from err
     if not isinstance(raw, dict):
         raise ModelCardError(f"model card {path} must be a mapping of fields (name, onnx, bands, ...)")
-    from .mlm import card_from_mlm, is_mlm
-
     if is_mlm(raw):  # a STAC item with the MLM extension
         return card_from_mlm(raw, base=path.parent, source=str(path))
     return card_from_dict(raw, base=path.parent, source=str(path))
@@ -278,38 +138,6 @@ def card_from_dict(raw: Mapping[str, Any], base: Path, source: str = "model card
         raise ModelCardError(f"{source}: {err}") from err
     check_graph(card, source)
     return card
-
-
-def graph_output_channels(onnx_path: Path) -> int | None:
-    """Channel count (axis 1) of the ONNX graph's first output, ``None`` when it is not fixed."""
-    import onnx
-
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as err:  # onnx raises several types for corrupt files
-        raise ModelCardError(f"cannot read ONNX model {onnx_path}: {err}; check the file or re-export it") from err
-    if not model.graph.output:
-        return None
-    dims = model.graph.output[0].type.tensor_type.shape.dim
-    if len(dims) >= 2 and dims[1].dim_value:
-        return int(dims[1].dim_value)
-    try:  # not declared: ONNX shape inference often knows it (e.g. a Conv head's output channels)
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - inference is best effort; the runtime checks again
-        return None
-    dims = inferred.graph.output[0].type.tensor_type.shape.dim
-    return int(dims[1].dim_value) if len(dims) >= 2 and dims[1].dim_value else None
-
-
-def check_graph(card: ModelCard, source: str | None = None) -> None:
-    """Refuse a card whose ``classes`` do not name every output channel of its ONNX graph."""
-    channels = graph_output_channels(card.onnx_path)
-    if channels is not None and channels != len(card.classes):
-        raise ModelCardError(
-            f"{source or f'model card {card.name!r}'}: the ONNX output has {channels} channels but the card "
-            f"lists {len(card.classes)} classes {list(card.classes)}; list one class per output channel in "
-            f"'classes' (several channels may name the same class, e.g. [clear, cloud, cloud, shadow])"
-        )
 
 
 def _seq(value: Any, name: str, source: str) -> Sequence[Any]:

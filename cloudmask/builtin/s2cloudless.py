@@ -21,12 +21,10 @@ import os
 import tempfile
 from importlib import metadata, resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from ..card import ModelCard
 from ..errors import ModelError, UnknownModelError
-
-if TYPE_CHECKING:
-    from ..models import ModelCard
+from ..normalisation import Normalisation
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +135,6 @@ def ensure_onnx() -> Path:
 
 def card(convert_now: bool = True) -> ModelCard:
     """The s2cloudless model card (``convert_now=False`` lists it without converting)."""
-    from ..models import ModelCard
-    from ..normalisation import Normalisation
 
     onnx_path = ensure_onnx() if convert_now else cached_onnx_path()
     version = package_version() or ""
