@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ConfigError
-from .models import ModelCard
-from .pipeline import MaskResult, choose_model
+from .models import ModelCard, choose_model
+from .pipeline import MaskResult
 from .reader import RasterSource, ReaderConfig
 from .scene import SceneSpec
 
@@ -287,7 +287,7 @@ def mask_scene(
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = stream or StreamConfig()
     if probabilities and not cfg.probabilities:
-        cfg = StreamConfig(cfg.margin, cfg.blend, cfg.queue_batches, True)
+        cfg = replace(cfg, probabilities=True)
     card = choose_model(model, spec)
     result = mask_scene_spec(
         spec, out_dir, card, runners=runners, backend=backend, stream=cfg, reader=reader, cog=cog,
@@ -297,7 +297,7 @@ def mask_scene(
         from .quicklook import quicklook_for_result
 
         result.extra["quicklook"] = quicklook_for_result(spec, result)
-    result.extra["item"] = write_item(out_dir, mask_item(spec, result, card))
+    result.extra["item"] = write_item(out_dir, mask_item(spec, result))
     if catalog:
         result.extra["catalog"] = update_output_catalog(out_dir)
     return result

@@ -32,6 +32,7 @@ from .classes import CLASSES, NODATA, ClassTable, canonical, class_names, class_
 from .errors import ModelCardError, UnknownModelError
 from .mlm import card_from_mlm, is_mlm
 from .normalisation import from_card
+from .scene import SceneSpec
 
 log = logging.getLogger(__name__)
 
@@ -175,3 +176,26 @@ def load_model(model: str | Path | ModelCard) -> ModelCard:
         f"unknown model '{name}': use one of {', '.join(BUILTIN_MODELS)} (see `cloudmask models`) "
         "or the path of a model card / ONNX file with a card beside it"
     )
+
+
+def choose_model(model: str | Path | ModelCard | None, spec: SceneSpec) -> ModelCard:
+    """Resolve ``model`` for one scene; ``None``/``"auto"`` picks the ukis model of the scene's product level:
+    the 6-band one when the scene has both SWIR bands, else the 4-band (blue, green, red, nir) one.
+
+    Callers at the edge (CLI, API, job task) resolve once and pass the card down; a card whose product
+    level differs from the scene's is returned with a warning.
+    """
+    if model is None or str(model) == "auto":
+        six = load_model(f"ukis-6b-{spec.product_level}")
+        if all(b in spec.bands for b in six.bands):
+            return six
+        log.info("scene %s has no %s: model auto uses the 4-band model", spec.id,
+                 "/".join(b for b in six.bands if b not in spec.bands))
+        return load_model(f"ukis-4b-{spec.product_level}")
+    card = load_model(model)
+    if card.product_level != spec.product_level:
+        log.warning(
+            "model %s was trained on %s but scene %s is %s; results may be worse",
+            card.name, card.product_level.upper(), spec.id, spec.product_level.upper(),
+        )
+    return card

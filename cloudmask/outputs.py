@@ -115,7 +115,8 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
     file (checksum, size), classification v2 (the class table with ``count``/``percentage`` per
     class), eo (``eo:cloud_cover`` of valid pixels; left out without valid pixels) and processing
     (software and versions, lineage, datetime) fields, and a portable ``derived_from`` link to the
-    source item. ``cloudmask:source_id`` keeps the source id (the item id is its file stem).
+    source item. ``cloudmask:source_id`` keeps the source id (the item id is its file stem). ``card``
+    defaults to the one ``result`` carries.
     """
     with rasterio.open(result.mask) as ds:
         geobox = GeoBox((ds.height, ds.width), ds.transform, str(ds.crs))
@@ -131,6 +132,7 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
     shares = _shares(result)
     backend = result.extra.get("backend")
     software = {"cloudmask": __version__}
+    card = card if card is not None else result.card
     model_version = card.version if card is not None else result.extra.get("model_version")
     software[f"model:{result.model}"] = str(model_version or "unversioned")
     if backend:

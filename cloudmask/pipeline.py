@@ -16,7 +16,7 @@ import numpy as np
 from .classes import THREE_CLASSES, ClassShares, ClassTable, collapse_names, histogram
 from .engine import StreamConfig, StreamStats, output_geobox, stream_scene
 from .layout import OutputPaths, safe_name
-from .models import ModelCard, load_model
+from .models import ModelCard, choose_model  # noqa: F401 - choose_model: old import path
 from .reader import RasterSource, ReaderConfig
 from .runtime import Runner, make_runners
 from .scene import SceneSpec
@@ -38,7 +38,8 @@ class MaskResult:
 
     ``fractions``: each class in percent of the valid pixels, ``nodata`` in percent of all pixels
     (0.0 for the classes of a scene without valid pixels; ``counts`` tells them apart). ``classes``
-    is the mask's class table, ``counts`` the pixels per class name (``nodata`` included).
+    is the mask's class table, ``counts`` the pixels per class name (``nodata`` included), ``card``
+    the model card the mask was made with (``model`` is its name).
     """
 
     scene_id: str
@@ -51,6 +52,7 @@ class MaskResult:
     extra: dict[str, Any] = field(default_factory=dict)
     classes: ClassTable = THREE_CLASSES
     counts: dict[str, int] = field(default_factory=dict)
+    card: ModelCard | None = None
 
     @property
     def shares(self) -> ClassShares:
@@ -68,25 +70,6 @@ class MaskResult:
         }
 
 
-def choose_model(model: str | Path | ModelCard | None, spec: SceneSpec) -> ModelCard:
-    """Resolve ``model``; ``None``/``"auto"`` picks the ukis model of the scene's product level: the
-    6-band one when the scene has both SWIR bands, else the 4-band (blue, green, red, nir) one."""
-    if model is None or str(model) == "auto":
-        six = load_model(f"ukis-6b-{spec.product_level}")
-        if all(b in spec.bands for b in six.bands):
-            return six
-        log.info("scene %s has no %s: model auto uses the 4-band model", spec.id,
-                 "/".join(b for b in six.bands if b not in spec.bands))
-        return load_model(f"ukis-4b-{spec.product_level}")
-    card = load_model(model)
-    if card.product_level != spec.product_level:
-        log.warning(
-            "model %s was trained on %s but scene %s is %s; results may be worse",
-            card.name, card.product_level.upper(), spec.id, spec.product_level.upper(),
-        )
-    return card
-
-
 class _HistogramSink:
     """Wraps a sink and counts class pixels as blocks pass."""
 
@@ -102,7 +85,7 @@ class _HistogramSink:
 def mask_scene_spec(
     spec: SceneSpec,
     out_dir: Path,
-    model: str | Path | ModelCard | None = None,
+    card: ModelCard,
     *,
     runners: Sequence[Runner] | None = None,
     backend: str = "onnxruntime",
@@ -117,8 +100,9 @@ def mask_scene_spec(
 ) -> MaskResult:
     """Mask one scene into ``out_dir`` (``<id>_cloudmask.tif``; ``<id>_probabilities.tif`` on request).
 
-    ``resolution`` (metres) overrides the card's. ``runners`` lets callers reuse loaded models across
-    scenes. The mask is on the scene's own grid at that resolution, anchored on the tile corner.
+    ``card``: the model, resolved by the caller (:func:`cloudmask.models.choose_model`; ``classes``
+    may still fold its classes). ``resolution`` (metres) overrides the card's. ``runners`` lets
+    callers reuse loaded models across scenes. The mask is on the scene's own grid at that resolution, anchored on the tile corner.
     ``classes="cloud-shadow"`` folds the card's classes onto the three-class contract (thin cloud
     into cloud, snow into clear; their probabilities add up) before masking. ``postprocess`` (a
     :class:`~cloudmask.postprocess.PostProcess` or a mapping of its options) adds to the card's own
@@ -131,7 +115,6 @@ def mask_scene_spec(
     from .postprocess import PostProcessSink, SclRows, for_card
 
     t0 = time.perf_counter()
-    card = choose_model(model, spec)
     if classes != "all":
         card = replace(card, classes=collapse_names(card.classes, classes))
     table = card.class_table
@@ -184,5 +167,6 @@ def mask_scene_spec(
         seconds=seconds,
         classes=table,
         counts=dict(shares.counts),
+        card=card,
         extra={"postprocess": post.as_dict()} if post.active else {},
     )

@@ -17,6 +17,7 @@ import cloudmask
 from cloudmask.api import mask_scene, open_mask, open_scene, scene_of, search
 from cloudmask.errors import ConfigError, MissingBandError
 from cloudmask.inference import predict
+from cloudmask.models import choose_model
 from cloudmask.pipeline import mask_scene_spec
 
 
@@ -40,7 +41,8 @@ def item(sample_items):
 @pytest.fixture(scope="session")
 def reference(item, tmp_path_factory):
     """What the CLI/pipeline writes for ``item`` with the default model."""
-    return mask_scene_spec(scene_of(item), tmp_path_factory.mktemp("api-ref"))
+    spec = scene_of(item)
+    return mask_scene_spec(spec, tmp_path_factory.mktemp("api-ref"), choose_model("auto", spec))
 
 
 @pytest.fixture(scope="session")

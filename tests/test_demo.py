@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from rio_cogeo.cogeo import cog_validate
 
 from cloudmask.cli import main
-from cloudmask.pipeline import choose_model
+from cloudmask.models import choose_model
 from cloudmask.profiles import scene_spec
 from cloudmask.sample import DEMO_CHIPS, demo_catalog
 from cloudmask.stac import search

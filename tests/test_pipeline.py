@@ -11,7 +11,7 @@ from rio_cogeo.cogeo import cog_validate
 
 from cloudmask.errors import MissingBandError, ReadError
 from cloudmask.inference import predict, predict_array
-from cloudmask.models import NODATA, load_model
+from cloudmask.models import NODATA, choose_model, load_model
 from cloudmask.pipeline import mask_paths, mask_scene_spec, safe_name
 from cloudmask.profiles import scene_spec
 from cloudmask.reader import RasterSource
@@ -23,7 +23,7 @@ from .conftest import shared_dir
 @pytest.fixture(scope="module")
 def masked(sample_items, tmp_path_factory):
     out = tmp_path_factory.mktemp("masks")
-    return out, [mask_scene_spec(scene_spec(it), out) for it in sample_items]
+    return out, [mask_scene_spec(spec, out, choose_model("auto", spec)) for spec in map(scene_spec, sample_items)]
 
 
 def test_masks_are_valid_cogs_on_the_scene_grid(masked, sample_items):
@@ -88,7 +88,7 @@ def test_missing_band_is_named(sample_items, tmp_path):
     item = sample_items[0].clone()
     del item.assets["swir16"]
     with pytest.raises(MissingBandError, match="swir16"):
-        mask_scene_spec(scene_spec(item), tmp_path, "ukis-6b-l2a")
+        mask_scene_spec(scene_spec(item), tmp_path, load_model("ukis-6b-l2a"))
     assert not list(tmp_path.glob("*.tif")) and not list(tmp_path.glob(".*"))
 
 
@@ -102,7 +102,7 @@ def test_unreadable_asset_leaves_no_partial_file(sample_items, tmp_path):
 
     out = tmp_path / "out"
     with pytest.raises(ReadError, match="red"):
-        mask_scene_spec(replace(spec, bands=bands), out)
+        mask_scene_spec(replace(spec, bands=bands), out, choose_model("auto", spec))
     assert not out.exists() or not any(out.iterdir())
 
 

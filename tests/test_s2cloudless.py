@@ -149,7 +149,7 @@ def test_pipeline_on_native_l1c_jp2_equals_s2cloudless(cache, tmp_path):
                      strict=True))
     bands = {b: BandAsset(b, str(d / f"T31TDH_20150726T105026_{n}.jp2"), 1e-4, 0.0, 0) for b, n in files.items()}
     spec = SceneSpec("jp2", bands, "EPSG:32631", (399960.0, 4690200.0, 402960.0, 4693200.0), "l1c")
-    res = mask_scene_spec(spec, tmp_path, "s2cloudless", stream=StreamConfig(probabilities=True),
+    res = mask_scene_spec(spec, tmp_path, load_model("s2cloudless"), stream=StreamConfig(probabilities=True),
                           postprocess={"average_over": 4, "dilation_size": 2})
     src = RasterSource(spec, builtin.BANDS, spec.geobox(10.0), ReaderConfig(overviews=False))
     refl = np.moveaxis(src.read_rows(0, 300), 0, -1)[None]

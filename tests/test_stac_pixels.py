@@ -16,6 +16,7 @@ import rasterio
 from click.testing import CliRunner
 
 from cloudmask.cli import main
+from cloudmask.models import load_model
 from cloudmask.pipeline import mask_scene_spec
 from cloudmask.profiles import scene_spec
 
@@ -72,7 +73,7 @@ def test_three_layouts_give_identical_masks(sample_items, tmp_path):
         assert spec.bands["red"].offset == -0.1 and spec.bands["red"].scale == 1e-4
     masks = {}
     for name, spec in specs.items():
-        res = mask_scene_spec(spec, tmp_path / name, "ukis-4b-l2a")
+        res = mask_scene_spec(spec, tmp_path / name, load_model("ukis-4b-l2a"))
         with rasterio.open(res.mask) as ds:
             masks[name] = ds.read(1)
             assert ds.transform == specs["c1"].geobox(30).transform

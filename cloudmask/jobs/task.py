@@ -155,8 +155,9 @@ def process_scene(item: Mapping[str, Any], settings: TaskSettings) -> SceneOutco
 
 def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[str, Any], dict[str, Any]]:
     """One attempt at one scene: the mask item (dict) and the summary row."""
+    from ..models import choose_model
     from ..outputs import mask_item
-    from ..pipeline import choose_model, mask_scene_spec
+    from ..pipeline import mask_scene_spec
     from ..profiles import scene_spec
     from ..stream import StreamConfig
 
@@ -178,7 +179,7 @@ def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[st
             quicklook_for_result(spec, res)
         except Exception as err:  # noqa: BLE001 - a quicklook is a nicety
             log.warning("no quicklook for %s: %s", item.get("id"), err)
-    doc = mask_item(spec, res, card).to_dict(include_self_link=False, transform_hrefs=False)
+    doc = mask_item(spec, res).to_dict(include_self_link=False, transform_hrefs=False)
     return doc, res.row()
 
 
