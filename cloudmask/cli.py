@@ -96,6 +96,7 @@ def _mask_all(
     from .api import mask_scene
     from .batch import mask_many
     from .errors import ConfigError
+    from .grid import max_margin
     from .models import load_model
     from .pipeline import choose_model
     from .runtime import OrtConfig, make_runners
@@ -126,9 +127,9 @@ def _mask_all(
 
     def mask_one(spec: Any, turn: Any = None) -> dict[str, Any]:
         card = card_of(spec)
-        if card.kind == "segmentation" and 2 * cfg.margin >= card.patch_size:
-            raise ConfigError(f"--margin {cfg.margin} leaves no patch core: it must be below "
-                              f"{card.patch_size // 2} px for {card.name}'s {card.patch_size}-px patches")
+        if card.kind == "segmentation" and cfg.margin > max_margin(card.patch_size) and margin is not None:
+            raise ConfigError(f"--margin {cfg.margin} is too wide for {card.name}'s {card.patch_size}-px patches: "
+                              f"use at most {max_margin(card.patch_size)} (the core must be as wide as the halo)")
         with runners_lock:
             if card.name not in runners_by_model:
                 runners_by_model[card.name] = clock.wrap(make_runners(

@@ -19,6 +19,16 @@ Blend = Literal["tukey", "linear", "hard"]
 WEIGHT_FLOOR = 1e-3
 
 
+#: Default halo, pixels each side (measured: benchmarks/seams.py); smaller patches get at most patch // 3.
+DEFAULT_MARGIN = 26
+
+
+def max_margin(patch: int) -> int:
+    """The widest halo (pixels each side) a ``patch``-px patch allows: the core must be at least as wide
+    as the halo, so a patch only overlaps its direct neighbours (which the blender relies on)."""
+    return patch // 3
+
+
 @dataclass(frozen=True)
 class PatchLayout:
     """Patches of ``patch`` pixels with ``margin`` pixels of halo on each side over a ``height x width`` scene."""
@@ -31,8 +41,9 @@ class PatchLayout:
     def __post_init__(self) -> None:
         if self.height < 1 or self.width < 1:
             raise ValueError(f"scene must have at least one pixel, got {self.height}x{self.width}")
-        if not 0 <= 2 * self.margin < self.patch:
-            raise ValueError(f"margin {self.margin} must satisfy 0 <= 2*margin < patch ({self.patch})")
+        if not 0 <= self.margin <= max_margin(self.patch):
+            raise ValueError(f"margin {self.margin} must satisfy 0 <= margin <= patch // 3 ({max_margin(self.patch)} "
+                             f"for {self.patch}-px patches): a patch's halo may only reach its neighbours' cores")
 
     @property
     def stride(self) -> int:

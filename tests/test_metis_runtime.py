@@ -83,3 +83,15 @@ def test_missing_sdk_says_how_to_get_it(monkeypatch):
 def test_card_without_compiled_model(fake_sdk):
     with pytest.raises(RuntimeBackendError, match="metis_model"):
         make_runners(load_model("ukis-4b-l2a"), "metis")
+
+
+@pytest.mark.parametrize(("instances", "expected"), [(None, 4), (1, 1), (2, 2)])
+def test_make_runners_metis_honours_instances(fake_sdk, tmp_path, instances, expected):
+    from cloudmask.runtime import make_runners
+
+    runners = make_runners(_card(tmp_path, 1), "metis", instances=instances)
+    try:
+        assert len(runners) == expected  # --instances 1 means one, not the default four
+    finally:
+        for r in runners:
+            r.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -16,10 +17,11 @@ from cloudmask.runtime import EmulatedRunner, make_runners
 class RecordingRunner:
     """Returns scores that encode where each patch came from, and records calls."""
 
-    def __init__(self, shape):
+    def __init__(self, shape, delay=0.0):
         self._shape = shape
         self.calls = 0
         self.threads: set[str] = set()
+        self.delay = delay  # seconds per call, like a device (other instances take batches meanwhile)
 
     @property
     def input_shape(self):
@@ -29,6 +31,8 @@ class RecordingRunner:
         assert batch.shape == self._shape and batch.dtype == np.float32
         self.calls += 1
         self.threads.add(threading.current_thread().name)
+        if self.delay:
+            time.sleep(self.delay)
         b, _, h, w = batch.shape
         out = np.zeros((b, 3, h, w), np.float32)
         # class = 1 (cloud) where band 0 is positive, else 0 (clear)
@@ -51,7 +55,7 @@ def _scene(h=300, w=250, seed=0):
 def test_engine_is_exact_for_a_pixelwise_model(batch, instances):
     card, refl = _scene()
     shape = (batch, 4, 256, 256)
-    runners = [RecordingRunner(shape) for _ in range(instances)]
+    runners = [RecordingRunner(shape, delay=0.05 if instances > 1 else 0.0) for _ in range(instances)]
     sink = ArraySink(300, 250)
     stats = stream_scene(ArraySource(refl), card, runners, sink, StreamConfig(margin=40))
     expected = (refl[0] > card.mean[0]).astype(np.uint8)
@@ -164,3 +168,31 @@ def test_batch_arrays_are_recycled_not_reallocated():
     cfg = StreamConfig(queue_batches=2)
     stats = stream_scene(ArraySource(refl), card, [Ids((1, 4, 256, 256))], ArraySink(1000, 1000), cfg)
     assert stats.calls == 25 and len(seen) <= cfg.queue_batches + 1 + 1  # the pool: queue + device + producer
+
+
+def test_small_patches_get_a_halo_they_can_hold():
+    """A 64-px model: the default 26-px halo would leave a 12-px core (patches reaching past their
+    neighbours) and used to crash the blender; the default is clamped, a too-wide explicit one refused."""
+    from dataclasses import replace
+
+    card, refl = _scene(200, 170)
+    small = replace(card, patch_size=64)
+    sink = ArraySink(200, 170)
+    stream_scene(ArraySource(refl), small, [RecordingRunner((1, 4, 64, 64))], sink, StreamConfig())
+    assert np.array_equal(sink.classes, (refl[0] > card.mean[0]).astype(np.uint8))
+    with pytest.raises(CloudmaskError, match="at most 21"):
+        stream_scene(ArraySource(refl), small, [RecordingRunner((1, 4, 64, 64))], ArraySink(200, 170),
+                     StreamConfig(margin=22))
+
+
+def test_patches_carried_to_the_next_batch_survive_the_read_ahead():
+    """Batch 3 with 4 patches per strip: part of a batch waits for the next strip while the reader refills
+    that strip's buffer with the strip after (a slow device and a short queue make the producer wait).
+    The carried patches must be the ones cut, not the rows read later."""
+    card, refl = _scene(900, 600, seed=3)
+    expected = (refl[0] > card.mean[0]).astype(np.uint8)
+    for _ in range(3):
+        sink = ArraySink(900, 600)
+        runner = RecordingRunner((3, 4, 256, 256), delay=0.05)
+        stream_scene(ArraySource(refl), card, [runner], sink, StreamConfig(margin=40, queue_batches=1))
+        assert np.array_equal(sink.classes, expected)

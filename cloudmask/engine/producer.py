@@ -127,6 +127,9 @@ class PatchProducer(Producer):
                 if len(pending) == self.batch:
                     self._emit(pending)
                     pending = []
+            # patches left for the next batch are views of this window's buffer, which the reader refills
+            # with window i + 2 while window i + 1 is cut: copy them now (at most batch - 1 patches)
+            pending = [(t, np.array(patch)) for t, patch in pending]
             t_wait = time.perf_counter()
         if pending:
             self._emit(pending)

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import CloudmaskError
-from ..grid import PatchLayout, blend_weights
+from ..errors import CloudmaskError, ConfigError
+from ..grid import DEFAULT_MARGIN, PatchLayout, blend_weights, max_margin
 from ..models import ModelCard
 from .blender import Block, PatchBlender, PatchClassBlender, PixelBlender
 from .control import BufferPool, Control
@@ -218,6 +218,11 @@ def make_strategy(card: ModelCard, shape: Sequence[int], height: int, width: int
     batch = _check_patch_shape(card, shape)
     if card.kind == "patch-classifier":
         return PatchClassifierStrategy(card, PatchLayout(height, width, card.patch_size, 0), batch, "hard")
+    if margin == DEFAULT_MARGIN and margin > max_margin(card.patch_size):  # the default, for a small patch
+        margin = max_margin(card.patch_size)
+    if margin > max_margin(card.patch_size):
+        raise ConfigError(f"a halo of {margin} px is too wide for {card.name}'s {card.patch_size}-px patches: use at "
+                          f"most {max_margin(card.patch_size)} (--margin, StreamConfig(margin=...))")
     return SegmentationStrategy(card, PatchLayout(height, width, card.patch_size, margin), batch, blend)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CloudmaskError
-from ..grid import Blend
+from ..grid import DEFAULT_MARGIN, Blend
 from ..models import ModelCard
 from ..runtime.base import Runner
 from .control import Abort, BufferPool, Control
@@ -32,7 +32,7 @@ class StreamConfig:
     ``strip_rows`` (pixel models): rows read per strip (default: two blocks' worth, 128-256 rows).
     """
 
-    margin: int = 26
+    margin: int = DEFAULT_MARGIN
     blend: Blend = "tukey"
     queue_batches: int = 8
     probabilities: bool = False

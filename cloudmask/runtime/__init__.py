@@ -49,15 +49,14 @@ def make_runners(
         if ort is None and instances > 1:
             ort = OrtConfig(intra_op_threads=max(1, cpus // instances))
         return [OnnxRunner(card, batch=batch, config=ort, block=block) for _ in range(instances)]
-    instances = instances or 1
     if backend == "emulated":
-        return [EmulatedRunner.for_card(card, batch, latency_s, block) for _ in range(instances)]
+        return [EmulatedRunner.for_card(card, batch, latency_s, block) for _ in range(instances or 1)]
     if backend == "metis":
         try:
             from .metis import make_metis_runners
         except ImportError as err:  # pragma: no cover - depends on the SDK
             raise RuntimeBackendError(str(err)) from err
-        return make_metis_runners(card, instances=instances if instances > 1 else None)
+        return make_metis_runners(card, instances=instances)  # None: 4 // compiled batch
     raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
 
 
