@@ -49,8 +49,6 @@ S2_OFFSET_0400 = -0.1
 BASELINE_OFFSET_FROM = (4, 0)
 #: Sensing date from which ESA's operational processing used baseline 04.00 (fallback only).
 BASELINE_0400_SINCE = datetime(2022, 1, 25, tzinfo=UTC)
-#: Property key under which :func:`scene_spec` puts the profile's GDAL/AWS settings (a dict).
-GDAL_ENV_KEY = "cloudmask:gdal_env"
 #: Property key under which :func:`scene_spec` puts the processing baseline it used (str or None).
 BASELINE_KEY = "cloudmask:processing_baseline"
 
@@ -359,8 +357,6 @@ def scene_spec(item: pystac.Item | Mapping[str, Any], profile: str | Profile | N
 
     crs, bounds = _grid(item, prof)
     props = dict(item.properties)
-    if prof.gdal_env:
-        props[GDAL_ENV_KEY] = dict(prof.gdal_env)
     props[BASELINE_KEY] = baseline
     dt = item_interval(item)[0]
     return SceneSpec(
@@ -373,6 +369,7 @@ def scene_spec(item: pystac.Item | Mapping[str, Any], profile: str | Profile | N
         collection=item.collection_id,
         profile=prof.name,
         properties=props,
+        gdal_env=dict(prof.gdal_env),
         item=item,
     )
 

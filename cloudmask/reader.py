@@ -238,7 +238,7 @@ class RasterSource:
         self.geobox = geobox
         self.config = config or ReaderConfig()
         env = dict(self.config.gdal_env)
-        env.update(spec.properties.get("cloudmask:gdal_env", {}) or {})  # the provider profile's settings
+        env.update(spec.gdal_env)  # the provider profile's settings
         configure_gdal()
         decode = self.config.decode_threads
         self._handles = _Handles(env, min(2, os.cpu_count() or 1) if decode is None else decode)

@@ -39,6 +39,8 @@ class SceneSpec:
 
     ``bounds`` is ``(left, bottom, right, top)`` of the tile (the full MGRS tile for Sentinel-2), the
     anchor of every output grid: the output's top-left corner is the tile's top-left corner.
+    ``gdal_env``: the GDAL/AWS settings its hrefs need (from the provider profile: endpoint,
+    requester-pays, ...), applied by the reader on top of ``ReaderConfig.gdal_env``.
     """
 
     id: str
@@ -50,6 +52,7 @@ class SceneSpec:
     collection: str | None = None
     profile: str = ""
     properties: Mapping[str, Any] = field(default_factory=dict)
+    gdal_env: Mapping[str, str] = field(default_factory=dict)
     item: Any = None  # the pystac.Item it came from, when there is one
 
     def geobox(self, resolution: float) -> GeoBox:

@@ -20,7 +20,8 @@ from click.testing import CliRunner
 
 from cloudmask.cli import main
 from cloudmask.errors import ItemLayoutError, MissingBandError, UnknownProfileError
-from cloudmask.profiles import GDAL_ENV_KEY, get_profile, list_profiles, processing_baseline, scene_spec
+from cloudmask.profiles import get_profile, list_profiles, processing_baseline, scene_spec
+from cloudmask.reader import RasterSource, ReaderConfig
 from cloudmask.stac.sign import sign_item
 
 try:
@@ -215,7 +216,8 @@ def test_cdse_excerpt() -> None:
         b = spec.bands[band]
         assert (b.scale, b.offset, b.nodata, b.resolution) == pytest.approx((S, -0.1, 0, 10.0))
     assert (spec.bands["scl"].scale, spec.bands["scl"].offset, spec.bands["scl"].resolution) == (1.0, 0.0, 20.0)
-    env = spec.properties[GDAL_ENV_KEY]
+    env = spec.gdal_env
+    assert "cloudmask:gdal_env" not in spec.properties
     assert env["AWS_S3_ENDPOINT"] == "eodata.dataspace.copernicus.eu"
     assert env["AWS_VIRTUAL_HOSTING"] == "FALSE"
     assert processing_baseline(pystac.Item.from_dict(d, migrate=False)) == "05.11"
@@ -307,7 +309,7 @@ def test_planetary_computer_signing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_earth_search_l1c_needs_requester_pays() -> None:
     [(_, d), *_rest] = _items("earth-search/pystac-client_cassettes/sentinel-2-l1c")
-    assert scene_spec(d).properties[GDAL_ENV_KEY]["AWS_REQUEST_PAYER"] == "requester"
+    assert scene_spec(d).gdal_env["AWS_REQUEST_PAYER"] == "requester"
 
 
 def test_profile_override_and_aliases() -> None:
@@ -372,3 +374,13 @@ def test_unknown_profile_points_to_the_command() -> None:
     res = CliRunner().invoke(main, ["profiles", "nope"])
     assert res.exit_code == 2  # an argument error, like any other unknown option value
     assert "unknown profile 'nope'" in res.output and "`cloudmask profiles`" in res.output
+
+
+def test_reader_takes_the_gdal_settings_from_the_scene() -> None:
+    [(_, d), *_rest] = _items("earth-search/pystac-client_cassettes/sentinel-2-l1c")
+    spec = scene_spec(d)
+    src = RasterSource(spec, ("blue",), spec.geobox(60), ReaderConfig(gdal_env={"AWS_REGION": "us-west-2"}))
+    try:  # the profile's settings win over the reader's defaults; nothing is opened yet
+        assert src._handles.env == {"AWS_REQUEST_PAYER": "requester", "AWS_REGION": "eu-central-1"}
+    finally:
+        src.close()
