@@ -23,9 +23,6 @@ from .scene import SceneSpec
 
 log = logging.getLogger(__name__)
 
-#: Exit code of a batch in which some scenes failed (as for ``cloudmask job run``).
-FAILED_SCENES_EXIT = JobError.exit_code
-
 
 class ScenesFailedError(JobError):
     """Some scenes of a batch failed; the others were masked and catalogued."""

@@ -66,13 +66,9 @@ class ReadError(CloudmaskError):
 
 
 class GridError(CloudmaskError):
-    """Rasters do not share a CRS/grid, or a scene is empty."""
+    """Rasters do not share a CRS/grid."""
 
     exit_code = 5
-
-
-class EmptySceneError(GridError):
-    """A scene holds no valid pixel inside the requested area."""
 
 
 class RuntimeBackendError(CloudmaskError):

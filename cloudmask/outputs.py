@@ -49,8 +49,6 @@ CLASSIFICATION_EXT = "https://stac-extensions.github.io/classification/v2.0.0/sc
 PROCESSING_EXT = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
 EO_EXT = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
 EXTENSIONS = [PROJECTION_EXT, RASTER_EXT, FILE_EXT, CLASSIFICATION_EXT, PROCESSING_EXT, EO_EXT]
-#: classification:classes of the three-class contract (no counts).
-CLASS_TABLE = THREE_CLASSES.stac_classes()
 #: Licence of the output masks (SPDX) and where it is written; the masks contain modified Copernicus
 #: Sentinel data, whose terms ask for that attribution and allow this licence.
 LICENSE = "CC-BY-4.0"

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..errors import CloudmaskError, ConfigError
+from ..errors import ConfigError
 from ..models import ModelCard, load_model
 from ..stream import softmax
 
@@ -31,10 +31,6 @@ STRATA: tuple[str, ...] = ("clear_land", "water", "thick_cloud", "thin_cloud", "
 MANIFEST = "manifest.json"
 
 Predict = Callable[[np.ndarray], np.ndarray]
-
-
-class MetisNotWiredError(CloudmaskError, NotImplementedError):
-    """A Metis entry point that is not connected yet."""
 
 
 class CalibrationPatch(NamedTuple):

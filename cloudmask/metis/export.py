@@ -26,7 +26,7 @@ import shutil
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import onnx
 
@@ -36,7 +36,6 @@ from . import graph as G
 
 log = logging.getLogger(__name__)
 
-Cores = Literal["single", "batch4"]
 CORES: tuple[str, ...] = ("single", "batch4")
 MAX_OPSET = 17
 #: Default fold of a pixel model: 256 x 256 = 65,536 pixels per call.
