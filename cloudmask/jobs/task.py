@@ -3,7 +3,8 @@
 
 It writes the mask into the output directory (atomically, see :class:`~cloudmask.writer.CogSink`) and
 returns a :class:`SceneOutcome` with the mask's STAC item; only the driver (:mod:`.run`) writes items,
-the journal, the catalogue and the summary. Each process loads a model once (:func:`cached_runners`).
+the journal, the catalogue and the summary. Each process loads a model once
+(:func:`cloudmask.runtime.cache.cached_runners`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,8 @@ import pystac
 
 from .. import retry
 from ..errors import CatalogUnreachableError, CloudmaskError, ReadError, WriteError
-from ..models import ModelCard
 from ..retry import RetryPolicy
-from ..runtime import Runner, make_runners
+from ..runtime.cache import cached_runners, runner_loads, runner_lock
 from .spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -81,39 +80,6 @@ class SceneOutcome:
     loads: dict[str, int] = field(default_factory=dict)  # model loads of the process that ran it
 
 
-# ---------------------------------------------------------------------------------- runners, cached
-
-_RUNNERS: dict[tuple[Any, ...], Sequence[Runner]] = {}
-_RUNNER_LOCKS: dict[tuple[Any, ...], threading.Lock] = {}
-_CACHE_LOCK = threading.Lock()
-#: How many times each (model, backend) was loaded in this process (once, unless the cache was cleared).
-LOADS: dict[str, int] = {}
-
-
-def _key(card: ModelCard, backend: str, latency: float) -> tuple[Any, ...]:
-    return (card.name, str(card.onnx_path), backend, float(latency))
-
-
-def cached_runners(card: ModelCard, backend: str, latency: float = 0.0) -> Sequence[Runner]:
-    """This process's runners for ``card`` on ``backend``, made on first use (one model load per process)."""
-    key = _key(card, backend, latency)
-    with _CACHE_LOCK:
-        runs = _RUNNERS.get(key)
-        if runs is None:
-            runs = make_runners(card, backend, latency_s=latency)
-            _RUNNERS[key] = runs
-            _RUNNER_LOCKS[key] = threading.Lock()
-            name = f"{card.name}@{backend}"
-            LOADS[name] = LOADS.get(name, 0) + 1
-            log.info("loaded model %s on %s in process %d", card.name, backend, os.getpid())
-        return runs
-
-
-def runner_loads() -> dict[str, int]:
-    """``LOADS`` of this process (used through ``client.run`` to check each worker loaded once)."""
-    return dict(LOADS)
-
-
 def _backend_version(backend: str) -> str:
     if backend == "onnxruntime":
         try:
@@ -165,7 +131,7 @@ def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[st
     card = choose_model(settings.model, spec)
     runs = cached_runners(card, settings.backend, settings.emulated_latency)
     stream = StreamConfig(margin=settings.margin, probabilities=settings.probabilities)
-    serial = _RUNNER_LOCKS[_key(card, settings.backend, settings.emulated_latency)]
+    serial = runner_lock(card, settings.backend, settings.emulated_latency)
     # a serial device is held only while the scene streams (not while its COG is finished)
     res = mask_scene_spec(spec, Path(settings.out_dir), card, runners=runs, stream=stream,
                           resolution=settings.resolution, classes=settings.classes,
