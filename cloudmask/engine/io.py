@@ -18,15 +18,26 @@ class PatchSource(Protocol):
     """Rows of a scene at model resolution: ``(bands, rows, width)`` float32 reflectance, NaN = nodata."""
 
     @property
-    def shape(self) -> tuple[int, int]: ...
+    def shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of the scene on the model grid (pixels)."""
+        ...
 
-    def read_rows(self, start: int, stop: int) -> np.ndarray: ...
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` (0 <= start < stop <= rows) as a new ``(bands, stop - start, cols)`` float32
+        array in model band order that the engine owns and may change. Called from the producer thread
+        only, top to bottom; a failed read raises (a :class:`~cloudmask.errors.ReadError` for rasters)."""
+        ...
 
 
 class MaskSink(Protocol):
     """Receives finished row blocks of the mask, top to bottom."""
 
-    def write_block(self, row: int, classes: np.ndarray, probabilities: np.ndarray | None) -> None: ...
+    def write_block(self, row: int, classes: np.ndarray, probabilities: np.ndarray | None) -> None:
+        """Mask rows ``row : row + len(classes)``: ``classes`` ``(rows, cols)`` uint8 class values (255 nodata),
+        ``probabilities`` ``(classes, rows, cols)`` uint8 percent or ``None``. Called from the thread that
+        called :func:`~cloudmask.engine.stream_scene`, blocks contiguous and in order, each row once;
+        the arrays are new for every call and the sink may keep them."""
+        ...
 
 
 class ArraySink:

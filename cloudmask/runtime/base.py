@@ -21,11 +21,24 @@ class Runner(Protocol):
     (the engine reuses the array). The returned array is read by the blender while the runner may
     already run the next call, so it must not be overwritten in place by a later call unless it is
     constant (:class:`~cloudmask.runtime.EmulatedRunner` returns the same array every call).
+    An optional ``lag`` attribute (int, default 0) says how many calls later an input's output comes
+    back (2 for a double-buffered Metis instance); the engine pairs and drains with empty calls.
     """
 
     @property
-    def input_shape(self) -> tuple[int, ...]: ...
+    def input_shape(self) -> tuple[int, ...]:
+        """The one shape ``run`` accepts; constant for the runner's life (the engine pads to it)."""
+        ...
 
-    def run(self, batch: np.ndarray) -> np.ndarray: ...
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Scores for ``batch`` (float32, C-contiguous, exactly ``input_shape``), from the runner's own thread.
 
-    def close(self) -> None: ...
+        Borrows ``batch`` for the call only (the engine recycles it). The blender reads the result after
+        later calls may have run (the scores wait in a queue), so each call returns a new array, or
+        one that never changes.
+        """
+        ...
+
+    def close(self) -> None:
+        """Free the model instance (session, device); called once, after the last ``run``."""
+        ...
