@@ -453,9 +453,10 @@ def run(stac: str, collection: str | None, bbox: str | None, aoi: str | None, da
 @click.argument("reference", type=click.Path(exists=True, path_type=Path))
 @click.option("--reference-classes", default=None,
               help="VALUE=NAME pairs of the reference raster, e.g. 0=clear,1=cloud,2=shadow; values not named "
-                   "are left out.  [default: the cloudmask contract 0=clear,1=cloud,2=shadow,3=thin_cloud,4=snow]")
+                   "are left out.  [default: 0=clear,1=cloud,2=shadow]")
 @click.option("--prediction-classes", default=None,
-              help="VALUE=NAME pairs of the predicted mask.  [default: the cloudmask contract]")
+              help="VALUE=NAME pairs of the predicted mask.  [default: the cloudmask contract "
+                   "0=clear,1=cloud,2=shadow,3=thin_cloud,4=snow]")
 @click.option("--reference-nodata", type=float, default=None,
               help="Reference nodata value.  [default: the raster's own nodata, if any]")
 @click.option("--boundary", type=click.IntRange(min=0), default=0, show_default=True,

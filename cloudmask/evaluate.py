@@ -4,7 +4,8 @@ The prediction is resampled with nearest neighbour onto the reference's grid (an
 resolution; :func:`rasterio.warp.reproject`), so a 30 m mask is scored on a 10 m label grid. Pixels
 that are nodata in either raster, or outside the prediction, are excluded; so are reference values
 that ``reference_classes`` does not name. Both rasters' values are mapped to class names (the mask
-contract of :mod:`cloudmask.classes` by default). The classes scored are those the reference names;
+contract of :mod:`cloudmask.classes` for the prediction, its three classes clear/cloud/shadow for
+the reference, by default). The classes scored are those the reference names;
 a predicted class the reference does not have is folded onto it: ``thin_cloud`` counts as ``cloud``,
 everything else (``shadow``, ``snow``) as ``clear`` -- so a two-class cloud/not-cloud reference
 scores "cloud vs not".
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_CLASSES",
+    "DEFAULT_REFERENCE_CLASSES",
     "Scores",
     "evaluate",
     "evaluate_many",
@@ -47,19 +49,22 @@ __all__ = [
     "summary_rows",
 ]
 
-#: ``{value: class name}`` of a cloudmask mask (the default for both rasters).
+#: ``{value: class name}`` of a cloudmask mask: the default of the prediction.
 DEFAULT_CLASSES: dict[int, str] = {c.value: c.name for c in MASK_CLASSES}
+#: The default of the reference: the three-class contract (0 clear, 1 cloud, 2 shadow).
+DEFAULT_REFERENCE_CLASSES: dict[int, str] = {c.value: c.name for c in MASK_CLASSES[:3]}
 #: Reference assets tried, in order, when the reference is a STAC catalogue.
 REFERENCE_ASSETS = ("truth", "label", "labels", "reference", "ensemble")
 _MASK_SUFFIX = "_cloudmask"
 _FOLD = {"thin_cloud": "cloud"}
 
 
-def parse_classes(text: str | Mapping[int, str] | None) -> dict[int, str]:
+def parse_classes(text: str | Mapping[int, str] | None,
+                  default: Mapping[int, str] = DEFAULT_CLASSES) -> dict[int, str]:
     """``"0=clear,1=cloud,4=cloud"`` -> ``{0: "clear", 1: "cloud", 4: "cloud"}`` (names as in
-    :mod:`cloudmask.classes`, aliases allowed); ``None`` gives :data:`DEFAULT_CLASSES`."""
+    :mod:`cloudmask.classes`, aliases allowed); ``None`` gives ``default``."""
     if text is None:
-        return dict(DEFAULT_CLASSES)
+        return dict(default)
     items = text.items() if isinstance(text, Mapping) else _split_pairs(str(text))
     out: dict[int, str] = {}
     for value, name in items:
@@ -221,7 +226,7 @@ def score_arrays(
                         "(evaluate() does it from the files' georeferencing)")
     if boundary < 0:
         raise ConfigError(f"boundary must be >= 0 pixels, got {boundary}")
-    ref_map = parse_classes(reference_classes)
+    ref_map = parse_classes(reference_classes, DEFAULT_REFERENCE_CLASSES)
     pred_map = parse_classes(prediction_classes)
     names = sorted(set(ref_map.values()), key=class_value)
     classes = tuple(names)

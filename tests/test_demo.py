@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -121,6 +122,13 @@ def test_demo_synthetic_and_help(tmp_path: Path) -> None:
                                     "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "generated truth" in res.output and len(list((tmp_path / "o").glob("*_cloudmask.tif"))) == 1
+    # the table's agreement is `cloudmask evaluate` of the mask against the scene's truth asset
+    agree = float(next(ln for ln in res.output.splitlines() if ln.startswith("S2")).split()[7])
+    ev = CliRunner().invoke(main, ["evaluate", str(tmp_path / "o"), str(tmp_path / "s"), "--json"])
+    assert ev.exit_code == 0, ev.output
+    doc = json.loads(ev.output)
+    assert doc["pairs"][0]["classes"] == ["clear", "cloud", "shadow"]
+    assert round(100 * doc["pairs"][0]["overall_accuracy"], 1) == agree
     # every option states its default
     help_text = CliRunner().invoke(main, ["demo", "--help"]).output
     for opt in ("--out", "--sample-dir", "--scenes", "--size", "--model", "--backend"):
