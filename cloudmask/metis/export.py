@@ -136,15 +136,21 @@ def static_model(
     passes["identity_casts_removed"] = G.remove_identity_casts(model)
     passes["pads_folded_into_convs"] = G.fold_pads_into_convs(model)
     passes["unused_initializers_removed"] = G.remove_unused_initializers(model)
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-        onnx.checker.check_model(model)
-    except Exception as err:
-        raise ModelError(f"exported graph of '{card.name}' is invalid: {err}") from err
+    model = _checked(model, f"exported graph of '{card.name}'")
     for out in model.graph.output:
         if not all(isinstance(v, int) and v > 0 for v in G.dims(out)):
             raise ModelError(f"output {out.name} of '{card.name}' is not static after export: {G.dims(out)}")
     return model, passes, softmax
+
+
+def _checked(model: onnx.ModelProto, what: str) -> onnx.ModelProto:
+    """``model`` with its shapes inferred (strict) and checked; a failure is a :class:`ModelError` naming ``what``."""
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        onnx.checker.check_model(model)
+    except Exception as err:  # onnx raises several types
+        raise ModelError(f"{what} is invalid: {err}") from err
+    return model
 
 
 def compiler_config(card: ModelCard, cores: str, input_shape: list[int]) -> dict[str, Any]:
@@ -183,11 +189,7 @@ def folded_model(card: ModelCard, fold: tuple[int, int] = DEFAULT_FOLD) -> tuple
         raise ModelError(f"cannot fold pixel model '{card.name}' for Metis: {err}") from err
     passes.update(counts)
     passes["identity_casts_removed"] = G.remove_identity_casts(model)
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-        onnx.checker.check_model(model)
-    except Exception as err:
-        raise ModelError(f"folded graph of '{card.name}' is invalid: {err}") from err
+    model = _checked(model, f"folded graph of '{card.name}'")
     c = int(G.dims(G.image_input(model))[1] or 0)  # type: ignore[arg-type]
     if c != card.n_bands:
         raise ModelError(f"{card.onnx_path}: input has {c} channels, the card lists {card.n_bands} bands")
