@@ -233,3 +233,40 @@ def test_job_sweeps_temporaries_of_killed_runs_including_gdal_overviews(sample_c
     assert res.returncode == 0, res.stderr[-2000:]
     assert [p.name for p in left if p.exists()] == []
     assert _no_temporaries(out) == []
+
+
+def test_engine_stops_cleanly_when_a_device_fails_20_times(sample_items: list[pystac.Item]) -> None:
+    """A device that fails mid-scene while the reader reads ahead on its own threads: every round ends
+    with the device's error (no hang, no crash, no half-read strip closed under a read)."""
+    from cloudmask.engine import ArraySink, StreamConfig, stream_scene
+    from cloudmask.errors import RuntimeBackendError
+    from cloudmask.models import load_model
+    from cloudmask.runtime import make_runners
+
+    card = load_model("ukis-6b-l2a")
+    spec = scene_spec(sample_items[0])
+
+    class Failing:
+        def __init__(self, inner, after):
+            self.inner, self.after, self.calls = inner, after, 0
+            self.input_shape = inner.input_shape
+
+        def run(self, batch):
+            self.calls += 1
+            if self.calls > self.after:
+                raise RuntimeBackendError("device lost")
+            return self.inner.run(batch)
+
+        def close(self):
+            self.inner.close()
+
+    for k in range(20):
+        runners = [Failing(r, after=k % 3) for r in make_runners(card, "emulated", instances=2)]
+        src = RasterSource(spec, card.bands, spec.geobox(10.0))
+        h, w = src.shape
+        try:
+            with pytest.raises(RuntimeBackendError, match="device lost"):
+                stream_scene(src, card, runners, ArraySink(h, w), StreamConfig(queue_batches=2))
+        finally:
+            src.close()
+        assert not src._handles._out  # nothing still checked out after the engine returned
