@@ -19,6 +19,9 @@ from typing import Any
 
 from . import atomic
 from .errors import CloudmaskError, ConfigError, JobError, ModelError, WriteError
+from .jobs.state import check_done
+from .outputs import update_output_catalog
+from .profiles import scene_spec
 from .scene import SceneSpec
 
 log = logging.getLogger(__name__)
@@ -56,8 +59,6 @@ def existing_output(out: Path, spec: SceneSpec, model: str) -> dict[str, Any] | 
     Finished and valid: the output item exists, names this source scene and model, and its mask file
     has the size and checksum the item records.
     """
-    from .jobs.state import check_done  # the job's own notion of "done"
-
     check = check_done(out, spec.id)
     if not check.done or check.item_path is None:
         return None
@@ -140,8 +141,6 @@ def _catalog(out: Path, write_catalog: Callable[[Path], Path] | None, report: Ba
     if not any(r["status"] in ("done", "skipped") for r in report.rows) and not (out / "items").is_dir():
         return None
     if write_catalog is None:
-        from .outputs import update_output_catalog
-
         write_catalog = update_output_catalog
     return write_catalog(out)
 
@@ -163,8 +162,6 @@ def prepare_out_dir(out: Path | str) -> Path:
 
 def specs_of(items: Iterable[Any], profile: str | None = None) -> tuple[list[SceneSpec], list[dict[str, Any]]]:
     """Scene specs of ``items``, and a failed row for each item that cannot be read as a scene."""
-    from .profiles import scene_spec
-
     specs: list[SceneSpec] = []
     failed: list[dict[str, Any]] = []
     for it in items:

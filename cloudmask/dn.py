@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .api import scene_of
 from .errors import ConfigError
 from .scene import BandAsset, SceneSpec
 
@@ -66,8 +67,6 @@ def _apply(da: xr.DataArray, band: BandAsset) -> xr.DataArray:
 
 
 def _specs(items: Any, profile: str | None) -> list[SceneSpec]:
-    from .api import scene_of
-
     seq = items if isinstance(items, list | tuple) else [items]
     if not seq:
         raise ConfigError("to_reflectance needs the STAC item(s) the data were loaded from")

@@ -34,7 +34,10 @@ from rasterio.warp import Resampling, reproject
 from scipy import ndimage
 
 from .classes import MASK_CLASSES, NODATA, canonical, class_value
+from .cli_common import table
 from .errors import ConfigError, GridError, ReadError
+from .layout import output_stem
+from .stac import search
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +169,6 @@ class Scores:
 
     def table(self) -> str:
         """Per-class metrics, overall accuracy and the confusion matrix as plain text."""
-        from .cli_common import table
-
         rows: list[dict[str, Any]] = []
         for name, m in self.per_class().items():
             rows.append({"class": name, **{k: _pct(m[k]) for k in ("iou", "precision", "recall", "f1")},
@@ -344,12 +345,8 @@ def _mask_key(path: Path) -> str:
 
 def _references(reference: Path, asset: str | None) -> dict[str, Path]:
     """Reference rasters by key: item ids of a STAC catalogue, else file stems of a directory."""
-    from .layout import output_stem  # the masks' own file stems
-
     cat = reference if reference.is_file() else reference / "catalog.json"
     if cat.is_file() and cat.suffix == ".json":
-        from .catalog import search
-
         out: dict[str, Path] = {}
         for item in search(str(cat)):
             keys = [asset] if asset else list(REFERENCE_ASSETS)

@@ -14,6 +14,7 @@ from .errors import ConfigError, MissingBandError
 from .models import NODATA, ModelCard, load_model
 from .postprocess import PostProcess, PostProcessSink, for_card
 from .runtime import make_runners
+from .xr import predict_xarray
 
 
 def _to_band_first(
@@ -139,7 +140,6 @@ def predict(
         return out if len(out) > 1 else mask
     if valid:
         raise ConfigError("valid=True is for numpy input; with xarray use cloudmask.xr.valid_mask or mask != 255")
-    from .xr import predict_xarray
 
     return predict_xarray(data, card, probabilities=probabilities, backend=backend, config=cfg,
                           postprocess=postprocess)

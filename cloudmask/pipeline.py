@@ -17,6 +17,7 @@ from .classes import THREE_CLASSES, ClassShares, ClassTable, collapse_names, his
 from .engine import StreamConfig, StreamStats, output_geobox, stream_scene
 from .layout import OutputPaths, safe_name
 from .models import ModelCard, choose_model  # noqa: F401 - choose_model: old import path
+from .postprocess import PostProcessSink, SclRows, for_card
 from .reader import RasterSource, ReaderConfig
 from .runtime import Runner, make_runners
 from .scene import SceneSpec
@@ -112,7 +113,6 @@ def mask_scene_spec(
     after it is left, so the next scene can use the runners meanwhile.
     """
 
-    from .postprocess import PostProcessSink, SclRows, for_card
 
     t0 = time.perf_counter()
     if classes != "all":

@@ -31,14 +31,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.warp import reproject
 from scipy import ndimage
 
 from .classes import CLEAR, CLOUD, NODATA, SHADOW, SNOW, THIN_CLOUD, canonical, class_value
-from .errors import ConfigError
+from .errors import ConfigError, ReadError
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +138,6 @@ class PostProcess:
         return cls(**merged)
 
     def with_resolution(self, resolution: float) -> PostProcess:
-        from dataclasses import replace
-
         return replace(self, resolution=float(resolution))
 
     # ---------------------------------------------------------------------------------- views
@@ -396,22 +397,14 @@ class SclRows:
     """
 
     def __init__(self, href: str, geobox: Any) -> None:
-        import rasterio
-
         self.geobox = geobox
         try:
             self.ds = rasterio.open(href)
         except rasterio.RasterioIOError as err:
-            from .errors import ReadError
-
             raise ReadError(f"cannot open the SCL asset {href} for the provider-mask merge: {err}; "
                             "run without --scl or check the item's assets") from err
 
     def __call__(self, start: int, stop: int) -> np.ndarray:
-        import rasterio
-        from rasterio.enums import Resampling
-        from rasterio.warp import reproject
-
         gb = self.geobox
         out = np.zeros((stop - start, gb.width), np.uint8)
         dst_transform = gb.transform @ gb.transform.translation(0, start)

@@ -24,6 +24,8 @@ import xarray as xr
 
 from .errors import ConfigError, MissingBandError
 from .models import CLASSES, NODATA, ModelCard, load_model
+from .postprocess import PostProcessSink, for_card
+from .runtime import make_runners
 from .stream import ArraySink, StreamConfig, StreamStats, stream_scene
 
 log = logging.getLogger(__name__)
@@ -221,8 +223,6 @@ def predict_xarray(
         return _predict_lazy(arr, model, backend, cfg, probabilities, postprocess)
     own = runners is None
     if runners is None:
-        from .runtime import make_runners
-
         runners = make_runners(model, backend)
     try:
         return _predict_any(arr, model, runners, cfg, probabilities, postprocess)
@@ -275,8 +275,6 @@ class _Opaque:
 
 def _predict_task(box: _Opaque, card: ModelCard, backend: str, cfg: StreamConfig,
                   postprocess: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    from .runtime import make_runners
-
     runners = make_runners(card, backend)
     try:
         classes, probs, _ = _predict_one(box.arr, card, runners, cfg, postprocess)
@@ -328,8 +326,6 @@ def check_resolution(arr: xr.DataArray, card: ModelCard) -> None:
 def _predict_one(
     arr: xr.DataArray, card: ModelCard, runners: Sequence[Any], cfg: StreamConfig, postprocess: Any = None,
 ) -> tuple[np.ndarray, np.ndarray | None, StreamStats]:
-    from .postprocess import PostProcessSink, for_card
-
     source = XarrayRowSource(arr)
     h, w = source.shape
     post = for_card(card, postprocess)

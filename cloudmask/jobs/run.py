@@ -24,8 +24,10 @@ import pystac
 from .. import __version__, atomic, retry
 from ..errors import CatalogUnreachableError, JobError, SceneFailuresError, WriteError
 from ..layout import output_stem
+from ..outputs import item_percentages, update_output_catalog, write_item
 from ..stac import search
 from .executors import dask_executor, local_executor
+from .push import push_pending
 from .spec import JobSpec
 from .state import JobLock, Journal, catalogue_rows, check_done, clean_temporaries, is_collision, now_iso
 from .task import SERIAL_BACKENDS, SceneOutcome, TaskSettings, describe_error
@@ -205,8 +207,6 @@ def run_job(
                     last_refresh = time.monotonic()
         _refresh_catalog(out)
         if spec.push_to:
-            from .push import push_pending
-
             pushed = push_pending(spec, journal, run_id)
             report.pushed, report.push_failed = pushed.pushed, pushed.failed
         report.seconds = time.perf_counter() - t0
@@ -226,8 +226,6 @@ def run_job(
 
 
 def _record(out: Path, journal: Journal, run_id: str, o: SceneOutcome, report: JobReport) -> None:
-    from ..outputs import item_percentages, write_item
-
     for a in o.attempts:
         journal.append("retry", run=run_id, scene=o.scene, host=o.host, pid=o.pid, **a)
     if o.ok and o.item is not None:
@@ -252,8 +250,6 @@ def _record(out: Path, journal: Journal, run_id: str, o: SceneOutcome, report: J
 
 
 def _refresh_catalog(out: Path) -> None:
-    from ..outputs import update_output_catalog
-
     update_output_catalog(out)
 
 

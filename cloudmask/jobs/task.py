@@ -22,8 +22,14 @@ import pystac
 
 from .. import retry
 from ..errors import CatalogUnreachableError, CloudmaskError, ReadError, WriteError
+from ..models import choose_model
+from ..outputs import mask_item
+from ..pipeline import mask_scene_spec
+from ..profiles import scene_spec
+from ..quicklook import quicklook_for_result
 from ..retry import RetryPolicy
 from ..runtime.cache import cached_runners, runner_loads, runner_lock
+from ..stream import StreamConfig
 from .spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -121,12 +127,6 @@ def process_scene(item: Mapping[str, Any], settings: TaskSettings) -> SceneOutco
 
 def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[str, Any], dict[str, Any]]:
     """One attempt at one scene: the mask item (dict) and the summary row."""
-    from ..models import choose_model
-    from ..outputs import mask_item
-    from ..pipeline import mask_scene_spec
-    from ..profiles import scene_spec
-    from ..stream import StreamConfig
-
     spec = scene_spec(pystac.Item.from_dict(dict(item)), settings.profile)
     card = choose_model(settings.model, spec)
     runs = cached_runners(card, settings.backend, settings.emulated_latency)
@@ -139,8 +139,6 @@ def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[st
                           device=serial if settings.backend in SERIAL_BACKENDS else None)
     res.extra.update(backend=settings.backend, backend_version=_backend_version(settings.backend))
     if settings.quicklook:
-        from ..quicklook import quicklook_for_result
-
         try:
             quicklook_for_result(spec, res)
         except Exception as err:  # noqa: BLE001 - a quicklook is a nicety
