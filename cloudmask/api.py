@@ -18,24 +18,32 @@ import logging
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import UTC
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pystac
+import rioxarray
+import xarray as xr
+from odc.geo.geom import Geometry
+from odc.geo.xr import xr_coords
 
+from .classes import THREE_CLASSES, ClassTable
 from .errors import ConfigError
 from .models import ModelCard, choose_model
-from .pipeline import MaskResult
+from .outputs import mask_item, update_output_catalog, write_item
+from .pipeline import MaskResult, mask_scene_spec
+from .profiles import scene_spec
+from .quicklook import quicklook_for_result
 from .reader import RasterSource, ReaderConfig
 from .scene import SceneSpec
+from .stac import search as _search
+from .stream import StreamConfig
 
 if TYPE_CHECKING:
-    import pystac
-    import xarray as xr
     from odc.geo.geobox import GeoBox
 
-    from .stream import StreamConfig
     from .writer import CogConfig
 
 log = logging.getLogger(__name__)
@@ -65,8 +73,6 @@ def search(
     GeoJSON dict/path or WKT; ``datetime`` an RFC 3339 instant or interval; cloud limits in percent.
     A thin wrapper over :func:`cloudmask.stac.search` (other keywords go through).
     """
-    from .stac import search as _search
-
     return _search(
         stac, collection=collection, bbox=bbox, aoi=aoi, datetime=datetime, max_cloud=max_cloud,
         min_cloud=min_cloud, limit=limit, sortby=sortby, **kwargs,
@@ -77,9 +83,7 @@ def scene_of(item: ItemLike, profile: str | None = None) -> SceneSpec:
     """A :class:`SceneSpec` from a pystac Item, an item JSON path/URL, or a SceneSpec (returned as is)."""
     if isinstance(item, SceneSpec):
         return item
-    import pystac
 
-    from .profiles import scene_spec
 
     if isinstance(item, str | Path):
         item = pystac.Item.from_file(str(item))
@@ -148,10 +152,6 @@ def open_scene(
     coordinate, so scenes concatenate into a time series with ``xr.concat(..., dim="time")``.
     Nothing is read until values are needed; reads run on the active dask scheduler.
     """
-    import rioxarray  # noqa: F401 - registers the .rio accessor users expect
-    import xarray as xr
-    from odc.geo.xr import xr_coords  # also registers the .odc accessor
-
     if isinstance(item, list | tuple):
         return _open_stack(item, model, groupby=groupby, resolution=resolution, bands=bands, profile=profile,
                            chunks=chunks, reader=reader)
@@ -201,9 +201,7 @@ def open_scene(
 
 def solar_day(spec: SceneSpec) -> str:
     """The local solar date (``YYYY-MM-DD``) of ``spec``'s acquisition: UTC shifted by longitude / 15 h."""
-    from datetime import timedelta
 
-    from odc.geo.geom import Geometry
 
     if spec.datetime is None:
         raise ConfigError(f"item {spec.id} has no datetime; it cannot be grouped by solar day")
@@ -216,8 +214,6 @@ def solar_day(spec: SceneSpec) -> str:
 def _open_stack(items: Sequence[ItemLike], model: str | Path | ModelCard | None, *, groupby: str | None,
                 **kwargs: Any) -> xr.Dataset:
     """Several items of one tile as a ``time`` stack (see :func:`open_scene`)."""
-    import xarray as xr
-
     if groupby not in (None, "solar_day"):
         raise ConfigError(f"groupby must be None or 'solar_day', got {groupby!r}")
     specs = [scene_of(it, kwargs.get("profile")) for it in items]
@@ -278,10 +274,6 @@ def mask_scene(
     ``min_region``, ``scl``, ...), recorded in the item's ``cloudmask:postprocess`` and lineage.
     ``device``: a context manager held only while the scene streams (see :mod:`cloudmask.overlap`).
     """
-    from .outputs import mask_item, update_output_catalog, write_item
-    from .pipeline import mask_scene_spec
-    from .stream import StreamConfig
-
     spec = scene_of(item, profile)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -294,8 +286,6 @@ def mask_scene(
         resolution=resolution, progress=progress, classes=classes, postprocess=postprocess, device=device,
     )
     if quicklook:
-        from .quicklook import quicklook_for_result
-
         result.extra["quicklook"] = quicklook_for_result(spec, result)
     result.extra["item"] = write_item(out_dir, mask_item(spec, result))
     if catalog:
@@ -308,12 +298,9 @@ def open_mask(mask: MaskResult | str | Path, *, chunks: int | dict[str, int] | N
 
     Loaded eagerly unless ``chunks`` is given (then dask-backed). Attributes as :func:`cloudmask.predict`.
     """
-    import rioxarray
 
-    from .classes import THREE_CLASSES, ClassTable
 
     path = mask.mask if isinstance(mask, MaskResult) else Path(mask)
-    import xarray as xr
 
     arr = rioxarray.open_rasterio(path, chunks=chunks, mask_and_scale=False)
     if not isinstance(arr, xr.DataArray):

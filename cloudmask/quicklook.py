@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import rasterio
+from rasterio.enums import Resampling
 
 from . import atomic
 from .classes import MASK_CLASSES, NODATA, NODATA_CLASS, THREE_CLASSES, ClassTable
 from .layout import OutputPaths
+from .reader import RasterSource
 
 if TYPE_CHECKING:
     from .pipeline import MaskResult
@@ -405,8 +408,6 @@ def save_thumbnail(rgb: Any, mask: Any, path: Path, max_pixels: int = 256) -> Pa
 
 def read_rgb(spec: SceneSpec, resolution: float, shape: tuple[int, int] | None = None) -> np.ndarray:
     """``(3, H, W)`` red/green/blue reflectance of ``spec`` on its grid at ``resolution`` metres."""
-    from .reader import RasterSource
-
     geobox = spec.geobox(resolution)
     src = RasterSource(spec, ("red", "green", "blue"), geobox)
     try:
@@ -431,9 +432,6 @@ def quicklook_for_result(spec: SceneSpec, result: MaskResult, max_pixels: int = 
     """Quicklook PNG beside ``result.mask`` (STAC ``overview``) and a small thumbnail (STAC
     ``thumbnail``): RGB read from the scene at the mask's grid (decimated). Returns the quicklook,
     or None (with a warning) when matplotlib is not installed."""
-    import rasterio
-    from rasterio.enums import Resampling
-
     if not available():
         log.warning("quicklooks need matplotlib: pip install 's2-cloudmask[viz]'; masks are written without them")
         return None

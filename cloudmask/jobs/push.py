@@ -20,6 +20,7 @@ import requests
 
 from .. import retry as _retry
 from ..errors import CatalogUnreachableError
+from ..outputs import load_items
 from ..retry import RetryPolicy
 from ..stac.api import RETRY_STATUS, HttpPolicy
 from .spec import JobSpec
@@ -133,8 +134,6 @@ def item_version(item: pystac.Item) -> str:
 
 def push_pending(spec: JobSpec, journal: Journal, run_id: str = "") -> PushResult:
     """Push every output item whose current version was not pushed yet; returns counts and errors."""
-    from ..outputs import load_items
-
     assert spec.push_to is not None
     out = Path(spec.output)
     done = journal.pushed()

@@ -37,9 +37,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from ..errors import CloudmaskError, ConfigError
+from ..models import BUILTIN_MODELS
+from ..postprocess import PostProcess
+from ..profiles import get_profile
 from ..retry import RetryPolicy
 from ..runtime import BACKENDS
 from ..stac import ENDPOINTS, HttpPolicy, SearchQuery, is_remote
@@ -112,8 +116,6 @@ def load_spec(path: str | Path) -> JobSpec:
     text = path.read_text()
     raw: Any
     if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as err:
@@ -279,8 +281,6 @@ class _SpecFile(BaseModel):
     @field_validator("model")
     @classmethod
     def _model(cls, v: str | None, info: ValidationInfo) -> str | None:
-        from ..models import BUILTIN_MODELS  # models import heavy runtimes: only when a model is named
-
         if v is None or v == "auto" or v in BUILTIN_MODELS:
             return v
         p = _local(v, info)
@@ -299,8 +299,6 @@ class _SpecFile(BaseModel):
     @field_validator("profile")
     @classmethod
     def _profile(cls, v: str | None) -> str | None:
-        from ..profiles import get_profile
-
         if v is not None:
             try:
                 get_profile(v)
@@ -391,8 +389,6 @@ def spec_from_dict(raw: Mapping[str, Any], base: Path | None = None, source: Pat
     except ValidationError as err:
         problems += _field_errors(err, keys)
     if isinstance(raw.get("postprocess"), Mapping) and raw["postprocess"]:
-        from ..postprocess import PostProcess  # the model-side options, checked at 10 m
-
         try:
             PostProcess.from_options(dict(raw["postprocess"]), resolution=10.0)
         except ConfigError as exc:

@@ -23,6 +23,10 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..models import ModelCard, load_model
+from ..profiles import scene_spec
+from ..reader import RasterSource
+from ..runtime import OnnxRunner
+from ..stac import SearchQuery, search
 from ..stream import softmax
 
 log = logging.getLogger(__name__)
@@ -168,8 +172,6 @@ def calibration_set(
         raise ConfigError("samples must be >= 1")
     card = load_model(model)
     if runner is None:
-        from ..runtime import OnnxRunner
-
         runner = OnnxRunner(card)
     predict = make_predict(runner)
     out = Path(out_dir)
@@ -252,8 +254,6 @@ def scene_patches(
     The last row and column of windows touch the scene's far edges, so edge patches with nodata are
     candidates too. Nodata pixels are set to 0 after normalisation (the band mean), as the engine does.
     """
-    from ..reader import RasterSource
-
     size = card.patch_size
     step = stride or size // 2
     geobox = spec.geobox(float(resolution or card.resolution))
@@ -301,9 +301,6 @@ def calibration_set_from_stac(
     Candidates are drawn from every scene found (``stride`` pixels apart, default half a patch) and
     stratified by predicted class mix; returns the manifest path.
     """
-    from ..profiles import scene_spec
-    from ..stac import SearchQuery, search
-
     query = SearchQuery.build(collection=collection, bbox=bbox, datetime=datetime, max_cloud=max_cloud, limit=limit)
     card = load_model(model)
     items = search(stac, query)

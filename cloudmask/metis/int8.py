@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import ConfigError, ModelError
 from ..models import CLASSES, NODATA, ModelCard, load_model
 from .calibration import MANIFEST, load_calibration
+from .export import export
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,6 @@ class _Reader:
 def _fp32_card(card: ModelCard, out: Path) -> ModelCard:
     if "metis" in card.extra:
         return card
-    from .export import export
 
     log.info("model '%s' is not a Metis export: exporting it to %s first", card.name, out / "fp32")
     return export(card, out / "fp32").card
