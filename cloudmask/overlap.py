@@ -25,6 +25,9 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
+#: Longest a scene leaving the device waits for the next one's first call before finishing its outputs.
+HANDOFF_WAIT_S = 1.0
+
 
 class DeviceClock:
     """Wraps runners to time their calls; per turn, the first call's start and the last call's end."""
@@ -33,6 +36,7 @@ class DeviceClock:
         self._lock = threading.Lock()
         self._turn: int | None = None
         self.calls: dict[int, list[float]] = {}  # turn -> [first start, last end] (perf_counter seconds)
+        self.on_first_call: Callable[[int], None] | None = None
 
     def wrap(self, runners: Sequence[Any]) -> list[Any]:
         """The runners, each call timed (attributes such as ``input_shape`` and ``lag`` pass through)."""
@@ -44,10 +48,14 @@ class DeviceClock:
 
     def _record(self, start: float, end: float) -> None:
         with self._lock:
-            if self._turn is None:
+            turn = self._turn
+            if turn is None:
                 return
-            span = self.calls.setdefault(self._turn, [start, end])
+            first = turn not in self.calls
+            span = self.calls.setdefault(turn, [start, end])
             span[1] = max(span[1], end)
+        if first and self.on_first_call is not None:
+            self.on_first_call(turn)
 
     def gaps(self) -> dict[int, float]:
         """Turn -> seconds the device idled between the previous turn's last call and this turn's first."""
@@ -73,14 +81,34 @@ class _TimedRunner:
 
 
 class DeviceTurns:
-    """The device for one scene at a time, in ticket order; a ticket closed unused passes its turn on."""
+    """The device for one scene at a time, in ticket order; a ticket closed unused passes its turn on.
+
+    A scene leaving its turn waits (at most :data:`HANDOFF_WAIT_S`) until the next scene has made
+    its first device call (with a clock; else: has taken its turn) before it goes on to finish its
+    outputs, so that the CPU-heavy COG and quicklook do not slow the next scene's start.
+    """
 
     def __init__(self, clock: DeviceClock | None = None) -> None:
         self._cv = threading.Condition()
         self._issued = 0
         self._next = 0
         self._done: set[int] = set()
+        self._started: dict[int, threading.Event] = {}
         self.clock = clock
+        if clock is not None:
+            clock.on_first_call = self._mark_started
+
+    def started(self, n: int) -> threading.Event:
+        """Set once turn ``n`` made its first device call (or ended without one)."""
+        with self._cv:
+            return self._started.setdefault(n, threading.Event())
+
+    def _mark_started(self, n: int) -> None:
+        self.started(n).set()
+
+    @property
+    def issued(self) -> int:
+        return self._issued
 
     def ticket(self) -> Turn:
         with self._cv:
@@ -93,8 +121,11 @@ class DeviceTurns:
             self._cv.wait_for(lambda: self._next == n)
         if self.clock is not None:
             self.clock._begin(n)
+        else:
+            self._mark_started(n)
 
     def _release(self, n: int) -> None:
+        self._mark_started(n)  # a turn that ends without a call must not hold up its predecessor
         with self._cv:
             self._done.add(n)
             while self._next in self._done:
@@ -118,6 +149,8 @@ class Turn:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+        if self.turns.issued > self.number + 1:  # a next scene is queued: let it start first
+            self.turns.started(self.number + 1).wait(HANDOFF_WAIT_S)
 
     def close(self) -> None:
         if not self._closed:
