@@ -18,17 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic
-from .errors import CloudmaskError, ConfigError, JobError, ModelError, WriteError
+from .errors import CloudmaskError, ConfigError, ModelError, SceneFailuresError, WriteError
 from .jobs.state import check_done
 from .outputs import update_output_catalog
 from .profiles import scene_spec
 from .scene import SceneSpec
 
 log = logging.getLogger(__name__)
-
-
-class ScenesFailedError(JobError):
-    """Some scenes of a batch failed; the others were masked and catalogued."""
 
 
 @dataclass
@@ -44,10 +40,10 @@ class BatchReport:
         return [r for r in self.rows if r["status"] == "failed"]
 
     def raise_for_failures(self) -> None:
-        """Raise :class:`ScenesFailedError` (exit 8) when any scene failed."""
+        """Raise :class:`~cloudmask.errors.SceneFailuresError` (exit 8) when any scene failed."""
         if self.failed:
             names = ", ".join(r["scene"] for r in self.failed[:3]) + (" ..." if len(self.failed) > 3 else "")
-            raise ScenesFailedError(
+            raise SceneFailuresError(
                 f"{len(self.failed)} of {len(self.rows)} scenes failed ({names}); the others are in "
                 f"{self.catalog or 'the output directory'}; see {self.summary or 'the summary'} for each error"
             )
