@@ -10,7 +10,8 @@ writes the item, then opens the next scene and reads its first strip (1.7-2.0 s 
 * scene ``k`` hands the device on as soon as its last batch is blended, and finishes its COG,
   quicklook and item while scene ``k + 1`` streams.
 
-At most three scenes are in flight (one finishing, one streaming, one preparing). Results come back
+A scene starts preparing when the one before it takes the device. At most four scenes are in
+flight (two finishing, one streaming, one preparing). Results come back
 in order and a scene's failure stays its own. :class:`DeviceClock` measures the device's idle gap
 between consecutive scenes (end of one scene's last call to the start of the next one's first).
 """
@@ -88,7 +89,8 @@ class DeviceTurns:
     outputs, so that the CPU-heavy COG and quicklook do not slow the next scene's start.
     """
 
-    def __init__(self, clock: DeviceClock | None = None) -> None:
+    def __init__(self, clock: DeviceClock | None = None, on_acquire: Callable[[int], None] | None = None) -> None:
+        self.on_acquire = on_acquire
         self._cv = threading.Condition()
         self._issued = 0
         self._next = 0
@@ -123,6 +125,8 @@ class DeviceTurns:
             self.clock._begin(n)
         else:
             self._mark_started(n)
+        if self.on_acquire is not None:
+            self.on_acquire(n)
 
     def _release(self, n: int) -> None:
         self._mark_started(n)  # a turn that ends without a call must not hold up its predecessor
@@ -171,17 +175,36 @@ class ScenePipeline(Generic[T]):
                  skip: Callable[[Any], bool] | None = None, ahead: int = 1, clock: DeviceClock | None = None) -> None:
         self.specs = list(specs)
         self.run, self.skip, self.ahead = run, skip, max(0, ahead)
-        self.turns = DeviceTurns(clock)
-        self._pool = ThreadPoolExecutor(self.ahead + 2, thread_name_prefix="cloudmask-scene")
+        self.turns = DeviceTurns(clock, on_acquire=self._on_acquire)
+        self._pool = ThreadPoolExecutor(self.ahead + 3, thread_name_prefix="cloudmask-scene")
         self._started: dict[int, tuple[Future[T], Turn]] = {}
+        self._index_of_turn: dict[int, int] = {}
         self._lock = threading.Lock()
 
     def _start(self, k: int) -> Future[T]:
         with self._lock:
             if k not in self._started:
                 turn = self.turns.ticket()
+                self._index_of_turn[turn.number] = k
                 self._started[k] = (self._pool.submit(self._job, self.specs[k], turn), turn)
             return self._started[k][0]
+
+    def _start_after(self, k: int) -> None:
+        """Start the next ``ahead`` scenes after scene ``k`` that are not skipped."""
+        started = 0
+        for j in range(k + 1, len(self.specs)):
+            if started >= self.ahead:
+                break
+            if self.skip is not None and self.skip(self.specs[j]):
+                continue
+            self._start(j)
+            started += 1
+
+    def _on_acquire(self, turn: int) -> None:
+        """A scene takes the device: the next one starts preparing now (not when its result is asked for)."""
+        k = self._index_of_turn.get(turn)
+        if k is not None:
+            self._start_after(k)
 
     def _job(self, spec: Any, turn: Turn) -> T:
         try:
@@ -203,14 +226,7 @@ class ScenePipeline(Generic[T]):
     def __call__(self, spec: Any) -> T:
         k = self.index(spec)
         fut = self._start(k)
-        started = 0
-        for j in range(k + 1, len(self.specs)):
-            if started >= self.ahead:
-                break
-            if self.skip is not None and self.skip(self.specs[j]):
-                continue
-            self._start(j)
-            started += 1
+        self._start_after(k)
         return fut.result()
 
     def close(self) -> None:
