@@ -87,7 +87,7 @@ def run_one(tile: Path, res: float, latency_ms: float, base: Path | None, profil
         args = [sys.executable, __file__, "--child", json.dumps([str(tile), res, latency_ms, out, rows])]
         if profile is not None:
             py_spy = Path(sys.executable).with_name("py-spy")
-            args = [str(py_spy), "record", "--threads", "--idle", "-r", "50", "-f", "raw", "-o", str(profile),
+            args = [str(py_spy), "record", "--threads", "--native", "-r", "50", "-f", "raw", "-o", str(profile),
                     "--", *args]
         proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     if proc.returncode:
