@@ -533,7 +533,9 @@ class RowWindows:
             np.isnan(new_data.sum(axis=0), out=new_valid)  # NaN in any band -> NaN sum
             np.logical_not(new_valid, out=new_valid)
             if self.prepare is not None:
-                self.prepare(new_data)
+                done = self.prepare(new_data)
+                if isinstance(done, np.ndarray) and done is not new_data:  # prepared out of place
+                    new_data[...] = done
             if not new_valid.all():
                 np.copyto(new_data, np.float32(self.fill), where=~new_valid)
         self.seconds["read"] += t1 - t0
