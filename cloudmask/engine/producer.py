@@ -136,8 +136,8 @@ class PatchProducer(Producer):
         self.stats.add("read", reader.seconds["read"])
         self.stats.add("normalise", reader.seconds["prepare"])
 
-    def _normalise(self, data: np.ndarray) -> None:
-        self.card.normalise(data, out=data)
+    def _normalise(self, data: np.ndarray) -> np.ndarray:
+        return self.card.normalise(data, out=data)
 
     def _emit(self, tasks: list[tuple[PatchTask, np.ndarray]]) -> None:
         arr = self.pool.take()
