@@ -255,12 +255,7 @@ def export(
         log.info("removed the graph's final Softmax: the host applies it (card output: logits)")
     elif card.output == "probabilities":
         new_card = card.with_onnx(onnx_path, patch_size=shape[2], extra={**extra, "metis": meta})
-    card_path = new_card.save(out / "card.yaml")
-    config_path = out / "compiler_config.json"
-    config_path.write_text(json.dumps(compiler_config(card, cores, shape), indent=2) + "\n")
-    script = out / "compile.py"
-    with resources.as_file(resources.files("cloudmask.metis").joinpath("compile_script.py")) as src:
-        shutil.copyfile(src, script)
+    card_path, config_path, script = _write_bundle(out, card, new_card, cores, shape)
     log.info("exported %s to %s (input %s, passes %s)", card.name, onnx_path, shape, passes)
     return ExportResult(
         out_dir=out,
@@ -272,6 +267,18 @@ def export(
         input_shape=(shape[0], shape[1], shape[2], shape[3]),
         passes=passes,
     )
+
+
+def _write_bundle(out: Path, card: ModelCard, new_card: ModelCard, cores: str,
+                  shape: list[int]) -> tuple[Path, Path, Path]:
+    """Beside the exported graph: its card, the compiler settings and the compile script (their paths)."""
+    card_path = new_card.save(out / "card.yaml")
+    config_path = out / "compiler_config.json"
+    config_path.write_text(json.dumps(compiler_config(card, cores, shape), indent=2) + "\n")
+    script = out / "compile.py"
+    with resources.as_file(resources.files("cloudmask.metis").joinpath("compile_script.py")) as src:
+        shutil.copyfile(src, script)
+    return card_path, config_path, script
 
 
 def _export_folded(card: ModelCard, out: Path, cores: str, fold: tuple[int, int]) -> ExportResult:
@@ -300,12 +307,7 @@ def _export_folded(card: ModelCard, out: Path, cores: str, fold: tuple[int, int]
     new_card = card.with_onnx(onnx_path, output=output, extra=extra, patch_size=size)
     if softmax:
         log.info("removed the graph's final Softmax: the host applies it (card output: logits)")
-    card_path = new_card.save(out / "card.yaml")
-    config_path = out / "compiler_config.json"
-    config_path.write_text(json.dumps(compiler_config(card, cores, shape), indent=2) + "\n")
-    script = out / "compile.py"
-    with resources.as_file(resources.files("cloudmask.metis").joinpath("compile_script.py")) as src:
-        shutil.copyfile(src, script)
+    card_path, config_path, script = _write_bundle(out, card, new_card, cores, shape)
     log.info("exported pixel model %s folded to %s (passes %s)", card.name, shape, passes)
     return ExportResult(out_dir=out, onnx_path=onnx_path, card_path=card_path, config_path=config_path,
                         compile_script=script, card=new_card, input_shape=(shape[0], shape[1], shape[2], shape[3]),
