@@ -19,7 +19,7 @@ _EXPORTS = {
     "list_models": ".models",
     "ModelCard": ".models",
     "CloudmaskError": ".errors",
-    "StreamConfig": ".stream",
+    "StreamConfig": ".engine",
     "search": ".api",
     "open_scene": ".api",
     "mask_scene": ".api",

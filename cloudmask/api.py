@@ -30,6 +30,7 @@ from odc.geo.geom import Geometry
 from odc.geo.xr import xr_coords
 
 from .classes import THREE_CLASSES, ClassTable
+from .engine import StreamConfig
 from .errors import ConfigError
 from .models import ModelCard, choose_model
 from .outputs import mask_item, update_output_catalog, write_item
@@ -39,7 +40,6 @@ from .quicklook import quicklook_for_result
 from .reader import RasterSource, ReaderConfig
 from .scene import SceneSpec
 from .stac import search as _search
-from .stream import StreamConfig
 
 if TYPE_CHECKING:
     from odc.geo.geobox import GeoBox

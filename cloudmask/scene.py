@@ -1,6 +1,6 @@
 """What the reader needs to know of one scene: per-band assets and the tile's grid.
 
-A :class:`SceneSpec` is the contract between :mod:`cloudmask.catalog` (which builds it from a STAC item
+A :class:`SceneSpec` is the contract between :mod:`cloudmask.profiles` (which builds it from a STAC item
 and a provider profile) and :mod:`cloudmask.reader` (which reads pixels). It holds no pixels.
 """
 

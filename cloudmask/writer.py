@@ -54,7 +54,7 @@ def _tmp_path(final: Path, tag: str) -> Path:
 
 
 class CogSink:
-    """A :class:`~cloudmask.stream.MaskSink` writing a class COG (and optionally a probability COG).
+    """A :class:`~cloudmask.engine.MaskSink` writing a class COG (and optionally a probability COG).
 
     Use as a context manager: on normal exit the COGs are finalised and renamed into place; on an
     exception everything temporary is removed and nothing is left at the final paths. ``classes`` is

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .engine import ArraySink, StreamConfig, StreamStats, stream_scene
 from .errors import ConfigError, MissingBandError
 from .models import CLASSES, NODATA, ModelCard, load_model
 from .postprocess import PostProcessSink, for_card
 from .runtime import make_runners
-from .stream import ArraySink, StreamConfig, StreamStats, stream_scene
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def _as_reflectance(arr: xr.DataArray, name: Hashable) -> xr.DataArray:
 
 
 class XarrayRowSource:
-    """A :class:`~cloudmask.stream.PatchSource` over a ``(band, y, x)`` DataArray, numpy- or dask-backed.
+    """A :class:`~cloudmask.engine.PatchSource` over a ``(band, y, x)`` DataArray, numpy- or dask-backed.
 
     Dask data are computed one row chunk at a time, only when the engine asks for its rows, and each
     chunk is computed once (the engine reads ascending rows); memory stays bounded by a couple of chunks.

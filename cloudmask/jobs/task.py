@@ -21,6 +21,7 @@ from typing import Any
 import pystac
 
 from .. import retry
+from ..engine import StreamConfig
 from ..errors import CatalogUnreachableError, CloudmaskError, ReadError, WriteError
 from ..models import choose_model
 from ..outputs import mask_item
@@ -29,7 +30,6 @@ from ..profiles import scene_spec
 from ..quicklook import quicklook_for_result
 from ..retry import RetryPolicy
 from ..runtime.cache import cached_runners, runner_loads, runner_lock
-from ..stream import StreamConfig
 from .spec import JobSpec
 
 log = logging.getLogger(__name__)

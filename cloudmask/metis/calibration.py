@@ -21,13 +21,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..engine import softmax
 from ..errors import ConfigError
 from ..models import ModelCard, load_model
 from ..profiles import scene_spec
 from ..reader import RasterSource
 from ..runtime import OnnxRunner
 from ..stac import SearchQuery, search
-from ..stream import softmax
 
 log = logging.getLogger(__name__)
 
