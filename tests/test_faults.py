@@ -134,6 +134,7 @@ def test_gdal_block_cache_is_set_once_in_bytes(sample_items: list[pystac.Item]) 
 # ---------------------------------------------------------------------------- scene isolation
 
 
+@pytest.mark.slow  # three job runs in subprocesses (~35 s on two busy cores)
 def test_job_with_one_bad_scene_exits_8_every_time(bad_catalog: tuple[Path, str], tmp_path: Path) -> None:
     cat, bad_id = bad_catalog
     out = tmp_path / "masks"
