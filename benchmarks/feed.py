@@ -33,7 +33,8 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_TILE = HERE / "work" / "full-10980" / "tile" / "tile.json"
 
 
-def child(tile: str, res: float, latency_ms: float, out_dir: str, rows: float = 1.0) -> dict[str, Any]:
+def child(tile: str, res: float, latency_ms: float, out_dir: str, rows: float = 1.0,
+          backend: str = "emulated") -> dict[str, Any]:
     import pystac
 
     import cloudmask
@@ -49,7 +50,8 @@ def child(tile: str, res: float, latency_ms: float, out_dir: str, rows: float = 
         left, bottom, right, top = spec.bounds
         spec = replace(spec, bounds=(left, top - round((top - bottom) * rows / 60) * 60, right, top))
     card = load_model("ukis-6b-l2a")
-    runners = make_runners(card, "emulated", instances=1, latency_s=latency_ms / 1000.0)
+    runners = (make_runners(card, "emulated", instances=1, latency_s=latency_ms / 1000.0) if backend == "emulated"
+               else make_runners(card, backend))
     t0, c0 = time.perf_counter(), time.process_time()
     res_ = mask_scene_spec(spec, Path(out_dir), card, runners=runners, resolution=res)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -79,12 +81,12 @@ def _vm_hwm_mib() -> float:
 
 
 def run_one(tile: Path, res: float, latency_ms: float, base: Path | None, profile: Path | None = None,
-            rows: float = 1.0) -> dict:
+            rows: float = 1.0, backend: str = "emulated") -> dict:
     env = dict(os.environ)
     if base is not None:
         env["PYTHONPATH"] = str(base) + os.pathsep + env.get("PYTHONPATH", "")
     with tempfile.TemporaryDirectory(prefix="cloudmask-feed-") as out:
-        args = [sys.executable, __file__, "--child", json.dumps([str(tile), res, latency_ms, out, rows])]
+        args = [sys.executable, __file__, "--child", json.dumps([str(tile), res, latency_ms, out, rows, backend])]
         if profile is not None:
             py_spy = Path(sys.executable).with_name("py-spy")
             args = [str(py_spy), "record", "--threads", "--native", "-r", "50", "-f", "raw", "-o", str(profile),
@@ -110,6 +112,7 @@ def main() -> None:
                     help="NAME=DIR,NAME=DIR,...: source trees to compare (the first is the baseline); "
                          "instead of --base and the working tree")
     ap.add_argument("--rows", type=float, default=1.0, help="mask only this top fraction of the tile's rows")
+    ap.add_argument("--backend", default="emulated", help="emulated (default) or onnxruntime (real model)")
     ap.add_argument("--profile", type=Path, default=None, help="py-spy raw (collapsed) profile of one run")
     args = ap.parse_args()
     if args.profile is not None:
@@ -128,7 +131,8 @@ def main() -> None:
     runs: dict[str, list[dict]] = {k: [] for k in trees}
     for _ in range(max(1, args.repeat)):
         for name, tree in trees.items():
-            runs[name].append(run_one(args.tile, args.res, args.latency_ms, tree, rows=args.rows))
+            runs[name].append(run_one(args.tile, args.res, args.latency_ms, tree, rows=args.rows,
+                                      backend=args.backend))
     summary: dict[str, Any] = {"tile": str(args.tile), "res": args.res, "latency_ms": args.latency_ms,
                                "rows": args.rows}
     for name, rs in runs.items():
