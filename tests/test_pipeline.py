@@ -171,3 +171,11 @@ def test_result_row_is_plain_numbers(masked):
     assert set(row) >= {"scene", "cloud", "shadow", "clear", "nodata", "seconds", "mask"}
     assert abs(row["cloud"] + row["shadow"] + row["clear"] - 100) < 0.1
     assert Path(row["mask"]).exists()
+
+
+def test_result_carries_the_card_it_was_made_with(masked, sample_items):
+    _, results = masked
+    for item, res in zip(sample_items, results, strict=True):
+        card = choose_model("auto", scene_spec(item))
+        assert res.card == card and res.model == card.name
+        assert res.classes == card.class_table
