@@ -34,7 +34,7 @@ from rasterio.warp import Resampling, reproject
 from scipy import ndimage
 
 from .classes import MASK_CLASSES, NODATA, canonical, class_value
-from .cli_common import table
+from .console import table
 from .errors import ConfigError, GridError, ReadError
 from .layout import output_stem
 from .stac import search

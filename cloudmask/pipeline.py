@@ -16,7 +16,7 @@ import numpy as np
 from .classes import THREE_CLASSES, ClassShares, ClassTable, collapse_names, histogram
 from .engine import StreamConfig, StreamStats, output_geobox, stream_scene
 from .layout import OutputPaths, safe_name
-from .models import ModelCard, choose_model  # noqa: F401 - choose_model: old import path
+from .models import ModelCard
 from .postprocess import PostProcessSink, SclRows, for_card
 from .reader import RasterSource, ReaderConfig
 from .runtime import Runner, make_runners
@@ -25,7 +25,7 @@ from .writer import CogConfig, CogSink
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MaskResult", "OutputPaths", "choose_model", "mask_paths", "mask_scene_spec", "safe_name"]
+__all__ = ["MaskResult", "OutputPaths", "mask_paths", "mask_scene_spec", "safe_name"]
 
 
 def mask_paths(out_dir: Path, item_id: str) -> OutputPaths:

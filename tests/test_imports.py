@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+
 import grimp
 
 
@@ -64,3 +67,17 @@ def test_no_import_circle() -> None:
         for c in circles
     ]
     assert not circles, "import circles (move the shared piece into a module both can import):\n" + "\n".join(details)
+
+
+def test_cli_adds_its_groups_explicitly() -> None:
+    """The command groups are imported and added by name: the graph above sees every edge."""
+    from cloudmask.cli import main
+    from cloudmask.jobs.cli import job
+    from cloudmask.metis.cli import metis
+
+    assert main.commands["job"] is job and main.commands["metis"] is metis
+    assert {"demo", "evaluate", "models", "profiles", "run", "search"} <= set(main.commands)
+    graph = grimp.build_graph("cloudmask")
+    assert {"cloudmask.jobs.cli", "cloudmask.metis.cli"} <= graph.find_modules_directly_imported_by("cloudmask.cli")
+    for module in ("cloudmask.cli", "cloudmask.cli.commands"):
+        assert "import_module" not in inspect.getsource(importlib.import_module(module)), module

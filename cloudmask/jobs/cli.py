@@ -9,8 +9,7 @@ from typing import Any
 
 import click
 
-from ..cli_common import CloudmaskGroup, table
-from ..console import is_json, note
+from ..console import CloudmaskGroup, is_json, note, table
 
 _COLUMNS = ("scene", "status", "cloud", "shadow", "thin_cloud", "snow", "clear", "nodata", "seconds", "attempts", "error")
 

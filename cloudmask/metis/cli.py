@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from ..cli_common import CloudmaskGroup
+from ..console import CloudmaskGroup
 
 
 @click.group("metis", cls=CloudmaskGroup)

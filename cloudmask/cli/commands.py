@@ -1,4 +1,6 @@
-"""Command line: a thin adapter over the API (logging, progress, tables, exit codes)."""
+"""The ``cloudmask`` group and its own commands (models, demo, search, profiles, run, evaluate): a thin
+adapter over the API (logging, progress, tables, exit codes). :mod:`cloudmask.cli` adds the ``job`` and
+``metis`` groups."""
 
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ from typing import Any
 
 import click
 
-from .cli_common import CloudmaskGroup
-from .cli_common import table as _table
-from .console import BatchProgress, note, setup_logging
+from ..console import BatchProgress, CloudmaskGroup, note, setup_logging
+from ..console import table as _table
+from ..stac.query import parse_bbox
 
 log = logging.getLogger("cloudmask")
 
@@ -93,18 +95,17 @@ def _mask_all(
     Scenes overlap on the device (:class:`~cloudmask.overlap.ScenePipeline`): the next one is opened
     and its first rows read while one streams, and a finished one's COG, quicklook and item are
     written while the next streams."""
-    from .api import mask_scene
-    from .batch import mask_many
-    from .errors import ConfigError
-    from .grid import max_margin
-    from .models import load_model
-    from .pipeline import choose_model
-    from .runtime import OrtConfig, make_runners
-    from .stream import StreamConfig
+    from ..api import mask_scene
+    from ..batch import mask_many
+    from ..errors import ConfigError
+    from ..grid import max_margin
+    from ..models import choose_model, load_model
+    from ..runtime import OrtConfig, make_runners
+    from ..stream import StreamConfig
 
     cfg = StreamConfig(margin=StreamConfig.margin if margin is None else margin, blend=blend,  # type: ignore[arg-type]
                        probabilities=probabilities)
-    from .postprocess import PostProcess, parse_thresholds
+    from ..postprocess import PostProcess, parse_thresholds
 
     post: dict[str, Any] = {"thresholds": parse_thresholds(class_thresholds) or None, "threshold": threshold,
                             "average_over": average_over, "dilation_size": dilation_size, "buffer": buffer_m,
@@ -113,8 +114,8 @@ def _mask_all(
     if latency_ms and backend != "emulated":
         raise ConfigError("--latency-ms applies to --backend emulated (an emulated device); drop it or add "
                           "--backend emulated")
-    from .batch import existing_output
-    from .overlap import DeviceClock, ScenePipeline
+    from ..batch import existing_output
+    from ..overlap import DeviceClock, ScenePipeline
 
     clock = DeviceClock()
     scene_stats: dict[str, dict[str, Any]] = {}
@@ -122,8 +123,10 @@ def _mask_all(
     show = sys.stderr.isatty() if progress is None else progress
     runners_by_model: dict[str, Any] = {}
 
+    fixed = None if model == "auto" else load_model(model)  # resolved once; "auto" depends on the scene
+
     def card_of(spec: Any) -> Any:
-        return choose_model(model, spec) if model == "auto" else load_model(model)
+        return choose_model(model, spec) if fixed is None else fixed
 
     def mask_one(spec: Any, turn: Any = None) -> dict[str, Any]:
         card = card_of(spec)
@@ -169,7 +172,7 @@ def _mask_all(
 
 def _write_stats(path: Path, scene_stats: dict[str, dict[str, Any]], clock: Any) -> None:
     """``--stats-json``: per scene its stats and the device's idle gap before it (seconds)."""
-    from . import atomic
+    from .. import atomic
 
     gaps = clock.gaps()
     rows = []
@@ -200,14 +203,6 @@ def _report(report: Any) -> None:
     report.raise_for_failures()
 
 
-def parse_bbox(text: str) -> tuple[float, float, float, float]:
-    """``west,south,east,north`` in degrees (west > east crosses the antimeridian); see
-    :func:`cloudmask.stac.query.parse_bbox`, the one bbox parser."""
-    from .stac.query import parse_bbox as _parse_bbox
-
-    return _parse_bbox(text, "--bbox")
-
-
 _SUMMARY = ("scene", "status", "cloud", "shadow", "thin_cloud", "snow", "clear", "nodata", "seconds", "mask", "error")
 
 
@@ -216,7 +211,7 @@ _SUMMARY = ("scene", "status", "cloud", "shadow", "thin_cloud", "snow", "clear",
 @main.command()
 def models() -> None:
     """List the built-in models."""
-    from .models import list_models
+    from ..models import list_models
 
     rows = [
         {"name": c.name, "kind": c.kind, "bands": ",".join(c.bands), "level": c.product_level.upper(),
@@ -249,10 +244,10 @@ def demo(out: Path, synthetic: bool, sample_dir: Path | None, scenes: int, size:
     model ensemble (cloud vs not cloud; a second opinion, not ground truth), for synthetic scenes
     their generated truth (clear, cloud, shadow).
     """
-    from .batch import specs_of
-    from .errors import ConfigError
-    from .sample import default_catalog_dir, demo_catalog, make_catalog
-    from .stac import search
+    from ..batch import specs_of
+    from ..errors import ConfigError
+    from ..sample import default_catalog_dir, demo_catalog, make_catalog
+    from ..stac import search
 
     if synthetic or sample_dir is not None:
         synthetic = True
@@ -285,7 +280,7 @@ _DEMO_SUMMARY = ("scene", "model", "res_m", "cloud", "shadow", "thin_cloud", "sn
 
 def _add_agreement(rows: list[dict[str, Any]], items: Sequence[Any]) -> None:
     """Add each row's ``agree %``: overall accuracy against the item's truth/ensemble asset, if any."""
-    from .evaluate import evaluate
+    from ..evaluate import evaluate
 
     by_id = {it.id: it for it in items}
     for row in rows:
@@ -338,12 +333,12 @@ def _keep_http_option(ctx: click.Context, param: click.Parameter, value: str | i
 def _do_search(stac: str, collection: str | None, bbox: str | None, aoi: str | None, datetime_: str | None,
                max_cloud: float | None, min_cloud: float | None, limit: int | None,
                sortby: str | None = None) -> list[Any]:
-    from .stac import HttpPolicy, SearchQuery, search
+    from ..stac import HttpPolicy, SearchQuery, search
 
     meta = click.get_current_context().meta
     http = HttpPolicy.from_env().with_overrides(meta.get("cloudmask.http_timeout"), meta.get("cloudmask.http_retries"),
                                                 names=("--http-timeout", "--http-retries"))
-    query = SearchQuery.build(collection=collection, bbox=parse_bbox(bbox) if bbox else None, aoi=aoi,
+    query = SearchQuery.build(collection=collection, bbox=parse_bbox(bbox, "--bbox") if bbox else None, aoi=aoi,
                               datetime=datetime_, max_cloud=max_cloud,
                               min_cloud=min_cloud, limit=limit, sortby=sortby)
     return search(stac, query, http=http)
@@ -391,7 +386,7 @@ def profiles_cmd(name: str | None, as_json: bool) -> None:
     """
     from dataclasses import asdict
 
-    from .profiles import describe_rule, get_profile, list_profiles
+    from ..profiles import describe_rule, get_profile, list_profiles
 
     profs = [get_profile(name)] if name else list_profiles()
     if as_json:
@@ -433,11 +428,11 @@ def run(stac: str, collection: str | None, bbox: str | None, aoi: str | None, da
     A scene that fails is reported and the others go on; the output catalogue and ``summary.json``
     are always written; the exit code is 8 when any scene failed.
     """
-    from .batch import prepare_out_dir, specs_of
+    from ..batch import prepare_out_dir, specs_of
 
     prepare_out_dir(out)
     if profile is not None:
-        from .profiles import get_profile
+        from ..profiles import get_profile
 
         get_profile(profile)  # an unknown name is an argument error (exit 2), before any search
     items = _do_search(stac, collection, bbox, aoi, datetime_, max_cloud, min_cloud, limit, sortby)
@@ -475,7 +470,7 @@ def evaluate_cmd(predicted: Path, reference: Path, reference_classes: str | None
     name, ``X_cloudmask.tif`` with ``X.tif``): one row per pair plus their mean and the pooled pixels.
     Classes the reference lacks are folded (thin_cloud as cloud, others as clear).
     """
-    from .evaluate import evaluate, evaluate_many, summary_rows
+    from ..evaluate import evaluate, evaluate_many, summary_rows
 
     kw: dict[str, Any] = {"reference_classes": reference_classes, "prediction_classes": prediction_classes,
                           "reference_nodata": reference_nodata, "boundary": boundary}
@@ -490,19 +485,3 @@ def evaluate_cmd(predicted: Path, reference: Path, reference_classes: str | None
         return
     scores = evaluate(predicted, reference, **kw)
     click.echo(json.dumps(scores.to_dict()) if as_json else scores.table())
-
-
-def _register_subcommands() -> None:
-    import importlib
-
-    for module, name in ((".metis.cli", "metis"), (".jobs.cli", "job")):
-        try:
-            main.add_command(getattr(importlib.import_module(module, __package__), name))
-        except ModuleNotFoundError as err:  # pragma: no cover - only while a sub-package is absent
-            log.debug("command %s unavailable: %s", name, err)
-
-
-_register_subcommands()
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
