@@ -33,7 +33,7 @@ from .classes import THREE_CLASSES, ClassTable
 from .engine import StreamConfig
 from .errors import ConfigError
 from .models import ModelCard, choose_model
-from .outputs import mask_item, update_output_catalog, write_item
+from .output_catalog import mask_item, update_output_catalog, write_item
 from .pipeline import MaskResult, mask_scene_spec
 from .profiles import scene_spec
 from .quicklook import quicklook_for_result
@@ -146,7 +146,7 @@ def open_scene(
     * ``bands``: STAC common names to load instead of the model's (e.g. ``["red", "green", "blue"]``);
     * ``chunks``: rows per dask chunk (columns are chunked by ``reader.chunk_cols``).
 
-    Values are reflectance (0–1), NaN where the scene has no data (:func:`cloudmask.xr.valid_mask`).
+    Values are reflectance (0–1), NaN where the scene has no data (:func:`cloudmask.xarray_predict.valid_mask`).
     ``x``/``y`` are pixel centres in the scene CRS; the ``spatial_ref`` coordinate carries CRS and
     transform (``ds.rio.crs``, ``ds.rio.transform()``, ``ds.odc.geobox``); ``time`` is a scalar
     coordinate, so scenes concatenate into a time series with ``xr.concat(..., dim="time")``.

@@ -20,7 +20,7 @@ from typing import Any
 from . import atomic
 from .errors import CloudmaskError, ConfigError, ModelError, SceneFailuresError, WriteError
 from .jobs.state import check_done
-from .outputs import update_output_catalog
+from .output_catalog import update_output_catalog
 from .profiles import scene_spec
 from .scene import SceneSpec
 
@@ -80,7 +80,7 @@ def mask_many(
     """Mask ``specs`` with ``mask_one`` (scene -> summary row); isolate failures; catalogue + summary.
 
     ``model_of`` names the model a scene would get (for ``skip_existing``). ``write_catalog`` rebuilds
-    the output catalogue (default: :func:`cloudmask.outputs.update_output_catalog`). ``failed`` are rows
+    the output catalogue (default: :func:`cloudmask.output_catalog.update_output_catalog`). ``failed`` are rows
     of scenes that failed before masking (e.g. an item without a needed band). Never raises for a
     failed scene; raises :class:`~cloudmask.errors.WriteError` when the disk is full.
     """

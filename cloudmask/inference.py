@@ -14,7 +14,7 @@ from .errors import ConfigError, MissingBandError
 from .models import NODATA, ModelCard, load_model
 from .postprocess import PostProcess, PostProcessSink, for_card
 from .runtime import make_runners
-from .xr import predict_xarray
+from .xarray_predict import predict_xarray
 
 
 def _to_band_first(
@@ -106,7 +106,7 @@ def predict(
     the model's band order; NaN or ``nodata`` in every band marks invalid pixels) — returns a uint8
     ``(H, W)`` array — or an xarray DataArray with a ``band`` dimension labelled with STAC common
     names / a Dataset with one variable per band — returns a DataArray on the same coordinates (see
-    :mod:`cloudmask.xr`). With ``probabilities=True`` returns ``(mask, probabilities)``.
+    :mod:`cloudmask.xarray_predict`). With ``probabilities=True`` returns ``(mask, probabilities)``.
 
     ``model`` defaults to the one :func:`cloudmask.open_scene` recorded in ``data.attrs["model"]``,
     else ``ukis-6b-l2a``; a warning says when xarray data are not at the model's resolution.
@@ -139,7 +139,7 @@ def predict(
             out += (mask != NODATA,)
         return out if len(out) > 1 else mask
     if valid:
-        raise ConfigError("valid=True is for numpy input; with xarray use cloudmask.xr.valid_mask or mask != 255")
+        raise ConfigError("valid=True is for numpy input; with xarray use cloudmask.xarray_predict.valid_mask or mask != 255")
 
     return predict_xarray(data, card, probabilities=probabilities, backend=backend, config=cfg,
                           postprocess=postprocess)

@@ -36,7 +36,7 @@ from cloudmask import open_scene, predict, search
 from cloudmask.evaluate import score_arrays
 from cloudmask.quicklook import class_fractions, compare_masks, plot_fractions, plot_mask
 from cloudmask.sample import demo_catalog
-from cloudmask.xr import valid_mask
+from cloudmask.xarray_predict import valid_mask
 
 items = {it.properties["cloudmask:chip"]: it for it in search(demo_catalog())}
 MODEL = "ukis-4b-l2a"  # the chips have blue, green, red and nir only: the 4-band L2A model

@@ -1,4 +1,4 @@
-"""The notebook API: search / open_scene / mask_scene, and predict on xarray (cloudmask.xr).
+"""The notebook API: search / open_scene / mask_scene, and predict on xarray (cloudmask.xarray_predict).
 
 Small sample scenes (600 px at 10 m -> 200 px at the models' 30 m) made once per session.
 """

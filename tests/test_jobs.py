@@ -25,7 +25,7 @@ from cloudmask.jobs import JobLockedError, SceneFailuresError, check_done, load_
 from cloudmask.jobs.spec import parse_duration, resolve_datetime, spec_from_dict
 from cloudmask.jobs.state import JobLock, Journal, clean_temporaries, stale_temporaries
 from cloudmask.layout import output_stem, safe_name
-from cloudmask.outputs import file_checksum
+from cloudmask.output_catalog import file_checksum
 
 # The stac_api fixture starts stac-fastapi-pgstac with a copy of os.environ; the push test needs the
 # Transactions extension, which stac-fastapi-pgstac enables only with this setting.

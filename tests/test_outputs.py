@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from cloudmask.api import mask_scene, open_mask
 from cloudmask.classes import NODATA, THREE_CLASSES, ClassTable
 from cloudmask.layout import OutputPaths, output_stem, safe_name
-from cloudmask.outputs import mask_item, update_output_catalog, write_item
+from cloudmask.output_catalog import mask_item, update_output_catalog, write_item
 from cloudmask.pipeline import MaskResult
 from cloudmask.profiles import scene_spec
 from cloudmask.quicklook import legend_labels

@@ -20,7 +20,7 @@ import requests
 
 from .. import retry as _retry
 from ..errors import CatalogUnreachableError
-from ..outputs import load_items
+from ..output_catalog import load_items
 from ..retry import RetryPolicy
 from ..stac.api import RETRY_STATUS, HttpPolicy
 from .spec import JobSpec

@@ -24,7 +24,7 @@ import pystac
 from .. import __version__, atomic, retry
 from ..errors import CatalogUnreachableError, JobError, SceneFailuresError, WriteError
 from ..layout import output_stem
-from ..outputs import item_percentages, update_output_catalog, write_item
+from ..output_catalog import item_percentages, update_output_catalog, write_item
 from ..stac import search
 from .executors import dask_executor, local_executor
 from .push import push_pending

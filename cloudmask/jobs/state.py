@@ -29,7 +29,7 @@ import filelock
 from ..atomic import TEMP_PATTERNS
 from ..errors import JobError, JobLockedError, SceneFailuresError
 from ..layout import OutputPaths, safe_name
-from ..outputs import file_checksum, item_percentages, load_items
+from ..output_catalog import file_checksum, item_percentages, load_items
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from .. import retry
 from ..engine import StreamConfig
 from ..errors import CatalogUnreachableError, CloudmaskError, ReadError, WriteError
 from ..models import choose_model
-from ..outputs import mask_item
+from ..output_catalog import mask_item
 from ..pipeline import mask_scene_spec
 from ..profiles import scene_spec
 from ..quicklook import quicklook_for_result
