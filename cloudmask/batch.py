@@ -49,11 +49,12 @@ class BatchReport:
             )
 
 
-def existing_output(out: Path, spec: SceneSpec, model: str) -> dict[str, Any] | None:
+def existing_output(out: Path, spec: SceneSpec, model: str, classes: str | None = None) -> dict[str, Any] | None:
     """The summary row of a finished, valid mask of ``spec`` by ``model`` in ``out``, or None.
 
-    Finished and valid: the output item exists, names this source scene and model, and its mask file
-    has the size and checksum the item records.
+    Finished and valid: the output item exists, names this source scene and model (and, given
+    ``classes``, the same class table, e.g. ``0=clear,1=cloud,2=shadow,255=nodata``: a mask made with
+    another ``--classes`` mode is not kept), and its mask file has the size and checksum the item records.
     """
     check = check_done(out, spec.id)
     if not check.done or check.item_path is None:
@@ -61,6 +62,8 @@ def existing_output(out: Path, spec: SceneSpec, model: str) -> dict[str, Any] | 
     doc = json.loads(check.item_path.read_text())
     props = doc.get("properties", {})
     if props.get("cloudmask:model") not in (None, model):
+        return None
+    if classes is not None and props.get("cloudmask:classes") not in (None, classes):
         return None
     return {"scene": spec.id, "status": "skipped", "model": model,
             "mask": str((check.item_path.parent / doc["assets"]["mask"]["href"]).resolve())}
@@ -72,6 +75,7 @@ def mask_many(
     mask_one: Callable[[SceneSpec], dict[str, Any]],
     *,
     model_of: Callable[[SceneSpec], str] | None = None,
+    classes_of: Callable[[SceneSpec], str] | None = None,
     skip_existing: bool = False,
     write_catalog: Callable[[Path], Path] | None = None,
     failed: Sequence[dict[str, Any]] = (),
@@ -79,7 +83,8 @@ def mask_many(
 ) -> BatchReport:
     """Mask ``specs`` with ``mask_one`` (scene -> summary row); isolate failures; catalogue + summary.
 
-    ``model_of`` names the model a scene would get (for ``skip_existing``). ``write_catalog`` rebuilds
+    ``model_of`` names the model a scene would get and ``classes_of`` its class table summary (for
+    ``skip_existing``). ``write_catalog`` rebuilds
     the output catalogue (default: :func:`cloudmask.output_catalog.update_output_catalog`). ``failed`` are rows
     of scenes that failed before masking (e.g. an item without a needed band). Never raises for a
     failed scene; raises :class:`~cloudmask.errors.WriteError` when the disk is full.
@@ -97,7 +102,7 @@ def mask_many(
     fatal: WriteError | None = None
     for spec in specs:
         if skip_existing and model_of is not None:
-            kept = existing_output(out, spec, model_of(spec))
+            kept = existing_output(out, spec, model_of(spec), classes_of(spec) if classes_of else None)
             if kept is not None:
                 log.info("scene %s: a valid mask exists, kept (--skip-existing)", spec.id)
                 add(kept)

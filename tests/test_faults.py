@@ -271,3 +271,20 @@ def test_engine_stops_cleanly_when_a_device_fails_20_times(sample_items: list[py
         finally:
             src.close()
         assert not src._handles._out  # nothing still checked out after the engine returned
+
+
+def test_skip_existing_keeps_only_masks_of_the_same_model_and_classes(sample_items: list[pystac.Item],
+                                                                        tmp_path: Path) -> None:
+    from cloudmask.api import mask_scene
+    from cloudmask.batch import existing_output
+
+    spec = scene_spec(sample_items[0])
+    mask_scene(spec, tmp_path, "ukis-6b-l2a", quicklook=False)
+    three = "0=clear,1=cloud,2=shadow,255=nodata"
+    kept = existing_output(tmp_path, spec, "ukis-6b-l2a", three)
+    assert kept is not None and kept["status"] == "skipped" and Path(kept["mask"]).is_file()
+    assert existing_output(tmp_path, spec, "ukis-4b-l2a", three) is None  # another model
+    assert existing_output(tmp_path, spec, "ukis-6b-l2a", "0=clear,1=cloud,2=shadow,3=thin_cloud,255=nodata") is None
+    mask = Path(kept["mask"])
+    mask.write_bytes(mask.read_bytes()[:-10])  # damaged since: not kept
+    assert existing_output(tmp_path, spec, "ukis-6b-l2a", three) is None

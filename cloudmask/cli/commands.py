@@ -154,12 +154,23 @@ def _mask_all(
             bar.skip()
         note(_row_line(row), **{k: v for k, v in row.items() if k != "mask"}, path=row.get("mask"))
 
+    def classes_of(spec: Any) -> str:
+        """The class table a scene's mask gets under ``--classes`` (what --skip-existing compares)."""
+        from dataclasses import replace
+
+        from ..classes import collapse_names
+
+        card = card_of(spec)
+        if classes != "all":
+            card = replace(card, classes=collapse_names(card.classes, classes))
+        return str(card.class_table.summary())
+
     def skip(spec: Any) -> bool:
-        return skip_existing and existing_output(out, spec, card_of(spec).name) is not None
+        return skip_existing and existing_output(out, spec, card_of(spec).name, classes_of(spec)) is not None
 
     try:
         with BatchProgress(len(specs), show) as bar, ScenePipeline(specs, mask_one, skip=skip, clock=clock) as scenes:
-            report = mask_many(specs, out, scenes, model_of=lambda s: card_of(s).name,
+            report = mask_many(specs, out, scenes, model_of=lambda s: card_of(s).name, classes_of=classes_of,
                                skip_existing=skip_existing, failed=failed, on_row=on_row)
     finally:
         for runs in runners_by_model.values():
