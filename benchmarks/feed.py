@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from run import _vm_hwm_mib  # benchmarks/run.py: peak RSS of this process
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_TILE = HERE / "work" / "full-10980" / "tile" / "tile.json"
 
@@ -72,12 +74,6 @@ def child(tile: str, res: float, latency_ms: float, out_dir: str, rows: float = 
     }
 
 
-def _vm_hwm_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def run_one(tile: Path, res: float, latency_ms: float, base: Path | None, profile: Path | None = None,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +27,24 @@ def shared_dir(*parts: str) -> Path:
             pytest.fail(msg + " (CLOUDMASK_REQUIRE_SHARED=1)", pytrace=False)
         pytest.skip(msg)
     return path
+
+
+# ---- the Axelera runtime, faked after METIS.md (no Metis hardware or Voyager SDK here)
+
+
+@pytest.fixture()
+def fake_sdk(monkeypatch: pytest.MonkeyPatch):
+    """``axelera.runtime`` importable as the documented-interface fake (tests/fakes/axelera_runtime.py)."""
+    try:
+        from .fakes import axelera_runtime
+    except ImportError:  # tests/ not a package
+        from fakes import axelera_runtime  # type: ignore[no-redef]
+
+    pkg = types.ModuleType("axelera")
+    pkg.runtime = axelera_runtime  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "axelera", pkg)
+    monkeypatch.setitem(sys.modules, "axelera.runtime", axelera_runtime)
+    return axelera_runtime
 
 
 # ---- STAC API test server (stac-fastapi-pgstac over PostgreSQL + pgstac; see tests/stac_api.py)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -16,15 +15,6 @@ from cloudmask.runtime.metis import dequantize_output, quantize_input
 from cloudmask.stream import ArraySink, ArraySource, StreamConfig, stream_scene
 
 from .fakes import axelera_runtime
-
-
-@pytest.fixture()
-def fake_sdk(monkeypatch):
-    pkg = types.ModuleType("axelera")
-    pkg.runtime = axelera_runtime  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "axelera", pkg)
-    monkeypatch.setitem(sys.modules, "axelera.runtime", axelera_runtime)
-    return axelera_runtime
 
 
 def _card(tmp_path, batch):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,6 @@ from cloudmask.models import NODATA, ModelCard, load_model
 from cloudmask.runtime import OnnxRunner, make_runners
 
 from .conftest import shared_dir
-from .fakes import axelera_runtime
 
 MLP = Path(cloudmask.__file__).parent / "data" / "models" / "spectral-mlp"
 #: s2cloudless band indices (all-bands order) of the MLP's 10 bands.
@@ -292,15 +289,6 @@ def _run(catalog: Path, model: Path, out: Path, *extra: str) -> tuple[np.ndarray
     (ptif,) = sorted(out.glob("*_probabilities.tif"))
     with rasterio.open(tif) as ds, rasterio.open(ptif) as ps:
         return ds.read(1), ps.read()
-
-
-@pytest.fixture()
-def fake_sdk(monkeypatch):
-    pkg = types.ModuleType("axelera")
-    pkg.runtime = axelera_runtime  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "axelera", pkg)
-    monkeypatch.setitem(sys.modules, "axelera.runtime", axelera_runtime)
-    return axelera_runtime
 
 
 def _recentred_mlp(tmp_path: Path, form: str = "matmul", shift: float = 13.7) -> Path:
