@@ -74,17 +74,15 @@ def mask_many(
     out: Path,
     mask_one: Callable[[SceneSpec], dict[str, Any]],
     *,
-    model_of: Callable[[SceneSpec], str] | None = None,
-    classes_of: Callable[[SceneSpec], str] | None = None,
-    skip_existing: bool = False,
+    keep: Callable[[SceneSpec], dict[str, Any] | None] | None = None,
     write_catalog: Callable[[Path], Path] | None = None,
     failed: Sequence[dict[str, Any]] = (),
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> BatchReport:
     """Mask ``specs`` with ``mask_one`` (scene -> summary row); isolate failures; catalogue + summary.
 
-    ``model_of`` names the model a scene would get and ``classes_of`` its class table summary (for
-    ``skip_existing``). ``write_catalog`` rebuilds
+    ``keep(spec)`` returns the row of a finished output to keep instead of masking the scene again
+    (``--skip-existing``: :func:`existing_output`), or None. ``write_catalog`` rebuilds
     the output catalogue (default: :func:`cloudmask.output_catalog.update_output_catalog`). ``failed`` are rows
     of scenes that failed before masking (e.g. an item without a needed band). Never raises for a
     failed scene; raises :class:`~cloudmask.errors.WriteError` when the disk is full.
@@ -101,8 +99,8 @@ def mask_many(
         add(dict(r))
     fatal: WriteError | None = None
     for spec in specs:
-        if skip_existing and model_of is not None:
-            kept = existing_output(out, spec, model_of(spec), classes_of(spec) if classes_of else None)
+        if keep is not None:
+            kept = keep(spec)
             if kept is not None:
                 log.info("scene %s: a valid mask exists, kept (--skip-existing)", spec.id)
                 add(kept)

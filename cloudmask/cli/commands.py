@@ -165,13 +165,20 @@ def _mask_all(
             card = replace(card, classes=collapse_names(card.classes, classes))
         return str(card.class_table.summary())
 
+    kept: dict[str, dict[str, Any] | None] = {}  # scene id -> the finished output kept (checksummed once)
+
+    def keep(spec: Any) -> dict[str, Any] | None:
+        if spec.id not in kept:
+            kept[spec.id] = existing_output(out, spec, card_of(spec).name, classes_of(spec))
+        return kept[spec.id]
+
     def skip(spec: Any) -> bool:
-        return skip_existing and existing_output(out, spec, card_of(spec).name, classes_of(spec)) is not None
+        return skip_existing and keep(spec) is not None
 
     try:
         with BatchProgress(len(specs), show) as bar, ScenePipeline(specs, mask_one, skip=skip, clock=clock) as scenes:
-            report = mask_many(specs, out, scenes, model_of=lambda s: card_of(s).name, classes_of=classes_of,
-                               skip_existing=skip_existing, failed=failed, on_row=on_row)
+            report = mask_many(specs, out, scenes, keep=keep if skip_existing else None, failed=failed,
+                               on_row=on_row)
     finally:
         for runs in runners_by_model.values():
             for r in runs:
