@@ -335,40 +335,55 @@ class RasterSource:
         graph = HighLevelGraph.from_collections(name, dsk, dependencies=[])
         return da.Array(graph, name, chunks, dtype=np.float32)
 
-    def read_rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+    def read_rows(self, start: int, stop: int, out: np.ndarray | None = None,
+                  cols: tuple[int, int] | None = None) -> np.ndarray:
         """Rows ``[start, stop)`` of every band, one band per worker thread.
 
-        Columns outside the item's valid-data footprint (when known) are not read: they are NaN.
-        ``out`` (``(bands, stop - start, width)`` float32) is filled in place when given. Every band
-        read has finished when this returns or raises (the first error is raised after the others
-        end), so closing the source afterwards never closes a dataset under a read.
+        ``cols`` ``(c0, c1)`` reads only those columns (default: all); the result is then
+        ``(bands, stop - start, c1 - c0)``. Columns outside the item's valid-data footprint (when
+        known) are not read: they are NaN. ``out`` (float32, the result's shape) is filled in place
+        when given. Every band read has finished when this returns or raises (the first error is
+        raised after the others end), so closing the source afterwards never closes a dataset under a read.
         """
-        shape = (len(self.bands), stop - start, self.shape[1])
+        w0, w1 = cols if cols is not None else (0, self.shape[1])
+        if not 0 <= w0 < w1 <= self.shape[1]:
+            raise ValueError(f"cols must satisfy 0 <= c0 < c1 <= {self.shape[1]}, got {cols}")
+        shape = (len(self.bands), stop - start, w1 - w0)
         if out is not None and (out.shape != shape or out.dtype != np.float32):
             raise ValueError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
         if self._prefetched is not None:
             got = self._take_prefetched(start, stop)
             if got is not None:
+                got = got[:, :, w0:w1]
                 if out is None:
                     return got
                 out[...] = got
                 return out
-        return self._read(start, stop, out)
+        return self._read(start, stop, out, (w0, w1))
 
-    def _read(self, start: int, stop: int, out: np.ndarray | None) -> np.ndarray:
-        c0, c1 = self.footprint_cols(start, stop)
-        shape = (len(self.bands), stop - start, self.shape[1])
+    @property
+    def prefetching(self) -> bool:
+        """Whether a :meth:`prefetch` is waiting to serve the next :meth:`read_rows` (read it whole then)."""
+        return self._prefetched is not None
+
+    def _read(self, start: int, stop: int, out: np.ndarray | None,
+              cols: tuple[int, int] | None = None) -> np.ndarray:
+        w0, w1 = cols if cols is not None else (0, self.shape[1])
+        f0, f1 = self.footprint_cols(start, stop)
+        c0, c1 = max(w0, f0), min(w1, f1)
+        shape = (len(self.bands), stop - start, w1 - w0)
         if out is None:
             out = np.empty(shape, np.float32)
-        if c0 > 0:
-            out[:, :, :c0] = np.nan
-        if c1 < shape[2]:
-            out[:, :, max(c0, c1):] = np.nan
         if c1 <= c0:
+            out[...] = np.nan
             return out
+        if c0 > w0:
+            out[:, :, : c0 - w0] = np.nan
+        if c1 < w1:
+            out[:, :, c1 - w0 :] = np.nan
 
         def one(b: int) -> None:
-            self.read_block(b, (start, stop), (c0, c1), out=out[b, :, c0:c1])
+            self.read_block(b, (start, stop), (c0, c1), out=out[b, :, c0 - w0 : c1 - w0])
 
         futures = [self._executor().submit(one, b) for b in range(len(self.bands))]
         wait(futures)
@@ -475,6 +490,11 @@ class RowWindows:
     preallocated buffers and prepares it: the valid mask (no NaN in any band), ``prepare(data)``
     in place on the new rows (e.g. the model's normalisation), then ``fill`` at invalid pixels.
 
+    ``first_parts > 1`` (sources whose ``read_rows`` takes ``cols``, reading ahead): the first window
+    is yielded at once and read in that many column parts, left to right, on the background thread;
+    the caller asks for columns with :meth:`wait_cols` before it uses them, so work on the first
+    columns starts before the whole first window is read.
+
     Iterating yields ``(data, valid)``: ``(bands, rows, width)`` float32 and ``(rows, width)`` bool
     views, valid until the next window is asked for (the buffers alternate). ``seconds`` holds the
     background ``read`` and ``prepare`` time and the caller's ``wait`` for windows not ready yet.
@@ -482,7 +502,7 @@ class RowWindows:
 
     def __init__(self, source: Any, windows: Sequence[tuple[int, int]],
                  prepare: Callable[[np.ndarray], Any] | None = None, fill: float = 0.0,
-                 ahead: bool = True) -> None:
+                 ahead: bool = True, first_parts: int = 1) -> None:
         self.source, self.windows, self.prepare, self.fill, self.ahead = source, list(windows), prepare, fill, ahead
         for (a0, a1), (b0, b1) in zip(self.windows[:-1], self.windows[1:], strict=True):
             if b0 < a0 or b1 < a1:
@@ -493,15 +513,33 @@ class RowWindows:
         self._buffers: list[tuple[np.ndarray, np.ndarray]] = []
         self.seconds = {"read": 0.0, "prepare": 0.0, "wait": 0.0}
         try:
-            self._takes_out = "out" in inspect.signature(source.read_rows).parameters
+            params = inspect.signature(source.read_rows).parameters
         except (TypeError, ValueError):
-            self._takes_out = False
+            params = {}  # type: ignore[assignment]
+        self._takes_out = "out" in params
+        self.first_parts = first_parts if "cols" in params and self._takes_out and bands is not None else 1
+        # columns of the window last yielded that are ready (None: all); guarded by _cond
+        self._ready_cols: int | None = None
+        self._failed = False
+        self._first: Future[Any] | None = None
+        self._cond = threading.Condition()
 
     def _buffer(self, k: int, bands: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         while len(self._buffers) <= k % 2:
             self._buffers.append((np.empty((bands, self._rows, width), np.float32),
                                   np.empty((self._rows, width), bool)))
         return self._buffers[k % 2]
+
+    def _prepare_new(self, new_data: np.ndarray, new_valid: np.ndarray) -> None:
+        """Valid mask, ``prepare`` and ``fill`` on freshly read pixels (views into a buffer)."""
+        np.isnan(new_data.sum(axis=0), out=new_valid)  # NaN in any band -> NaN sum
+        np.logical_not(new_valid, out=new_valid)
+        if self.prepare is not None:
+            done = self.prepare(new_data)
+            if isinstance(done, np.ndarray) and done is not new_data:  # prepared out of place
+                new_data[...] = done
+        if not new_valid.all():
+            np.copyto(new_data, np.float32(self.fill), where=~new_valid)
 
     def _fill(self, k: int, prev: tuple[int, int, np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:
         """Window ``k`` into buffer ``k % 2``: rows shared with ``prev`` copied, the others read."""
@@ -530,28 +568,90 @@ class RowWindows:
             valid[: keep0 - start] = pvalid[start - p0 : keep0 - p0]
         t1 = time.perf_counter()
         if keep0 < stop:
-            new_data, new_valid = data[:, keep0 - start :], valid[keep0 - start :]
-            np.isnan(new_data.sum(axis=0), out=new_valid)  # NaN in any band -> NaN sum
-            np.logical_not(new_valid, out=new_valid)
-            if self.prepare is not None:
-                done = self.prepare(new_data)
-                if isinstance(done, np.ndarray) and done is not new_data:  # prepared out of place
-                    new_data[...] = done
-            if not new_valid.all():
-                np.copyto(new_data, np.float32(self.fill), where=~new_valid)
+            self._prepare_new(data[:, keep0 - start :], valid[keep0 - start :])
         self.seconds["read"] += t1 - t0
         self.seconds["prepare"] += time.perf_counter() - t1
         return data, valid
+
+    def _part_edges(self, width: int) -> list[tuple[int, int]]:
+        n = max(1, min(self.first_parts, width))
+        edges = np.linspace(0, width, n + 1).round().astype(int)
+        return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+    def _fill_first_in_parts(self, data: np.ndarray, valid: np.ndarray) -> None:
+        """Window 0 into ``data``/``valid`` column part by column part, publishing each as it is ready."""
+        start, stop = self.windows[0]
+        try:
+            for c0, c1 in self._part_edges(data.shape[2]):
+                t0 = time.perf_counter()
+                self.source.read_rows(start, stop, out=data[:, :, c0:c1], cols=(c0, c1))
+                t1 = time.perf_counter()
+                self._prepare_new(data[:, :, c0:c1], valid[:, c0:c1])
+                self.seconds["read"] += t1 - t0
+                self.seconds["prepare"] += time.perf_counter() - t1
+                with self._cond:
+                    self._ready_cols = c1
+                    self._cond.notify_all()
+        except BaseException:
+            with self._cond:
+                self._failed = True
+                self._cond.notify_all()
+            raise
+
+    def wait_cols(self, stop: int) -> None:
+        """Block until columns ``[0, stop)`` of the window last yielded are ready (see ``first_parts``).
+
+        Returns at once for whole windows; raises the read's error if reading the window failed.
+        """
+        if self._ready_cols is None:
+            return
+        t0 = time.perf_counter()
+        with self._cond:
+            while self._ready_cols is not None and self._ready_cols < stop and not self._failed:
+                self._cond.wait(0.1)
+            failed = self._failed
+        self.seconds["wait"] += time.perf_counter() - t0
+        if failed and self._first is not None:
+            self._first.result()  # raises the read's own error
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if not self.windows:
             return
         pool = ThreadPoolExecutor(1, thread_name_prefix="cloudmask-rows") if self.ahead else None
+        parts = (pool is not None and self.first_parts > 1 and not getattr(self.source, "prefetching", False))
         try:
             nxt: Future[tuple[np.ndarray, np.ndarray]] | None = None
-            cur = self._fill(0, None)
-            for k in range(len(self.windows)):
-                if k > 0:
+            k0 = 0
+            if parts:
+                assert pool is not None and self._bands is not None
+                start, stop = self.windows[0]
+                data, valid = self._buffer(0, self._bands, self.source.shape[1])
+                cur = (data[:, : stop - start], valid[: stop - start])
+                self._ready_cols, self._failed = 0, False
+
+                def first_then_next() -> tuple[np.ndarray, np.ndarray]:
+                    self._fill_first_in_parts(*cur)
+                    if len(self.windows) > 1:
+                        return self._fill(1, (*self.windows[0], *cur))
+                    return cur
+
+                nxt = self._first = pool.submit(first_then_next)
+                yield cur
+                k0 = 1
+                t0 = time.perf_counter()
+                try:
+                    nxt_cur = nxt.result()
+                finally:
+                    with self._cond:
+                        self._ready_cols = None
+                self.seconds["wait"] += time.perf_counter() - t0
+                if len(self.windows) == 1:
+                    return
+                cur = nxt_cur
+            else:
+                cur = self._fill(0, None)
+            for k in range(k0, len(self.windows)):
+                if k > k0:
                     assert nxt is not None
                     t0 = time.perf_counter()
                     cur = nxt.result()

@@ -433,3 +433,15 @@ def test_patch_classifier_refuses_an_xarray_grid(tmp_path):
                       coords={"band": list(card.bands)})
     with pytest.raises(ConfigError, match="patch classifier"):
         predict(da, card)
+
+
+def test_patch_class_blender_takes_scores_before_the_row_cut():
+    card = ModelCard(name="pc", onnx_path=MLP / "model.onnx", bands=("blue",), product_level="l1c", resolution=10,
+                     mean=(0.0,), std=(1.0,), patch_size=16, classes=("clear", "cloud"), kind="patch-classifier")
+    lay = PatchLayout(40, 40, 16, 0)
+    b = PatchClassBlender(lay, card, probabilities=False, stats=StreamStats())
+    assert b.feed([PatchTask(0, 0)], np.array([[0, 3]], np.float32)) == []  # no cut yet: not final
+    assert b.cut(RowCut(0, 2, (0, 2), np.ones((16, 40), bool))) == []  # one of two patches in
+    out = b.feed([PatchTask(0, 2)], np.array([[3, 0]], np.float32))
+    assert len(out) == 1 and out[0].classes.tolist() == [[1, NODATA, 0]]
+    assert b.cut(RowCut(1, 0, (), np.zeros((16, 40), bool)))[0].classes.tolist() == [[NODATA] * 3]

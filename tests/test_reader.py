@@ -149,3 +149,69 @@ def test_overview_level_is_found_for_a_coarser_grid(sample_items):
         assert src._level(1) is None  # 20 m band: 40 m overview is too coarse
     with RasterSource(spec, ("blue",), spec.geobox(30.0), ReaderConfig(overviews=False)) as src:
         assert src._level(0) is None
+
+
+def test_read_rows_of_some_columns_match_whole_rows(sample_items):
+    spec = scene_spec(sample_items[1])  # the wedge: the footprint cuts the first columns of the top rows
+    with RasterSource(spec, ("red", "swir16"), spec.geobox(30.0)) as src:
+        whole = src.read_rows(0, 60)
+        for c0, c1 in ((0, 7), (5, 120), (150, 200), (0, 200)):
+            part = src.read_rows(0, 60, cols=(c0, c1))
+            assert part.shape == (2, 60, c1 - c0)
+            assert np.array_equal(part, whole[:, :, c0:c1], equal_nan=True)
+            out = np.zeros((2, 60, c1 - c0), np.float32)
+            assert src.read_rows(0, 60, out=out, cols=(c0, c1)) is out
+            assert np.array_equal(out, whole[:, :, c0:c1], equal_nan=True)
+        with pytest.raises(ValueError, match="cols"):
+            src.read_rows(0, 60, cols=(50, 50))
+
+
+@pytest.mark.parametrize("parts", [2, 3, 7])
+def test_first_window_in_column_parts_matches_whole_reads(sample_items, parts):
+    from cloudmask.reader import RowWindows
+
+    spec = scene_spec(sample_items[1])
+    windows = [(0, 40), (20, 70), (60, 130), (130, 200)]
+    with RasterSource(spec, ("red", "swir16", "nir"), spec.geobox(30.0)) as src:
+        ref = [(d.copy(), v.copy()) for d, v in RowWindows(src, windows, prepare=_prepare, fill=-5.0)]
+        rw = RowWindows(src, windows, prepare=_prepare, fill=-5.0, first_parts=parts)
+        assert rw.first_parts == parts
+        got = []
+        for k, (d, v) in enumerate(rw):
+            if k == 0:  # the first window comes before it is read: ask for columns first
+                rw.wait_cols(30)
+                left = d[:, :, :30].copy()
+                rw.wait_cols(200)
+                assert np.array_equal(left, d[:, :, :30])  # ready columns do not change afterwards
+            got.append((d.copy(), v.copy()))
+    for (a, va), (b, vb) in zip(ref, got, strict=True):
+        assert np.array_equal(va, vb) and np.array_equal(a, b)
+
+
+def test_first_window_parts_fall_back_without_column_reads():
+    from cloudmask.engine.io import ArraySource
+    from cloudmask.reader import RowWindows
+
+    data = np.arange(2 * 30 * 5, dtype=np.float32).reshape(2, 30, 5)
+    rw = RowWindows(ArraySource(data), [(0, 10), (5, 30)], first_parts=4)
+    assert rw.first_parts == 1  # ArraySource.read_rows takes no columns: whole windows
+    got = [d.copy() for d, _ in rw]
+    assert np.array_equal(got[1], data[:, 5:30])
+
+
+def test_a_failed_column_part_raises_in_the_caller(sample_items):
+    from cloudmask.reader import RowWindows
+
+    spec = scene_spec(sample_items[0])
+
+    class Failing(RasterSource):
+        def read_rows(self, start, stop, out=None, cols=None):
+            if cols is not None and cols[0] > 0:
+                raise ReadError("band 'red': the file is truncated")
+            return super().read_rows(start, stop, out=out, cols=cols)
+
+    with Failing(spec, ("red",), spec.geobox(30.0)) as src:
+        rw = RowWindows(src, [(0, 40), (20, 60)], first_parts=3)
+        with pytest.raises(ReadError, match="truncated"):
+            for _ in rw:
+                rw.wait_cols(200)

@@ -264,22 +264,34 @@ class PixelBlender:
 
 
 class PatchClassBlender:
-    """One mask pixel per patch: the patch's class, NODATA for patches without a valid pixel."""
+    """One mask pixel per patch: the patch's class, NODATA for patches without a valid pixel.
+
+    A patch row's scores may come before or after its :class:`RowCut`; the row is final when both
+    the cut and all the patches it names are in.
+    """
 
     def __init__(self, layout: PatchLayout, card: ModelCard, probabilities: bool, stats: StreamStats) -> None:
         self.layout, self.want_probs, self.stats = layout, probabilities, stats
         self.merge = _ClassMerge(card)
-        self.rows: dict[int, tuple[int, np.ndarray, np.ndarray | None]] = {}
+        self.rows: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        self.expected: dict[int, int] = {}
+        self.fed: dict[int, int] = {}
         self.next_row = 0
 
     @property
     def is_done(self) -> bool:
         return self.next_row >= self.layout.n_rows
 
+    def _row(self, row: int) -> tuple[np.ndarray, np.ndarray | None]:
+        if row not in self.rows:
+            classes = np.full((1, self.layout.n_cols), NODATA, np.uint8)
+            probs = np.zeros((self.merge.n, 1, self.layout.n_cols), np.uint8) if self.want_probs else None
+            self.rows[row] = (classes, probs)
+        return self.rows[row]
+
     def cut(self, msg: RowCut) -> list[Block]:
-        classes = np.full((1, self.layout.n_cols), NODATA, np.uint8)
-        probs = np.zeros((self.merge.n, 1, self.layout.n_cols), np.uint8) if self.want_probs else None
-        self.rows[msg.row] = (msg.expected, classes, probs)
+        self._row(msg.row)
+        self.expected[msg.row] = msg.expected
         return self._ready()
 
     def feed(self, tasks: Sequence[Task], scores: np.ndarray) -> list[Block]:
@@ -294,19 +306,22 @@ class PatchClassBlender:
         cls = np.argmax(probs, axis=1).astype(np.uint8)
         for k, task in enumerate(tasks):
             assert isinstance(task, PatchTask)
-            left, classes, p = self.rows[task.row]
+            classes, p = self._row(task.row)
             classes[0, task.col] = cls[k]
             if p is not None:
                 p[:, 0, task.col] = np.rint(100.0 * probs[k]).astype(np.uint8)
-            self.rows[task.row] = (left - 1, classes, p)
+            self.fed[task.row] = self.fed.get(task.row, 0) + 1
         self.stats.patches += len(tasks)
         self.stats.add("blend", time.perf_counter() - t0)
         return self._ready()
 
     def _ready(self) -> list[Block]:
         out = []
-        while self.next_row in self.rows and self.rows[self.next_row][0] <= 0:
-            _, classes, probs = self.rows.pop(self.next_row)
-            out.append(Block(self.next_row, classes, probs))
-            self.next_row += 1
+        r = self.next_row
+        while r in self.expected and self.fed.get(r, 0) >= self.expected[r]:
+            classes, probs = self.rows.pop(r)
+            del self.expected[r]
+            self.fed.pop(r, None)
+            out.append(Block(r, classes, probs))
+            r = self.next_row = r + 1
         return out

@@ -30,6 +30,9 @@ from .io import PatchSource
 from .messages import Batch, PatchTask, PixelRun, RowCut, StripCut
 from .stats import StreamStats
 
+#: Column parts the first strip of a scene is read in (the device starts after the first part).
+FIRST_STRIP_PARTS = 4
+
 
 class Producer:
     """Base: reads through ``source``, sends :class:`Batch` to ``in_q`` and cuts to ``out_q``."""
@@ -82,8 +85,9 @@ class PatchProducer(Producer):
 
     def cut(self) -> None:
         """Each strip's rows come from :class:`~cloudmask.reader.RowWindows` (read and normalised ahead,
-        on another thread, into preallocated buffers); patches are views into the strip except at the
-        mirrored scene edges, and are copied once, into the batch."""
+        on another thread, into preallocated buffers; the first strip in column parts, so the device
+        starts after a part of it is read); patches are views into the strip except at the mirrored
+        scene edges, and are copied once, into the batch."""
         from ..reader import RowWindows  # generic over any PatchSource; imported late (rasterio, dask)
 
         lay = self.layout
@@ -91,42 +95,47 @@ class PatchProducer(Producer):
         cols = lay.strip_cols()
         strips = [lay.strip_rows(i) for i in range(lay.n_rows)]
         windows = [(int(r.min()), int(r.max()) + 1) for r in strips]
-        reader = RowWindows(self.source, windows, prepare=self._normalise)
+        reader = RowWindows(self.source, windows, prepare=self._normalise, first_parts=FIRST_STRIP_PARTS)
         pending: list[tuple[PatchTask, np.ndarray]] = []
         t_wait = time.perf_counter()
         for i, (data, valid) in enumerate(reader):
             t0 = time.perf_counter()
             self.stats.add("read_wait", t0 - t_wait)
             lo = windows[i][0]
-            r0, r1 = lay.block_rows(i)
-            block_valid = valid[r0 - lo : r1 - lo].copy()
             local = strips[i] - lo
-            if np.all(np.diff(local) == 1):  # inside the scene: views
-                strip, vstrip = data[:, local[0] : local[-1] + 1], valid[local[0] : local[-1] + 1]
-            else:  # the first and last strips mirror rows
-                strip, vstrip = data[:, local], valid[local]
-            vcols: np.ndarray = np.asarray(vstrip.any(axis=0))
-            tasks: list[tuple[PatchTask, np.ndarray]] = []
+            l0, l1 = int(local.min()), int(local.max()) + 1  # mirrored rows repeat rows of this range
+            inside = bool(np.all(np.diff(local) == 1))
+            expected = 0
+            done: list[int] = []
             for j in range(lay.n_cols):
                 c0 = j * s - m
                 if c0 >= 0 and c0 + p <= w:
-                    if not vcols[c0 : c0 + p].any():
-                        self.stats.skipped += 1
-                        continue
-                    tasks.append((PatchTask(i, j), strip[:, :, c0 : c0 + p]))
+                    k0, k1, idx = c0, c0 + p, None
                 else:  # mirrored columns at the scene's left and right edges
                     idx = cols[j * s : j * s + p]
-                    if not vcols[idx].any():
-                        self.stats.skipped += 1
-                        continue
-                    tasks.append((PatchTask(i, j), strip[:, :, idx]))
-            self.stats.add("cut", time.perf_counter() - t0)
-            self.control.put(self.out_q, RowCut(i, len(tasks), tuple(t.col for t, _ in tasks), block_valid))
-            for task in tasks:
-                pending.append(task)
+                    k0, k1 = int(idx.min()), int(idx.max()) + 1
+                reader.wait_cols(k1)
+                if not valid[l0:l1, k0:k1].any():
+                    self.stats.skipped += 1
+                    continue
+                if idx is None:
+                    patch = data[:, l0:l1, k0:k1] if inside else data[:, local, k0:k1]
+                else:
+                    part = data[:, l0:l1, k0:k1] if inside else data[:, local, k0:k1]
+                    patch = part[:, :, idx - k0]
+                expected += 1
+                done.append(j)
+                pending.append((PatchTask(i, j), patch))
                 if len(pending) == self.batch:
+                    self.stats.add("cut", time.perf_counter() - t0)
                     self._emit(pending)
                     pending = []
+                    t0 = time.perf_counter()
+            reader.wait_cols(w)
+            r0, r1 = lay.block_rows(i)
+            block_valid = valid[r0 - lo : r1 - lo].copy()
+            self.stats.add("cut", time.perf_counter() - t0)
+            self.control.put(self.out_q, RowCut(i, expected, tuple(done), block_valid))
             # patches left for the next batch are views of this window's buffer, which the reader refills
             # with window i + 2 while window i + 1 is cut: copy them now (at most batch - 1 patches)
             pending = [(t, np.array(patch)) for t, patch in pending]
