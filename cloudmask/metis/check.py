@@ -15,15 +15,16 @@ import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
 from ..errors import ModelError
 from . import graph as G
 from .rules import OpRule, Rules, load_rules
+
+if TYPE_CHECKING:  # onnx is imported where used: importing it takes about a second
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,9 @@ class CheckReport:
 
 
 def _attr_value(a: onnx.AttributeProto) -> Any:
+    import onnx
+    from onnx import helper, numpy_helper
+
     v = helper.get_attribute_value(a)
     if isinstance(v, bytes):
         return v.decode()
@@ -191,6 +195,8 @@ def _attr_value(a: onnx.AttributeProto) -> Any:
 
 
 def _schema(op: str, domain: str, opset: int) -> Any:
+    import onnx
+
     try:
         return onnx.defs.get_schema(op, max(opset, 1), domain)
     except Exception:
@@ -198,6 +204,8 @@ def _schema(op: str, domain: str, opset: int) -> Any:
 
 
 def _attributes(node: onnx.NodeProto, schema: Any) -> dict[str, Any]:
+    import onnx
+
     env: dict[str, Any] = {}
     if schema is not None:
         for name, a in schema.attributes.items():
@@ -222,6 +230,9 @@ class _Graph:
     """Shapes, constants and data flow of a model (after shape inference)."""
 
     def __init__(self, model: onnx.ModelProto, batch: int = 1) -> None:
+        import onnx
+        from onnx import numpy_helper
+
         pinned = _pin_batch(model, batch)
         try:
             inferred = onnx.shape_inference.infer_shapes(pinned, data_prop=True)
@@ -290,6 +301,8 @@ def _pin_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
 
     The dynamic batch itself is reported as a model-level violation.
     """
+    import onnx
+
     inits = {t.name for t in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in inits]
     if not any(G.dims(v) and not isinstance(G.dims(v)[0], int) for v in inputs):
@@ -471,6 +484,8 @@ def check_model(model: onnx.ModelProto, rules: Rules | None = None, path: Path |
 
 def check(onnx_path: str | Path, rules: Rules | None = None) -> CheckReport:
     """Evaluate every node of ``onnx_path`` against the Metis rules (packaged ``metis_ops.json``)."""
+    import onnx
+
     path = Path(onnx_path)
     try:
         model = onnx.load(str(path))

@@ -26,13 +26,14 @@ import shutil
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import onnx
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, ModelError
 from ..models import ModelCard, load_model
 from . import graph as G
+
+if TYPE_CHECKING:  # onnx is imported where used: importing it takes about a second
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ def static_model(
     batching of a fully convolutional model; the shapes are inferred again and the export fails when
     a node pins the old size).
     """
+    import onnx
+
     try:
         model = onnx.load(str(card.onnx_path))
     except Exception as err:
@@ -145,6 +148,8 @@ def static_model(
 
 def _checked(model: onnx.ModelProto, what: str) -> onnx.ModelProto:
     """``model`` with its shapes inferred (strict) and checked; a failure is a :class:`ModelError` naming ``what``."""
+    import onnx
+
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
         onnx.checker.check_model(model)
@@ -174,6 +179,8 @@ def compiler_config(card: ModelCard, cores: str, input_shape: list[int]) -> dict
 
 def folded_model(card: ModelCard, fold: tuple[int, int] = DEFAULT_FOLD) -> tuple[onnx.ModelProto, dict[str, int], bool]:
     """A pixel model's graph batch-folded to ``[1, C, H, W]``; returns (model, pass counts, softmax removed)."""
+    import onnx
+
     h, w = fold
     if h < 1 or w < 1:
         raise ConfigError(f"fold must be positive, got {h}x{w}")
@@ -212,6 +219,8 @@ def export(
     Raises :class:`ModelError` when the graph cannot be made static or folding fails, and
     :class:`ConfigError` for a bad ``cores``, ``fold`` or ``patches_per_call``.
     """
+    import onnx
+
     if cores not in CORES:
         raise ConfigError(f"cores must be one of {', '.join(CORES)}, got {cores!r}")
     card = load_model(model)
@@ -282,6 +291,8 @@ def _write_bundle(out: Path, card: ModelCard, new_card: ModelCard, cores: str,
 
 
 def _export_folded(card: ModelCard, out: Path, cores: str, fold: tuple[int, int]) -> ExportResult:
+    import onnx
+
     folded, passes, softmax = folded_model(card, fold)
     shape = [int(v) for v in G.dims(G.image_input(folded))]  # type: ignore[arg-type]
     onnx_path = out / "model.onnx"

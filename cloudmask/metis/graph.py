@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+
+if TYPE_CHECKING:  # onnx is imported where used: importing it takes about a second
+    import onnx
+    from onnx import TensorProto
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,9 @@ def float16_to_float32(model: onnx.ModelProto) -> int:
     Converts float16 initializers and ``Constant``/``ConstantOfShape`` values, retargets ``Cast`` to
     float16 as ``Cast`` to float32 (identity casts are removed later), and drops stale value_info.
     """
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
     g = model.graph
     changed = 0
     f16 = TensorProto.FLOAT16
@@ -81,6 +87,8 @@ def float16_to_float32(model: onnx.ModelProto) -> int:
 
 def constants_to_initializers(model: onnx.ModelProto) -> int:
     """Move ``Constant`` nodes carrying a tensor into initializers."""
+    import onnx
+
     g = model.graph
     keep, moved = [], 0
     for node in g.node:
@@ -98,6 +106,8 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    import onnx
+
     inferred = onnx.shape_inference.infer_shapes(model)
     g = inferred.graph
     types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.input) + list(g.output)}
@@ -137,6 +147,8 @@ def bypass(model: onnx.ModelProto, node: onnx.NodeProto) -> bool:
 
 def remove_identity_casts(model: onnx.ModelProto) -> int:
     """Drop ``Cast`` nodes whose input already has the target type."""
+    from onnx import helper
+
     types = _elem_types(model)
     removed = 0
     for node in [n for n in model.graph.node if n.op_type == "Cast"]:
@@ -148,6 +160,8 @@ def remove_identity_casts(model: onnx.ModelProto) -> int:
 
 def initializer_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Every initializer by name, as numpy arrays."""
+    from onnx import numpy_helper
+
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
@@ -157,6 +171,8 @@ def fold_pads_into_convs(model: onnx.ModelProto) -> int:
     The Pad must pad only the spatial axes of a 4-D tensor, with non-negative constant pads and
     value 0, and feed only Convs (as their data input) whose ``auto_pad`` is NOTSET.
     """
+    from onnx import helper
+
     g = model.graph
     consts = initializer_values(model)
     outputs = {o.name for o in g.output}
@@ -232,6 +248,8 @@ def opset(model: onnx.ModelProto) -> int:
 
 
 def _attr(node: onnx.NodeProto, name: str) -> list[int] | None:
+    from onnx import helper
+
     for a in node.attribute:
         if a.name == name:
             return list(helper.get_attribute_value(a))
@@ -239,6 +257,8 @@ def _attr(node: onnx.NodeProto, name: str) -> list[int] | None:
 
 
 def _auto_pad(node: onnx.NodeProto) -> str:
+    from onnx import helper
+
     for a in node.attribute:
         if a.name == "auto_pad":
             v = helper.get_attribute_value(a)
@@ -247,6 +267,8 @@ def _auto_pad(node: onnx.NodeProto) -> str:
 
 
 def _set_attr(node: onnx.NodeProto, name: str, value: list[int]) -> None:
+    from onnx import helper
+
     for a in list(node.attribute):
         if a.name == name:
             node.attribute.remove(a)
@@ -265,6 +287,8 @@ _SHAPE_ONLY = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze"})
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    import onnx
+
     inferred = onnx.shape_inference.infer_shapes(model)
     g = inferred.graph
     out: dict[str, list[int]] = {}
@@ -288,6 +312,9 @@ def fold_pixel_model(model: onnx.ModelProto, height: int, width: int) -> tuple[o
     features stays a ``Softmax`` over channels (axis 1). Returns the new model and pass counts;
     raises ``ValueError`` naming an op it cannot fold.
     """
+    import onnx
+    from onnx import helper, numpy_helper
+
     constants_to_initializers(model)
     inp = image_input(model)
     idims = dims(inp)

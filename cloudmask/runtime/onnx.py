@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
 from ..errors import ModelError, RuntimeBackendError
 from ..models import ModelCard
+from . import graph_cache
 from .shapes import PIXEL_BLOCK, fold_of
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +46,7 @@ def static_graph(onnx_path: Path, batch: int, height: int, width: int) -> onnx.M
     The ukis-csmask graphs declare a symbolic batch; pinning it lets the runtime (and a compiler)
     plan memory once. Raises :class:`ModelError` when the graph's input is not 4-D NCHW.
     """
-    try:
-        model = onnx.load(str(onnx_path))
-    except Exception as err:  # onnx raises several types for corrupt files
-        raise ModelError(f"cannot load ONNX model {onnx_path}: {err}; check the file or re-export it") from err
+    model = _load(onnx_path)
     inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     if len(inputs) != 1:
         raise ModelError(f"{onnx_path}: expected one image input, found {len(inputs)}")
@@ -71,6 +72,8 @@ def static_graph(onnx_path: Path, batch: int, height: int, width: int) -> onnx.M
 
 
 def _load(onnx_path: Path) -> onnx.ModelProto:
+    import onnx
+
     try:
         return onnx.load(str(onnx_path))
     except Exception as err:  # onnx raises several types for corrupt files
@@ -108,6 +111,8 @@ class OnnxRunner:
 
     Patch models (segmentation, patch classifiers) run ``batch`` patches per call; pixel models run
     ``block`` pixels per call (a dynamic ``N`` is pinned to it; default :data:`PIXEL_BLOCK`).
+    The pinned graph is cached on disk (:mod:`~cloudmask.runtime.graph_cache`): a later runner for the same
+    model file and shape loads it without importing ``onnx``.
     """
 
     def __init__(self, card: ModelCard, batch: int = 1, config: OrtConfig | None = None,
@@ -117,22 +122,73 @@ class OnnxRunner:
         cfg = config or OrtConfig()
         self.card = card
         p = card.patch_size
+        request: tuple[object, ...] = ("pixel", block or PIXEL_BLOCK) if card.kind == "pixel" else ("patch", batch, p, p)
+        key = graph_cache.graph_key(card.onnx_path, request) if graph_cache.enabled() else None
+        cached = graph_cache.read(key) if key else None
+        session, shape = self._from_cache(ort, cfg, cached, batch, p) if cached else (None, ())
+        if session is None:
+            data, shape = self._pinned_graph(batch, block)
+            session = self._open(ort, cfg, data)
+            if key:
+                graph_cache.write(key, data)
+        else:
+            log.debug("ONNX Runtime graph for %s from the cache (%s)", card.name, key)
+            inp = session.get_inputs()[0].shape
+            self._check(shape, inp[1] if len(inp) > 1 and isinstance(inp[1], int) else 0)
+        self._session: Any = session
+        self._input = session.get_inputs()[0].name
+        self._shape = shape
+        log.debug("ONNX Runtime session for %s, shape %s, providers %s", card.name, self._shape,
+                  session.get_providers())
+
+    def _pinned_graph(self, batch: int, block: int | None) -> tuple[bytes, tuple[int, ...]]:
+        """Pin the model file's graph with ``onnx`` and check it against the card: (bytes, input shape)."""
+        card, p = self.card, self.card.patch_size
         shape: tuple[int, ...]
         if card.kind == "pixel":
             model, shape = pixel_graph(card.onnx_path, block or PIXEL_BLOCK)
+        else:
+            model = static_graph(card.onnx_path, batch, p, p)
+            shape = (batch, card.n_bands, p, p)
+        self._check(shape, model.graph.input[0].type.tensor_type.shape.dim[1].dim_value)
+        return model.SerializeToString(), shape
+
+    def _check(self, shape: tuple[int, ...], channels: int) -> None:
+        """The card against the graph: a pixel model's fold, then the input channels (0 = not fixed)."""
+        card = self.card
+        if card.kind == "pixel":
             fold = fold_of(card)
             if fold is not None and tuple(shape[2:]) != fold:
                 raise ModelError(f"model '{card.name}': the card's fold {list(fold)} does not match the "
                                  f"ONNX input {list(shape)}; re-export or fix the card's 'fold'")
-        else:
-            model = static_graph(card.onnx_path, batch, p, p)
-            shape = (batch, card.n_bands, p, p)
-        channels = model.graph.input[0].type.tensor_type.shape.dim[1].dim_value
         if channels and channels != card.n_bands:
             raise ModelError(
                 f"model '{card.name}': the ONNX input has {channels} channels but the card lists "
                 f"{card.n_bands} bands; fix the card's 'bands'"
             )
+
+    def _from_cache(self, ort: Any, cfg: OrtConfig, data: bytes, batch: int,
+                    p: int) -> tuple[Any, tuple[int, ...]]:
+        """A session on cached graph bytes and its input shape; ``(None, ())`` when the entry is unusable."""
+        try:
+            session = self._open(ort, cfg, data)
+        except ModelError as err:
+            log.debug("graph cache entry for %s is unusable, rebuilding: %s", self.card.name, err)
+            return None, ()
+        dims = session.get_inputs()[0].shape
+        if self.card.kind == "pixel":
+            shape = tuple(d if isinstance(d, int) else 0 for d in dims)
+            ok = len(shape) in (2, 4) and shape[0] > 0
+        else:
+            shape = (batch, self.card.n_bands, p, p)
+            ok = len(dims) == 4 and [dims[0], dims[2], dims[3]] == [batch, p, p]
+        if not ok:
+            log.debug("graph cache entry for %s has input %s, rebuilding", self.card.name, dims)
+            return None, ()
+        return session, shape
+
+    def _open(self, ort: Any, cfg: OrtConfig, data: bytes) -> Any:
+        """An ``InferenceSession`` on graph bytes with ``cfg``'s options and providers."""
         so = ort.SessionOptions()
         so.intra_op_num_threads = cfg.intra_op_threads
         so.inter_op_num_threads = cfg.inter_op_threads
@@ -151,12 +207,9 @@ class OnnxRunner:
                 f"none of the ONNX Runtime providers {cfg.providers} is available (have: {available})"
             )
         try:
-            self._session = ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+            return ort.InferenceSession(data, so, providers=providers)
         except Exception as err:
-            raise ModelError(f"ONNX Runtime cannot load model '{card.name}': {err}") from err
-        self._input = self._session.get_inputs()[0].name
-        self._shape = shape
-        log.debug("ONNX Runtime session for %s, shape %s, providers %s", card.name, self._shape, providers)
+            raise ModelError(f"ONNX Runtime cannot load model '{self.card.name}': {err}") from err
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -171,4 +224,4 @@ class OnnxRunner:
         return np.asarray(out, dtype=np.float32)
 
     def close(self) -> None:
-        self._session = None  # type: ignore[assignment]
+        self._session = None
