@@ -223,6 +223,23 @@ class Normalisation:
             return self.steps[0].to_dict()
         return {"type": "chain", "steps": [s.to_dict() for s in self.steps]}
 
+    def affine(self, n_bands: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-band ``(multiply, add)`` (float64, ``n_bands`` each) with ``apply(x) == x * multiply + add``
+        when every step is affine (``standardize``, ``scale``; no steps is the identity), else None.
+
+        A reader can then normalise in the pass that turns DN into reflectance."""
+        mul, add = np.ones(n_bands), np.zeros(n_bands)
+        for step in self.steps:
+            if isinstance(step, Standardize):
+                std = np.asarray(step.std, np.float64)
+                m, a = 1.0 / std, -np.asarray(step.mean, np.float64) / std
+            elif isinstance(step, Scale):
+                m, a = np.asarray(step.multiply, np.float64), np.asarray(step.add, np.float64)
+            else:
+                return None
+            mul, add = mul * m, add * m + a
+        return np.broadcast_to(mul, (n_bands,)).copy(), np.broadcast_to(add, (n_bands,)).copy()
+
     @property
     def standardize(self) -> Standardize | None:
         """The step when this is exactly one ``standardize`` (what ``card.mean``/``card.std`` mirror)."""

@@ -277,9 +277,12 @@ class RasterSource:
         return level
 
     def read_block(self, band: int, rows: tuple[int, int], cols: tuple[int, int],
-                   out: np.ndarray | None = None) -> np.ndarray:
+                   out: np.ndarray | None = None, affine: tuple[float, float] | None = None) -> np.ndarray:
         """Reflectance of one band over ``rows`` x ``cols`` (pixel ranges), float32, NaN = nodata
-        (written into ``out``, a float32 array or view of that shape, when given)."""
+        (written into ``out``, a float32 array or view of that shape, when given).
+
+        ``affine`` ``(multiply, add)``: return ``reflectance * multiply + add`` instead, in the same
+        pass that scales the DN (a model's affine normalisation folded into the read)."""
         asset = self.assets[band]
         shape = (rows[1] - rows[0], cols[1] - cols[0])
         level = self._level(band)
@@ -303,9 +306,12 @@ class RasterSource:
         invalid = dn == nodata if nodata is not None else None
         if out is None:
             out = np.empty(shape, np.float32)
-        np.multiply(dn, np.float32(asset.scale), out=out, casting="unsafe")  # DN -> float32 in one pass
-        if asset.offset:
-            out += np.float32(asset.offset)
+        scale, offset = asset.scale, asset.offset
+        if affine is not None:
+            scale, offset = scale * affine[0], offset * affine[0] + affine[1]
+        np.multiply(dn, np.float32(scale), out=out, casting="unsafe")  # DN -> float32 in one pass
+        if offset:
+            out += np.float32(offset)
         if invalid is not None and invalid.any():
             np.copyto(out, np.float32(np.nan), where=invalid)
         return out
@@ -336,14 +342,17 @@ class RasterSource:
         return da.Array(graph, name, chunks, dtype=np.float32)
 
     def read_rows(self, start: int, stop: int, out: np.ndarray | None = None,
-                  cols: tuple[int, int] | None = None) -> np.ndarray:
+                  cols: tuple[int, int] | None = None,
+                  affine: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """Rows ``[start, stop)`` of every band, one band per worker thread.
 
         ``cols`` ``(c0, c1)`` reads only those columns (default: all); the result is then
         ``(bands, stop - start, c1 - c0)``. Columns outside the item's valid-data footprint (when
         known) are not read: they are NaN. ``out`` (float32, the result's shape) is filled in place
-        when given. Every band read has finished when this returns or raises (the first error is
-        raised after the others end), so closing the source afterwards never closes a dataset under a read.
+        when given. ``affine`` ``(multiply, add)``, one value per band: ``reflectance * multiply + add``
+        (see :meth:`read_block`). Every band read has finished when this returns or raises (the first
+        error is raised after the others end), so closing the source afterwards never closes a dataset
+        under a read.
         """
         w0, w1 = cols if cols is not None else (0, self.shape[1])
         if not 0 <= w0 < w1 <= self.shape[1]:
@@ -355,11 +364,16 @@ class RasterSource:
             got = self._take_prefetched(start, stop)
             if got is not None:
                 got = got[:, :, w0:w1]
-                if out is None:
+                if out is None and affine is None:
                     return got
+                if out is None:
+                    out = np.empty(shape, np.float32)
                 out[...] = got
+                if affine is not None:  # the prefetch read plain reflectance
+                    out *= np.asarray(affine[0], np.float32).reshape(-1, 1, 1)
+                    out += np.asarray(affine[1], np.float32).reshape(-1, 1, 1)
                 return out
-        return self._read(start, stop, out, (w0, w1))
+        return self._read(start, stop, out, (w0, w1), affine)
 
     @property
     def prefetching(self) -> bool:
@@ -367,7 +381,8 @@ class RasterSource:
         return self._prefetched is not None
 
     def _read(self, start: int, stop: int, out: np.ndarray | None,
-              cols: tuple[int, int] | None = None) -> np.ndarray:
+              cols: tuple[int, int] | None = None,
+              affine: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         w0, w1 = cols if cols is not None else (0, self.shape[1])
         f0, f1 = self.footprint_cols(start, stop)
         c0, c1 = max(w0, f0), min(w1, f1)
@@ -383,7 +398,8 @@ class RasterSource:
             out[:, :, c1 - w0 :] = np.nan
 
         def one(b: int) -> None:
-            self.read_block(b, (start, stop), (c0, c1), out=out[b, :, c0 - w0 : c1 - w0])
+            ab = None if affine is None else (float(affine[0][b]), float(affine[1][b]))
+            self.read_block(b, (start, stop), (c0, c1), out=out[b, :, c0 - w0 : c1 - w0], affine=ab)
 
         futures = [self._executor().submit(one, b) for b in range(len(self.bands))]
         wait(futures)
@@ -490,6 +506,10 @@ class RowWindows:
     preallocated buffers and prepares it: the valid mask (no NaN in any band), ``prepare(data)``
     in place on the new rows (e.g. the model's normalisation), then ``fill`` at invalid pixels.
 
+    ``fold`` ``(multiply, add)`` per band: the same as ``prepare`` when that is affine; a source whose
+    ``read_rows`` takes ``affine`` (:class:`RasterSource`) applies it while it scales the DN, and
+    ``prepare`` is skipped (one pass over the pixels instead of three).
+
     ``first_parts > 1`` (sources whose ``read_rows`` takes ``cols``, reading ahead): the first window
     is yielded at once and read in that many column parts, left to right, on the background thread;
     the caller asks for columns with :meth:`wait_cols` before it uses them, so work on the first
@@ -502,7 +522,8 @@ class RowWindows:
 
     def __init__(self, source: Any, windows: Sequence[tuple[int, int]],
                  prepare: Callable[[np.ndarray], Any] | None = None, fill: float = 0.0,
-                 ahead: bool = True, first_parts: int = 1) -> None:
+                 ahead: bool = True, first_parts: int = 1,
+                 fold: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.source, self.windows, self.prepare, self.fill, self.ahead = source, list(windows), prepare, fill, ahead
         for (a0, a1), (b0, b1) in zip(self.windows[:-1], self.windows[1:], strict=True):
             if b0 < a0 or b1 < a1:
@@ -517,6 +538,8 @@ class RowWindows:
         except (TypeError, ValueError):
             params = {}  # type: ignore[assignment]
         self._takes_out = "out" in params
+        #: the affine normalisation the source applies while reading (None: ``prepare`` does it)
+        self.fold = fold if fold is not None and "affine" in params and self._takes_out else None
         self.first_parts = first_parts if "cols" in params and self._takes_out and bands is not None else 1
         # columns of the window last yielded that are ready (None: all); guarded by _cond
         self._ready_cols: int | None = None
@@ -534,7 +557,7 @@ class RowWindows:
         """Valid mask, ``prepare`` and ``fill`` on freshly read pixels (views into a buffer)."""
         np.isnan(new_data.sum(axis=0), out=new_valid)  # NaN in any band -> NaN sum
         np.logical_not(new_valid, out=new_valid)
-        if self.prepare is not None:
+        if self.prepare is not None and self.fold is None:
             done = self.prepare(new_data)
             if isinstance(done, np.ndarray) and done is not new_data:  # prepared out of place
                 new_data[...] = done
@@ -553,7 +576,8 @@ class RowWindows:
             data, valid = self._buffer(k, self._bands, self.source.shape[1])
             data, valid = data[:, : stop - start], valid[: stop - start]
             if keep0 < stop:
-                self.source.read_rows(keep0, stop, out=data[:, keep0 - start :])
+                self.source.read_rows(keep0, stop, out=data[:, keep0 - start :],
+                                      **({"affine": self.fold} if self.fold is not None else {}))
         else:
             new = self.source.read_rows(keep0, stop) if keep0 < stop else None
             width = new.shape[2] if new is not None else prev[2].shape[2]  # type: ignore[index]
@@ -584,7 +608,8 @@ class RowWindows:
         try:
             for c0, c1 in self._part_edges(data.shape[2]):
                 t0 = time.perf_counter()
-                self.source.read_rows(start, stop, out=data[:, :, c0:c1], cols=(c0, c1))
+                self.source.read_rows(start, stop, out=data[:, :, c0:c1], cols=(c0, c1),
+                                      **({"affine": self.fold} if self.fold is not None else {}))
                 t1 = time.perf_counter()
                 self._prepare_new(data[:, :, c0:c1], valid[:, c0:c1])
                 self.seconds["read"] += t1 - t0

@@ -93,9 +93,10 @@ class CogSink:
             "tiled": True,
             "blockxsize": 512,
             "blockysize": 512,
-            "compress": "DEFLATE",
-            "predictor": 1,
-            "zlevel": 1,
+            # the hidden staging file only: ZSTD level 1 writes blocks ~2.5x cheaper than DEFLATE level 1
+            # (measured on a 10,980² mask: 0.2 vs 0.5 CPU s) and the COG copy reads it back as fast
+            "compress": "ZSTD",
+            "zstd_level": 1,
             "BIGTIFF": "IF_SAFER",
         }
 

@@ -95,3 +95,20 @@ def test_card_with_minmax_normalises_as_written_and_round_trips(tmp_path):
     assert card.mean == () and card.std == ()
     card.save(tmp_path / "again.yaml")
     assert load_model(tmp_path / "again.yaml").normalisation == card.normalisation
+
+
+def test_affine_chains_fold_into_one_multiply_add():
+    from cloudmask.normalisation import from_card
+
+    x = np.random.default_rng(1).uniform(0, 0.6, (3, 8, 9)).astype(np.float32)
+    chain = from_card([{"type": "standardize", "mean": [0.1, 0.2, 0.3], "std": [0.5, 0.25, 2.0]},
+                       {"type": "scale", "multiply": 2.0, "add": [1.0, 0.0, -1.0]}])
+    mul, add = chain.affine(3)
+    assert mul.shape == add.shape == (3,)
+    assert np.allclose(x * mul[:, None, None] + add[:, None, None], chain.apply(x), atol=1e-5)
+    from cloudmask.normalisation import Normalisation
+
+    ident = Normalisation(()).affine(2)
+    assert ident is not None and np.array_equal(ident[0], [1.0, 1.0]) and np.array_equal(ident[1], [0.0, 0.0])
+    assert from_card({"type": "log1p"}).affine(3) is None  # not affine: the reader cannot fold it
+    assert from_card([{"type": "scale", "multiply": 2.0}, {"type": "clip", "low": 0.0}]).affine(3) is None

@@ -215,3 +215,31 @@ def test_a_failed_column_part_raises_in_the_caller(sample_items):
         with pytest.raises(ReadError, match="truncated"):
             for _ in rw:
                 rw.wait_cols(200)
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_folded_normalisation_equals_normalising_after_the_read(sample_items, prefetch):
+    """The model's affine normalisation applied while DN are scaled gives what normalising the
+    reflectance afterwards gives, nodata included (also when the rows come from a prefetch)."""
+    from cloudmask.models import load_model
+    from cloudmask.reader import RowWindows
+
+    card = load_model("ukis-4b-l2a")
+    spec = scene_spec(sample_items[1])
+    windows = [(0, 40), (20, 90), (90, 200)]
+    fold = card.normalisation.affine(card.n_bands)
+    with RasterSource(spec, card.bands, spec.geobox(30.0)) as src:
+        ref = [(d.copy(), v.copy()) for d, v in RowWindows(src, windows, prepare=card.normalise)]
+        if prefetch:
+            src.prefetch(0, 40)
+        rw = RowWindows(src, windows, prepare=card.normalise, fold=fold, first_parts=2)
+        assert rw.fold is not None
+        got = []
+        for d, v in rw:
+            rw.wait_cols(d.shape[2])
+            got.append((d.copy(), v.copy()))
+    assert (~ref[0][1]).any()  # the wedge's nodata is in the first window
+    for (a, va), (b, vb) in zip(ref, got, strict=True):
+        assert np.array_equal(va, vb)
+        assert np.allclose(a, b, rtol=1e-5, atol=1e-5)
+

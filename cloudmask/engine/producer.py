@@ -95,7 +95,10 @@ class PatchProducer(Producer):
         cols = lay.strip_cols()
         strips = [lay.strip_rows(i) for i in range(lay.n_rows)]
         windows = [(int(r.min()), int(r.max()) + 1) for r in strips]
-        reader = RowWindows(self.source, windows, prepare=self._normalise, first_parts=FIRST_STRIP_PARTS)
+        norm = self.card.normalisation
+        fold = norm.affine(self.card.n_bands) if norm is not None else None
+        reader = RowWindows(self.source, windows, prepare=self._normalise, first_parts=FIRST_STRIP_PARTS,
+                            fold=fold)
         pending: list[tuple[PatchTask, np.ndarray]] = []
         t_wait = time.perf_counter()
         for i, (data, valid) in enumerate(reader):
