@@ -247,6 +247,7 @@ class RasterSource:
         self._ahead: ThreadPoolExecutor | None = None  # prefetch thread (started on first use)
         self._prefetched: tuple[int, int, Future[np.ndarray]] | None = None
         self._pool_lock = threading.Lock()
+        self._invalid_lock = threading.Lock()  # band threads OR their nodata into one mask
         self._closed = False
         self._levels: dict[int, int | None] = {}
         self._footprint = self._pixel_footprint()
@@ -277,12 +278,14 @@ class RasterSource:
         return level
 
     def read_block(self, band: int, rows: tuple[int, int], cols: tuple[int, int],
-                   out: np.ndarray | None = None, affine: tuple[float, float] | None = None) -> np.ndarray:
+                   out: np.ndarray | None = None, affine: tuple[float, float] | None = None,
+                   invalid_into: np.ndarray | None = None) -> np.ndarray:
         """Reflectance of one band over ``rows`` x ``cols`` (pixel ranges), float32, NaN = nodata
         (written into ``out``, a float32 array or view of that shape, when given).
 
         ``affine`` ``(multiply, add)``: return ``reflectance * multiply + add`` instead, in the same
-        pass that scales the DN (a model's affine normalisation folded into the read)."""
+        pass that scales the DN (a model's affine normalisation folded into the read).
+        ``invalid_into`` (bool, that shape): this band's nodata pixels are OR-ed into it (thread-safe)."""
         asset = self.assets[band]
         shape = (rows[1] - rows[0], cols[1] - cols[0])
         level = self._level(band)
@@ -314,6 +317,9 @@ class RasterSource:
             out += np.float32(offset)
         if invalid is not None and invalid.any():
             np.copyto(out, np.float32(np.nan), where=invalid)
+            if invalid_into is not None:
+                with self._invalid_lock:
+                    np.logical_or(invalid_into, invalid, out=invalid_into)
         return out
 
     def to_dask(self, row_edges: Sequence[int] | None = None, chunk_cols: int | None = None) -> da.Array:
@@ -343,14 +349,17 @@ class RasterSource:
 
     def read_rows(self, start: int, stop: int, out: np.ndarray | None = None,
                   cols: tuple[int, int] | None = None,
-                  affine: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                  affine: tuple[np.ndarray, np.ndarray] | None = None,
+                  valid: np.ndarray | None = None) -> np.ndarray:
         """Rows ``[start, stop)`` of every band, one band per worker thread.
 
         ``cols`` ``(c0, c1)`` reads only those columns (default: all); the result is then
         ``(bands, stop - start, c1 - c0)``. Columns outside the item's valid-data footprint (when
         known) are not read: they are NaN. ``out`` (float32, the result's shape) is filled in place
         when given. ``affine`` ``(multiply, add)``, one value per band: ``reflectance * multiply + add``
-        (see :meth:`read_block`). Every band read has finished when this returns or raises (the first
+        (see :meth:`read_block`). ``valid`` (bool, ``(stop - start, c1 - c0)``) is set to whether every
+        band has data (the same as no NaN in any band, without a pass over the floats). Every band
+        read has finished when this returns or raises (the first
         error is raised after the others end), so closing the source afterwards never closes a dataset
         under a read.
         """
@@ -360,20 +369,25 @@ class RasterSource:
         shape = (len(self.bands), stop - start, w1 - w0)
         if out is not None and (out.shape != shape or out.dtype != np.float32):
             raise ValueError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
+        if valid is not None and (valid.shape != shape[1:] or valid.dtype != np.bool_):
+            raise ValueError(f"valid must be bool {shape[1:]}, got {valid.dtype} {valid.shape}")
         if self._prefetched is not None:
             got = self._take_prefetched(start, stop)
             if got is not None:
                 got = got[:, :, w0:w1]
                 if out is None and affine is None:
-                    return got
-                if out is None:
-                    out = np.empty(shape, np.float32)
-                out[...] = got
+                    out = got
+                else:
+                    if out is None:
+                        out = np.empty(shape, np.float32)
+                    out[...] = got
                 if affine is not None:  # the prefetch read plain reflectance
                     out *= np.asarray(affine[0], np.float32).reshape(-1, 1, 1)
                     out += np.asarray(affine[1], np.float32).reshape(-1, 1, 1)
+                if valid is not None:
+                    np.logical_not(np.isnan(out.sum(axis=0)), out=valid)
                 return out
-        return self._read(start, stop, out, (w0, w1), affine)
+        return self._read(start, stop, out, (w0, w1), affine, valid)
 
     @property
     def prefetching(self) -> bool:
@@ -382,13 +396,16 @@ class RasterSource:
 
     def _read(self, start: int, stop: int, out: np.ndarray | None,
               cols: tuple[int, int] | None = None,
-              affine: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+              affine: tuple[np.ndarray, np.ndarray] | None = None,
+              valid: np.ndarray | None = None) -> np.ndarray:
         w0, w1 = cols if cols is not None else (0, self.shape[1])
         f0, f1 = self.footprint_cols(start, stop)
         c0, c1 = max(w0, f0), min(w1, f1)
         shape = (len(self.bands), stop - start, w1 - w0)
         if out is None:
             out = np.empty(shape, np.float32)
+        if valid is not None:
+            valid[...] = False  # outside the footprint; the footprint's columns are set below
         if c1 <= c0:
             out[...] = np.nan
             return out
@@ -396,10 +413,12 @@ class RasterSource:
             out[:, :, : c0 - w0] = np.nan
         if c1 < w1:
             out[:, :, c1 - w0 :] = np.nan
+        invalid = np.zeros((stop - start, c1 - c0), bool) if valid is not None else None
 
         def one(b: int) -> None:
             ab = None if affine is None else (float(affine[0][b]), float(affine[1][b]))
-            self.read_block(b, (start, stop), (c0, c1), out=out[b, :, c0 - w0 : c1 - w0], affine=ab)
+            self.read_block(b, (start, stop), (c0, c1), out=out[b, :, c0 - w0 : c1 - w0], affine=ab,
+                            invalid_into=invalid)
 
         futures = [self._executor().submit(one, b) for b in range(len(self.bands))]
         wait(futures)
@@ -407,6 +426,8 @@ class RasterSource:
             err = f.exception()
             if err is not None:
                 raise err
+        if valid is not None and invalid is not None:
+            np.logical_not(invalid, out=valid[:, c0 - w0 : c1 - w0])
         return out
 
     def prefetch(self, start: int, stop: int) -> None:
@@ -538,6 +559,7 @@ class RowWindows:
         except (TypeError, ValueError):
             params = {}  # type: ignore[assignment]
         self._takes_out = "out" in params
+        self._gives_valid = "valid" in params and self._takes_out  # the source sets the valid mask itself
         #: the affine normalisation the source applies while reading (None: ``prepare`` does it)
         self.fold = fold if fold is not None and "affine" in params and self._takes_out else None
         self.first_parts = first_parts if "cols" in params and self._takes_out and bands is not None else 1
@@ -553,10 +575,17 @@ class RowWindows:
                                   np.empty((self._rows, width), bool)))
         return self._buffers[k % 2]
 
+    def _read_kwargs(self, valid: np.ndarray) -> dict[str, Any]:
+        kw: dict[str, Any] = {} if self.fold is None else {"affine": self.fold}
+        if self._gives_valid:
+            kw["valid"] = valid
+        return kw
+
     def _prepare_new(self, new_data: np.ndarray, new_valid: np.ndarray) -> None:
-        """Valid mask, ``prepare`` and ``fill`` on freshly read pixels (views into a buffer)."""
-        np.isnan(new_data.sum(axis=0), out=new_valid)  # NaN in any band -> NaN sum
-        np.logical_not(new_valid, out=new_valid)
+        """Valid mask (unless the source set it), ``prepare`` and ``fill`` on freshly read pixels (views)."""
+        if not self._gives_valid:
+            np.isnan(new_data.sum(axis=0), out=new_valid)  # NaN in any band -> NaN sum
+            np.logical_not(new_valid, out=new_valid)
         if self.prepare is not None and self.fold is None:
             done = self.prepare(new_data)
             if isinstance(done, np.ndarray) and done is not new_data:  # prepared out of place
@@ -577,7 +606,7 @@ class RowWindows:
             data, valid = data[:, : stop - start], valid[: stop - start]
             if keep0 < stop:
                 self.source.read_rows(keep0, stop, out=data[:, keep0 - start :],
-                                      **({"affine": self.fold} if self.fold is not None else {}))
+                                      **self._read_kwargs(valid[keep0 - start :]))
         else:
             new = self.source.read_rows(keep0, stop) if keep0 < stop else None
             width = new.shape[2] if new is not None else prev[2].shape[2]  # type: ignore[index]
@@ -609,7 +638,7 @@ class RowWindows:
             for c0, c1 in self._part_edges(data.shape[2]):
                 t0 = time.perf_counter()
                 self.source.read_rows(start, stop, out=data[:, :, c0:c1], cols=(c0, c1),
-                                      **({"affine": self.fold} if self.fold is not None else {}))
+                                      **self._read_kwargs(valid[:, c0:c1]))
                 t1 = time.perf_counter()
                 self._prepare_new(data[:, :, c0:c1], valid[:, c0:c1])
                 self.seconds["read"] += t1 - t0

@@ -243,3 +243,20 @@ def test_folded_normalisation_equals_normalising_after_the_read(sample_items, pr
         assert np.array_equal(va, vb)
         assert np.allclose(a, b, rtol=1e-5, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_valid_mask_from_the_bands_nodata_equals_no_nan(sample_items, prefetch):
+    spec = scene_spec(sample_items[1])  # wedge: nodata inside the footprint's bounding columns too
+    with RasterSource(spec, ("red", "swir16", "nir"), spec.geobox(30.0)) as src:
+        if prefetch:
+            src.prefetch(0, 120)
+        seen_nodata = False
+        for start, stop, cols in ((0, 60, None), (40, 120, (0, 90)), (100, 200, (120, 200))):
+            valid = np.ones((stop - start, (cols or (0, 200))[1] - (cols or (0, 200))[0]), bool)
+            data = src.read_rows(start, stop, cols=cols, valid=valid)
+            assert np.array_equal(valid, ~np.isnan(data).any(axis=0))
+            seen_nodata |= not valid.all()
+        assert seen_nodata  # the wedge's nodata shows
+        with pytest.raises(ValueError, match="valid must be bool"):
+            src.read_rows(0, 10, valid=np.ones((10, 200), np.uint8))
