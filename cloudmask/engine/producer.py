@@ -108,8 +108,8 @@ class PatchProducer(Producer):
             local = strips[i] - lo
             l0, l1 = int(local.min()), int(local.max()) + 1  # mirrored rows repeat rows of this range
             inside = bool(np.all(np.diff(local) == 1))
-            expected = 0
             done: list[int] = []
+            waited = 0.0  # for columns of the first strip still being read: read_wait, not cut
             for j in range(lay.n_cols):
                 c0 = j * s - m
                 if c0 >= 0 and c0 + p <= w:
@@ -117,7 +117,10 @@ class PatchProducer(Producer):
                 else:  # mirrored columns at the scene's left and right edges
                     idx = cols[j * s : j * s + p]
                     k0, k1 = int(idx.min()), int(idx.max()) + 1
-                reader.wait_cols(k1)
+                if i == 0:
+                    tw = time.perf_counter()
+                    reader.wait_cols(k1)
+                    waited += time.perf_counter() - tw
                 if not valid[l0:l1, k0:k1].any():
                     self.stats.skipped += 1
                     continue
@@ -126,19 +129,22 @@ class PatchProducer(Producer):
                 else:
                     part = data[:, l0:l1, k0:k1] if inside else data[:, local, k0:k1]
                     patch = part[:, :, idx - k0]
-                expected += 1
                 done.append(j)
                 pending.append((PatchTask(i, j), patch))
                 if len(pending) == self.batch:
-                    self.stats.add("cut", time.perf_counter() - t0)
+                    self.stats.add("cut", time.perf_counter() - t0 - waited)
+                    self.stats.add("read_wait", waited)
                     self._emit(pending)
-                    pending = []
+                    pending, waited = [], 0.0
                     t0 = time.perf_counter()
+            tw = time.perf_counter()
             reader.wait_cols(w)
+            waited += time.perf_counter() - tw
             r0, r1 = lay.block_rows(i)
             block_valid = valid[r0 - lo : r1 - lo].copy()
-            self.stats.add("cut", time.perf_counter() - t0)
-            self.control.put(self.out_q, RowCut(i, expected, tuple(done), block_valid))
+            self.stats.add("cut", time.perf_counter() - t0 - waited)
+            self.stats.add("read_wait", waited)
+            self.control.put(self.out_q, RowCut(i, len(done), tuple(done), block_valid))
             # patches left for the next batch are views of this window's buffer, which the reader refills
             # with window i + 2 while window i + 1 is cut: copy them now (at most batch - 1 patches)
             pending = [(t, np.array(patch)) for t, patch in pending]
