@@ -33,6 +33,7 @@ from rasterio.windows import Window
 
 from .errors import GridError, ReadError
 from .gdal_config import REMOTE_OPEN_OPTIONS, configure_gdal, dataset_options
+from .priority import lower_thread_priority
 from .scene import BandAsset, SceneSpec
 
 log = logging.getLogger(__name__)
@@ -438,7 +439,8 @@ class RasterSource:
             if self._closed:
                 raise ReadError(f"the reader of scene {self.spec.id} is closed; open the scene again")
             if self._ahead is None:
-                self._ahead = ThreadPoolExecutor(1, thread_name_prefix="cloudmask-prefetch")
+                self._ahead = ThreadPoolExecutor(1, thread_name_prefix="cloudmask-prefetch",
+                                                 initializer=lower_thread_priority)
             self._prefetched = (start, stop, self._ahead.submit(self._read, start, stop, None))
 
     def _take_prefetched(self, start: int, stop: int) -> np.ndarray | None:
@@ -460,7 +462,8 @@ class RasterSource:
                 raise ReadError(f"the reader of scene {self.spec.id} is closed; open the scene again")
             if self._pool is None:
                 n = self.config.threads or min(len(self.bands), (os.cpu_count() or 1) + 1)
-                self._pool = ThreadPoolExecutor(max(1, n), thread_name_prefix="cloudmask-read")
+                self._pool = ThreadPoolExecutor(max(1, n), thread_name_prefix="cloudmask-read",
+                                                initializer=lower_thread_priority)
             return self._pool
 
     def footprint_cols(self, start: int, stop: int) -> tuple[int, int]:
@@ -671,7 +674,8 @@ class RowWindows:
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if not self.windows:
             return
-        pool = ThreadPoolExecutor(1, thread_name_prefix="cloudmask-rows") if self.ahead else None
+        pool = (ThreadPoolExecutor(1, thread_name_prefix="cloudmask-rows", initializer=lower_thread_priority)
+                if self.ahead else None)
         parts = (pool is not None and self.first_parts > 1 and not getattr(self.source, "prefetching", False))
         try:
             nxt: Future[tuple[np.ndarray, np.ndarray]] | None = None

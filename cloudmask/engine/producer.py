@@ -25,6 +25,7 @@ import numpy as np
 
 from ..grid import PatchLayout
 from ..models import ModelCard
+from ..priority import lower_thread_priority
 from .control import Abort, BufferPool, Control
 from .io import PatchSource
 from .messages import Batch, PatchTask, PixelRun, RowCut, StripCut
@@ -45,6 +46,7 @@ class Producer:
 
     def run(self) -> None:
         """Thread body: cut the scene, then tell every device thread to stop (``None``)."""
+        lower_thread_priority()  # the device threads come first when a call returns
         try:
             self.cut()
         except Abort:
