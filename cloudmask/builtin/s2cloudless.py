@@ -25,6 +25,7 @@ from pathlib import Path
 from ..card import ModelCard
 from ..errors import ModelError, UnknownModelError
 from ..normalisation import Normalisation
+from ..user_cache import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +49,6 @@ def package_version() -> str | None:
         return metadata.version("s2cloudless")
     except metadata.PackageNotFoundError:
         return None
-
-
-def cache_dir() -> Path:
-    """Where converted graphs are cached (``$CLOUDMASK_CACHE_DIR`` or the platform's user cache dir)."""
-    env = os.environ.get("CLOUDMASK_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("cloudmask"))
 
 
 def cached_onnx_path(version: str | None = None) -> Path:

@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..atomic import write_bytes
-from ..builtin.s2cloudless import cache_dir
+from ..user_cache import cache_dir
 
 log = logging.getLogger(__name__)
 
