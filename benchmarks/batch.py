@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from childproc import call, serve
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_TILE = HERE / "work" / "full-10980" / "tile" / "tile.json"
@@ -78,8 +78,7 @@ def child(mode: str, items: list[str], out: str, latency_ms: float, res: float |
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        print("RESULT " + json.dumps(child(*json.loads(sys.argv[2]))), flush=True)
+    if serve(child):
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tile", type=Path, default=DEFAULT_TILE)
@@ -94,13 +93,7 @@ def main() -> None:
         for _ in range(max(1, args.repeat)):
             for mode in runs:
                 out = Path(tmp) / f"out-{mode}"
-                proc = subprocess.run([sys.executable, __file__, "--child",
-                                       json.dumps([mode, items, str(out), args.latency_ms, args.res])],
-                                      capture_output=True, text=True, check=False)
-                if proc.returncode:
-                    raise SystemExit(f"{mode} failed:\n{proc.stderr[-3000:]}")
-                line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-                runs[mode].append(json.loads(line[7:]))
+                runs[mode].append(call(__file__, [mode, items, str(out), args.latency_ms, args.res]))
     summary: dict[str, Any] = {"scenes": args.scenes, "latency_ms": args.latency_ms, "res": args.res}
     for mode, rs in runs.items():
         gaps = [g for r in rs for g in r["gaps_s"]]

@@ -22,14 +22,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from run import _vm_hwm_mib  # benchmarks/run.py: peak RSS of this process
+from childproc import call, serve, vm_hwm_mib
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_TILE = HERE / "work" / "full-10980" / "tile" / "tile.json"
@@ -70,7 +69,7 @@ def child(tile: str, res: float, latency_ms: float, out_dir: str, rows: float = 
         "patches_per_s": stats["patches"] / total if total else None,
         "device_bound_ratio": total / (calls * latency_ms / 1000.0) if latency_ms and calls else None,
         "seconds": stats["seconds"],
-        "peak_rss_mib": _vm_hwm_mib(),
+        "peak_rss_mib": vm_hwm_mib(),
     }
 
 
@@ -82,21 +81,16 @@ def run_one(tile: Path, res: float, latency_ms: float, base: Path | None, profil
     if base is not None:
         env["PYTHONPATH"] = str(base) + os.pathsep + env.get("PYTHONPATH", "")
     with tempfile.TemporaryDirectory(prefix="cloudmask-feed-") as out:
-        args = [sys.executable, __file__, "--child", json.dumps([str(tile), res, latency_ms, out, rows, backend])]
+        prefix: list[str] = []
         if profile is not None:
             py_spy = Path(sys.executable).with_name("py-spy")
-            args = [str(py_spy), "record", "--threads", "--native", "-r", "50", "-f", "raw", "-o", str(profile),
-                    "--", *args]
-        proc = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode:
-        raise SystemExit(f"run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-    return dict(json.loads(line[7:]))
+            prefix = [str(py_spy), "record", "--threads", "--native", "-r", "50", "-f", "raw", "-o", str(profile),
+                      "--"]
+        return call(__file__, [str(tile), res, latency_ms, out, rows, backend], env=env, prefix=prefix)
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        print("RESULT " + json.dumps(child(*json.loads(sys.argv[2]))), flush=True)
+    if serve(child):
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tile", type=Path, default=DEFAULT_TILE)

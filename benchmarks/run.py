@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from childproc import parse_result, vm_hwm_mib
+
 HERE = Path(__file__).resolve().parent
 BANDS6 = ("blue", "green", "red", "nir", "swir16", "swir22")
 
@@ -99,17 +101,8 @@ def child_main(argv: list[str]) -> None:
     t0 = time.perf_counter()
     result = CASES[name](**kwargs)
     result["wall_s"] = time.perf_counter() - t0
-    result["vm_hwm_mib"] = _vm_hwm_mib()
+    result["vm_hwm_mib"] = vm_hwm_mib()
     print("RESULT " + json.dumps(result))
-
-
-def _vm_hwm_mib() -> float:
-    """Peak resident memory of this process (VmHWM, reset at exec unlike rusage's ru_maxrss)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
 
 
 def run_case(name: str, **kwargs: object) -> dict:
@@ -124,8 +117,7 @@ def run_case(name: str, **kwargs: object) -> dict:
     elapsed = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"case {name} failed with {proc.returncode}")
-    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
-    result = json.loads(line[7:])
+    result = parse_result(out)
     result["process_s"] = elapsed
     result["peak_rss_mib"] = result["vm_hwm_mib"]
     del usage

@@ -25,7 +25,12 @@ class PatchSource(Protocol):
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` (0 <= start < stop <= rows) as a new ``(bands, stop - start, cols)`` float32
         array in model band order that the engine owns and may change. Called from the producer thread
-        only, top to bottom; a failed read raises (a :class:`~cloudmask.errors.ReadError` for rasters)."""
+        only, top to bottom; a failed read raises (a :class:`~cloudmask.errors.ReadError` for rasters).
+
+        A source may also take keywords the engine then uses (:class:`~cloudmask.reader.RowWindows`
+        checks the signature): ``out`` (fill this array), ``cols`` (only these columns: the first
+        strip is read in parts), ``affine`` (apply the model's affine normalisation while reading)
+        and ``valid`` (set the valid-pixel mask); :class:`~cloudmask.reader.RasterSource` takes all four."""
         ...
 
 
