@@ -6,6 +6,7 @@
     python benchmarks/micro.py cog                                 # a 3,660² mask to COG: 1 thread vs ALL_CPUS
     python benchmarks/micro.py gc --res 10                         # garbage collections during one 10 m stream
     python benchmarks/micro.py ort                                 # ukis-6b ms per patch: batch 1/2/4, denormals as zero
+    python benchmarks/micro.py startup [--tree DIR]                # import + two ONNX Runtime runners: cold vs warm graph cache
 
 Each prints JSON. The tile is ``benchmarks/work/full-10980`` (``run.py`` makes it); ``staging`` and
 ``cog`` use the real-model mask ``run.py --only a`` leaves in ``benchmarks/work/out/a``.
@@ -183,13 +184,47 @@ def ort(seconds: float) -> dict[str, Any]:
     return {"ms_per_patch_one_thread": out}
 
 
+_STARTUP = """
+import json, sys, time
+t0 = time.perf_counter()
+import cloudmask.pipeline
+t1 = time.perf_counter()
+from cloudmask.models import load_model
+from cloudmask.runtime import make_runners
+make_runners(load_model("ukis-6b-l2a"), "onnxruntime")
+t2 = time.perf_counter()
+print(json.dumps({"import_s": round(t1 - t0, 2), "runners_s": round(t2 - t1, 2), "onnx_imported": "onnx" in sys.modules}))
+"""
+
+
+def startup(repeat: int, tree: Path | None) -> dict[str, Any]:
+    """``tree``: a source tree whose ``cloudmask`` to time instead (e.g. ``git archive <commit> cloudmask``)."""
+    import os
+    import subprocess
+    import sys
+
+    out: dict[str, list[Any]] = {"cold cache": [], "warm cache": []}
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as cache:
+            env = {**os.environ, "CLOUDMASK_CACHE_DIR": cache}
+            if tree is not None:
+                env["PYTHONPATH"] = str(tree) + os.pathsep + env.get("PYTHONPATH", "")
+            # cwd: `python -c` puts the working directory first on sys.path, before PYTHONPATH
+            for key in out:  # the first run fills the cache, the second reads it
+                proc = subprocess.run([sys.executable, "-c", _STARTUP], env=env, cwd=cache, capture_output=True, text=True,
+                                      check=True)
+                out[key].append(json.loads(proc.stdout.splitlines()[-1]))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["first-call", "fold", "staging", "cog", "gc", "ort"])
+    ap.add_argument("what", choices=["first-call", "fold", "staging", "cog", "gc", "ort", "startup"])
     ap.add_argument("--res", type=float, default=30.0)
     ap.add_argument("--parts", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0, help="ort: seconds per configuration")
+    ap.add_argument("--tree", type=Path, default=None, help="startup: time this source tree's cloudmask")
     a = ap.parse_args()
     result = {
         "first-call": lambda: first_call(a.res, a.parts, a.repeat),
@@ -198,6 +233,7 @@ def main() -> None:
         "cog": lambda: cog(a.repeat),
         "gc": lambda: gc_count(a.res),
         "ort": lambda: ort(a.seconds),
+        "startup": lambda: startup(a.repeat, a.tree),
     }[a.what]()
     print(json.dumps(result, indent=1))
 
