@@ -84,7 +84,8 @@ print("output catalogue:", results[-1].extra["catalog"])
 # ## 3. Look at it
 #
 # Each scene gets a quicklook: true colour beside true colour with clouds (yellow) and shadows
-# (magenta) overlaid. Here the savanna chip with scattered cumulus and their shadows:
+# (magenta) overlaid. Here the lake chip: open water of Lake Victoria with scattered cumulus and their
+# shadows (the dark water is mostly called shadow: see notebook 02):
 
 # %%
 display(Image(filename=str(results[0].extra["quicklook"])))

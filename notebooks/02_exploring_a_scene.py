@@ -45,7 +45,8 @@ print(list(items))
 # %% [markdown]
 # ## A scene as a Dataset
 #
-# The savanna chip `adwp` at the model's 30 m. Nothing is read yet: the variables are dask arrays.
+# The chip `adwp` at the model's 30 m: mostly open water of Lake Victoria off Chifunfu (Tanzania),
+# with scattered cumulus and their shadows. Nothing is read yet: the variables are dask arrays.
 
 # %%
 ds = open_scene(items["adwp"], MODEL)
@@ -79,7 +80,7 @@ print("north-east quarter:", dict(ne.sizes), "transform:", tuple(ne.rio.transfor
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
 ndvi.plot(ax=axes[0], cmap="RdYlGn", vmin=-0.2, vmax=0.8)
-axes[0].set_title("NDVI (clouds are near 0)")
+axes[0].set_title("NDVI (clouds near 0, open water below 0)")
 ds.nir.plot(ax=axes[1], cmap="magma", vmin=0, vmax=0.6)
 axes[1].set_title("NIR reflectance")
 for ax in axes:
@@ -97,6 +98,32 @@ mask = predict(ds, MODEL)
 print(mask.dtype, dict(mask.sizes), mask.attrs["flag_meanings"], "| nodata:", mask.rio.nodata)
 print("same grid:", mask.odc.geobox == ds.odc.geobox)
 print({k: round(v, 1) for k, v in class_fractions(mask).items()})
+
+# %% [markdown]
+# ## Dark water is not shadow
+#
+# The built-in ukis models read **dark open water as cloud shadow**, a known confusion of shadow
+# detectors (both are dark in every band). Most of this chip is lake: a water index next to the mask
+# shows where the "shadow" lies. Water here: NDWI = (green − nir) / (green + nir) > 0 and NIR
+# reflectance < 0.2 (clouds are bright in the NIR). Check shadows over lakes and the sea; with an L2A
+# scene classification, `--scl veto` clears shadow where SCL says water (README, post-processing).
+
+# %%
+ndwi = (ds.green - ds.nir) / (ds.green + ds.nir)
+water = (ndwi > 0) & (ds.nir < 0.2)
+shadow = mask == 2
+n_valid = float((mask != 255).sum())
+print(f"water: {100 * float(water.sum()) / n_valid:.1f} % of the chip | NDVI median {float(np.nanmedian(ndvi.values)):.2f}")
+print(f"shadow: {100 * float(shadow.sum()) / n_valid:.1f} % of the chip, "
+      f"of which on water: {100 * float((shadow & water).sum()) / n_valid:.1f} % of the chip")
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+ndwi.plot(ax=axes[0], cmap="BrBG", vmin=-0.6, vmax=0.6)
+water.astype(float).plot.contour(ax=axes[0], levels=[0.5], colors="navy", linewidths=0.8)
+axes[0].set_title("NDWI (water > 0; navy: water)")
+axes[0].set_aspect("equal")
+plot_mask(ds, mask, title=f"{MODEL}: the lake is mostly 'shadow'", ax=axes[1])
+fig.tight_layout()
 
 # %% [markdown]
 # `mask.rio.to_raster("mask.tif")` writes it as a GeoTIFF — the same raster `cloudmask run` writes.

@@ -17,6 +17,7 @@ import csv
 import datetime as dt
 import hashlib
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -45,9 +46,9 @@ ATTRIBUTION = (
     "Segmentation Dataset (Version 1), Radiant MLHub, doi:10.34911/RDNT.HFQ6M7, CC BY 4.0."
 )
 DESCRIPTION = {
-    "adwp": "savanna with scattered cumulus and their shadows",
+    "adwp": "open water of Lake Victoria with scattered cumulus and their shadows",
     "adwu": "heavy broken cloud with shadows",
-    "adwz": "mostly cloud with a clear corner",
+    "adwz": "mostly cloud with a clear corner, a third of it lake water",
     "adxp": "fully overcast",
     "akny": "green farmland with small clouds and shadows",
 }
@@ -197,7 +198,10 @@ def build(shared: Path, out: Path) -> Path:
     catalog.normalize_hrefs(str(out))
     catalog.make_all_asset_hrefs_relative()
     catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
-    shutil.copyfile(src / "SOURCE.md", out / "SOURCE.md")
+    # SOURCE.md as in the shared folder, less the note that quotes the chips' old, wrong description
+    source = re.sub(r" \(corrected (\d{4}-\d{2}-\d{2}); the earlier text called adwp [a-z]+\)", r" (corrected \1)",
+                    (src / "SOURCE.md").read_text(encoding="utf-8"))
+    (out / "SOURCE.md").write_text(source, encoding="utf-8")
     (out / "ATTRIBUTION.txt").write_text(
         ATTRIBUTION + "\nLicence: CC BY 4.0, https://creativecommons.org/licenses/by/4.0/\n"
         "Built by scripts/make_demo_catalog.py from the chips described in SOURCE.md (pixels unchanged, "

@@ -9,6 +9,7 @@ run on the real demo chips shipped in the package; 03 uses small synthetic scene
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -98,6 +99,11 @@ def test_notebook_runs(name, kernel_env, monkeypatch):
         assert "same grid: True" in text
         assert "same mask with a distributed Client: True" in text
         assert "agreement with the ensemble:" in text and "ukis-4b-l1c on adwp" in text
+        # the lake chip: most of the model's "shadow" lies on open water
+        m = re.search(r"water: ([\d.]+) % of the chip.*\s+shadow: ([\d.]+) % of the chip, of which on water: ([\d.]+)", text)
+        assert m, text[-2000:]
+        water, shadow, on_water = map(float, m.groups())
+        assert water > 60 and shadow > 20 and on_water > 0.9 * shadow
     if name.startswith("03"):
         assert "agreement with ukis-6b-l2a: 100.00 %" in text
         assert "compilable after export: True" in text

@@ -9,9 +9,9 @@ from ..errors import CatalogNotFoundError
 
 #: On Cloud N chip ids of the demo catalogue and what each shows.
 DEMO_CHIPS: dict[str, str] = {
-    "adwp": "savanna with scattered cumulus and their shadows (Chifunfu, Tanzania)",
+    "adwp": "open water of Lake Victoria with scattered cumulus and their shadows (Chifunfu, Tanzania)",
     "adwu": "heavy broken cloud with shadows (Chifunfu, Tanzania)",
-    "adwz": "mostly cloud with a clear corner (Chifunfu, Tanzania)",
+    "adwz": "mostly cloud with a clear corner, a third of it lake water (Chifunfu, Tanzania)",
     "adxp": "fully overcast (Chifunfu, Tanzania)",
     "akny": "green farmland with small clouds and shadows (Addis Ababa, Ethiopia)",
 }
