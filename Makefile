@@ -24,10 +24,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check cloudmask tests benchmarks
 	$(VENV)/bin/mypy
 
-test: $(STAMP) stac-api lint
-	$(PY) -m pytest -q tests
+# Each step is timed on its own line ("[time] ..."); pytest prints its 30 slowest tests.
+test:
+	@t=$$(date +%s); $(MAKE) --no-print-directory setup || exit 1; echo "[time] install: $$(( $$(date +%s) - t )) s"
+	@t=$$(date +%s); $(MAKE) --no-print-directory stac-api || exit 1; echo "[time] STAC API set-up: $$(( $$(date +%s) - t )) s"
+	@t=$$(date +%s); $(MAKE) --no-print-directory lint || exit 1; echo "[time] lint: $$(( $$(date +%s) - t )) s"
+	@t=$$(date +%s); $(PY) -m pytest -q --durations=30 tests; rc=$$?; echo "[time] pytest: $$(( $$(date +%s) - t )) s"; exit $$rc
 
 # The edit loop: every test not marked slow, stopping at the first failure (CI runs `make test`: all of them).
+# Tests that start a service or another process are marked slow automatically (tests/conftest.py).
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -x -m "not slow" -p no:cacheprovider tests
 

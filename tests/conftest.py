@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import sys
 import types
 from collections.abc import Callable
@@ -27,6 +29,55 @@ def shared_dir(*parts: str) -> Path:
             pytest.fail(msg + " (CLOUDMASK_REQUIRE_SHARED=1)", pytrace=False)
         pytest.skip(msg)
     return path
+
+
+# ---- the fast loop: tests that start a service or another process are marked ``slow`` automatically
+
+#: fixtures that start a service (PostgreSQL + stac-fastapi) or a Jupyter kernel
+SERVICE_FIXTURES = frozenset({"stac_api", "stac_api_real", "kernel_env"})
+#: source text that starts another process (a CLI in a subprocess, a multi-process dask cluster)
+PROCESS_CALL = re.compile(r"\bsubprocess\.|\bPopen\(|\bLocalCluster\(|processes=True|\bos\.fork\(")
+
+
+def _source(obj: object) -> str:
+    try:
+        return inspect.getsource(obj)  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return ""
+
+
+def _starts_processes(item: pytest.Item, helpers: dict[str, set[str]]) -> str | None:
+    """Why ``item`` is slow (a service fixture, or a process started by it, its fixtures or a helper
+    function of its module one call away), or None."""
+    names = set(getattr(item, "fixturenames", ()))
+    if names & SERVICE_FIXTURES:
+        return f"uses {', '.join(sorted(names & SERVICE_FIXTURES))}"
+    module = getattr(item, "module", None)
+    if module is None:
+        return None
+    if module.__name__ not in helpers:  # module functions whose source starts a process
+        helpers[module.__name__] = {
+            name for name, fn in vars(module).items()
+            if inspect.isfunction(fn) and fn.__module__ == module.__name__ and PROCESS_CALL.search(_source(fn))
+        }
+    texts = [_source(getattr(item, "function", None))]
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in (info.name2fixturedefs.values() if info else ()):
+        texts += [_source(d.func) for d in defs if str(REPO_ROOT / "tests") in (inspect.getsourcefile(d.func) or "")]
+    text = "\n".join(texts)
+    if PROCESS_CALL.search(text):
+        return "starts a process"
+    called = {h for h in helpers[module.__name__] if re.search(rf"\b{re.escape(h)}\(", text)}
+    return f"starts a process (through {', '.join(sorted(called))})" if called else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that starts a service or a process ``slow``: `make test-fast` (``-m "not slow"``)
+    then runs the unit and in-process tests only, and `make test` runs everything."""
+    helpers: dict[str, set[str]] = {}
+    for item in items:
+        if item.get_closest_marker("slow") is None and _starts_processes(item, helpers):
+            item.add_marker(pytest.mark.slow)
 
 
 # ---- the Axelera runtime, faked after METIS.md (no Metis hardware or Voyager SDK here)
