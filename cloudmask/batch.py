@@ -114,10 +114,10 @@ def mask_many(
             if isinstance(err, OSError):
                 err = atomic.write_error(err, out)
             if isinstance(err, CloudmaskError):
-                log.info("scene %s failed: %s", spec.id, err)
+                log.debug("scene %s failed: %s", spec.id, err)  # on_row reports it
             else:
                 log.exception("scene %s failed unexpectedly: %s", spec.id, err)
-            add({"scene": spec.id, "status": "failed", "error": str(err),
+            add({"scene": spec.id, "status": "failed", "error": str(err), "error_type": type(err).__name__,
                  "seconds": round(time.perf_counter() - t0, 2)})
             if atomic.is_no_space(err):
                 fatal = err if isinstance(err, WriteError) else atomic.write_error(err, out)
@@ -169,8 +169,9 @@ def specs_of(items: Iterable[Any], profile: str | None = None) -> tuple[list[Sce
         except ConfigError:
             raise
         except CloudmaskError as err:
-            log.error("scene %s failed: %s", getattr(it, "id", it), err)
-            failed.append({"scene": getattr(it, "id", str(it)), "status": "failed", "error": str(err)})
+            log.info("scene %s failed: %s", getattr(it, "id", it), err)  # the caller reports the row
+            failed.append({"scene": getattr(it, "id", str(it)), "status": "failed", "error": str(err),
+                           "error_type": type(err).__name__})
     return specs, failed
 
 

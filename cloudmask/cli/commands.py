@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ..console import BatchProgress, CloudmaskGroup, note, setup_logging
+from ..console import BatchProgress, CloudmaskGroup, note, scene_result, setup_logging
 from ..console import table as _table
 from ..stac.query import parse_bbox
 
@@ -152,7 +152,7 @@ def _mask_all(
     def on_row(row: dict[str, Any]) -> None:
         if row["status"] == "skipped":
             bar.skip()
-        note(_row_line(row), **{k: v for k, v in row.items() if k != "mask"}, path=row.get("mask"))
+        scene_result(row)
 
     def classes_of(spec: Any) -> str:
         """The class table a scene's mask gets under ``--classes`` (what --skip-existing compares)."""
@@ -201,16 +201,6 @@ def _write_stats(path: Path, scene_stats: dict[str, dict[str, Any]], clock: Any)
     doc = {"scenes": rows, "device_gaps_s": [round(gaps[t], 4) for t in sorted(gaps)]}
     atomic.write_text(path, json.dumps(doc, indent=1))
     note(f"stats: {path}")
-
-
-def _row_line(row: dict[str, Any]) -> str:
-    """One line per finished scene: ``done S2B_... in 4.2 s (cloud 12.3 %, shadow 1.0 %)``."""
-    if row["status"] == "failed":
-        return f"failed {row['scene']}: {row.get('error', '')}"
-    if row["status"] == "skipped":
-        return f"skipped {row['scene']}: a valid mask exists"
-    shares = ", ".join(f"{k} {row[k]} %" for k in ("cloud", "thin_cloud", "shadow", "snow") if row.get(k) is not None)
-    return f"done {row['scene']} in {row.get('seconds', 0)} s ({shares}; percent of valid pixels)"
 
 
 def _report(report: Any) -> None:
