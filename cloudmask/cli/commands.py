@@ -307,7 +307,8 @@ def _add_agreement(rows: list[dict[str, Any]], items: Sequence[Any]) -> None:
 def _search_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--stac", required=True,
-                     help="STAC API URL, static catalogue path, or earth-search | planetary-computer | cdse."),
+                     help="STAC API URL, static catalogue (path or http(s) URL of its catalog.json), or "
+                          "earth-search | planetary-computer | cdse."),
         click.option("--collection", default=None,
                      help="Collection id (default: the endpoint's Sentinel-2 collection)."),
         click.option("--bbox", default=None, help="west,south,east,north in degrees."),
