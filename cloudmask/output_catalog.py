@@ -76,23 +76,22 @@ def _is_url(href: str) -> bool:
 
 
 def _source_href(spec: SceneSpec, items_dir: Path) -> str | None:
-    """A portable href of the source item: its own URL (``self``/``canonical`` link), or the local
-    file relative to ``items_dir`` (where the output item is written); never an absolute local path."""
+    """The href of the source item for ``derived_from``: its own ``canonical`` link when it has one (kept
+    as it is, wherever the output folder goes), else its ``self`` URL, else the local file relative to
+    ``items_dir`` (where the output item is written); never an absolute path the item does not give."""
     item = spec.item
     if item is None:
         return None
-    hrefs = [str(link.href) for link in item.links if link.rel in ("self", "canonical") and link.href]
-    self_href = item.get_self_href()
-    if self_href:
-        hrefs.insert(0, str(self_href))
-    for href in hrefs:
-        if _is_url(href):
-            return href
-    for href in hrefs:
-        local = Path(href.removeprefix("file://"))
-        if local.is_absolute():
-            return os.path.relpath(local, items_dir.resolve())
-    return None
+    canonical = next((lk for lk in item.links if lk.rel == "canonical" and lk.href), None)
+    if canonical is not None and (_is_url(str(canonical.href)) or Path(str(canonical.href)).is_absolute()):
+        return str(canonical.href)  # the item's own statement of where it lives
+    href = (canonical.get_absolute_href() if canonical is not None else None) or item.get_self_href()
+    if not href:
+        return None
+    if _is_url(str(href)):
+        return str(href)
+    local = Path(str(href).removeprefix("file://"))
+    return os.path.relpath(local, items_dir.resolve()) if local.is_absolute() else None
 
 
 def _shares(result: MaskResult) -> ClassShares:

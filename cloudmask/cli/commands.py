@@ -16,7 +16,7 @@ import click
 
 from ..console import BatchProgress, CloudmaskGroup, note, scene_result, setup_logging
 from ..console import table as _table
-from ..stac.query import parse_bbox
+from ..stac.query import DATETIME_HELP, parse_bbox
 
 log = logging.getLogger("cloudmask")
 
@@ -51,7 +51,10 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
                      help="ONNX Runtime threads per instance (0: ONNX Runtime decides)."),
         click.option("--margin", type=click.IntRange(min=0), default=None, help="Patch halo in pixels each side (default 26: neighbours overlap by 52 px)."),
-        click.option("--blend", type=click.Choice(["tukey", "linear", "hard"]), default="tukey", show_default=True),
+        click.option("--blend", type=click.Choice(["tukey", "linear", "hard"]), default="tukey", show_default=True,
+                     help="How overlapping patch predictions are merged across the halo: tukey (a cosine-tapered "
+                          "window, smooth seams), linear (a linear ramp), or hard (each pixel from the patch whose "
+                          "core holds it, no blending)."),
         click.option("--resolution", type=click.FloatRange(min=0, min_open=True), default=None, help="Output resolution in metres (default: the model's)."),
         click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (uint8 percent)."),
         click.option("--stats", "show_stats", is_flag=True, help="Print per-stage timing."),
@@ -218,16 +221,20 @@ _SUMMARY = ("scene", "status", "cloud", "shadow", "thin_cloud", "snow", "clear",
 
 @main.command()
 def models() -> None:
-    """List the built-in models."""
-    from ..models import list_models
+    """List the built-in models (name for `--model`) and the pip extra a model needs, if any."""
+    from ..models import MODEL_EXTRAS, list_models
 
     rows = [
         {"name": c.name, "kind": c.kind, "bands": ",".join(c.bands), "level": c.product_level.upper(),
          "resolution_m": int(c.resolution), "patch": c.patch_size if c.kind != "pixel" else "-",
-         "classes": ",".join(c.classes), "version": c.version}
+         "classes": ",".join(c.classes), "version": c.version,
+         "needs": f"[{MODEL_EXTRAS[c.name]}]" if c.name in MODEL_EXTRAS else "-"}
         for c in list_models()
     ]
-    click.echo(_table(rows, ["name", "kind", "bands", "level", "resolution_m", "patch", "classes", "version"]))
+    click.echo(_table(rows, ["name", "kind", "bands", "level", "resolution_m", "patch", "classes", "version",
+                             "needs"]))
+    if MODEL_EXTRAS:
+        note("needs: the pip extra a model needs, e.g. pip install 's2-cloudmask[s2cloudless]'")
 
 
 @main.command()
@@ -315,7 +322,7 @@ def _search_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--aoi", default=None,
                      help="Area of interest: GeoJSON file or WKT; a scene counts when it intersects."),
         click.option("--datetime", "datetime_", default=None,
-                     help="RFC 3339 instant or interval, e.g. 2024-06-01/2024-06-30."),
+                     help=DATETIME_HELP),
         click.option("--max-cloud", type=click.FloatRange(0, 100), default=None, help="Maximum eo:cloud_cover, percent."),
         click.option("--min-cloud", type=click.FloatRange(0, 100), default=None, help="Minimum eo:cloud_cover, percent."),
         click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many scenes."),

@@ -23,7 +23,7 @@ import pystac
 
 from .. import __version__, atomic, retry
 from ..errors import CatalogUnreachableError, JobError, SceneFailuresError, WriteError
-from ..layout import output_stem
+from ..layout import output_stem, rows_relative_to
 from ..output_catalog import item_percentages, update_output_catalog, write_item
 from ..stac import search
 from .executors import dask_executor, local_executor
@@ -259,7 +259,8 @@ def _refresh_catalog(out: Path) -> None:
 
 
 def write_summary(out: Path, report: JobReport) -> tuple[Path, Path]:
-    """``OUT/summary.json`` (this run + every scene) and ``OUT/summary.csv`` (every scene), atomically."""
+    """``OUT/summary.json`` (this run + every scene) and ``OUT/summary.csv`` (every scene), atomically;
+    mask paths relative to ``OUT``."""
     this_run = {o.scene for o in report.processed}
     rows = catalogue_rows(out)
     for r in rows:
@@ -272,13 +273,13 @@ def write_summary(out: Path, report: JobReport) -> tuple[Path, Path]:
         "run": {"found": report.found, "skipped": report.skipped, "processed": len(report.processed),
                 "failed": len(report.failed), "pushed": report.pushed,
                 "removed_temporaries": report.removed_temporaries, "seconds": round(report.seconds, 2)},
-        "this_run": report.rows,
-        "scenes": rows,
+        "this_run": rows_relative_to(out, report.rows),  # mask paths relative to the output folder
+        "scenes": rows_relative_to(out, rows),
     }
     jpath, cpath = out / "summary.json", out / "summary.csv"
     atomic.write_text(jpath, json.dumps(doc, indent=1, default=str))
     with atomic.atomic_path(cpath) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[*SUMMARY_COLUMNS, "run"], extrasaction="ignore")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(rows_relative_to(out, rows))
     return jpath, cpath
