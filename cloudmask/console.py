@@ -128,7 +128,7 @@ def setup_logging(verbose: int = 0, fmt: str = "plain") -> None:
             "{asctime}{levelname}{name}{message}", style="{", json_default=json_default,
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         ))
-    elif sys.stderr.isatty():
+    elif console().is_terminal:  # stderr is a terminal (rich decides, as it does for the bars)
         # no level column: notes and results are bare lines, warnings and errors say so themselves
         handler = RichHandler(console=console(), show_path=False, show_time=False, show_level=False,
                               markup=False, rich_tracebacks=False)
@@ -230,7 +230,10 @@ class BatchProgress:
         task = progress.add_task(f"  {label}", total=None)
 
         def update(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+            # every patch through the model: the COG, quicklook and item are being written
+            writing = total > 0 and done >= total
+            progress.update(task, completed=done, total=total,
+                            description=f"  {label} writing" if writing else f"  {label}")
 
         try:
             yield update
@@ -242,6 +245,25 @@ class BatchProgress:
         """Count a scene that needed no work."""
         if self._progress is not None:
             self._progress.advance(self._overall)
+
+
+@contextmanager
+def task_progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A one-line bar for a preparatory task (e.g. making the synthetic scenes): ``progress(done, total)``.
+
+    ``None`` (nothing drawn) in JSON mode or when ``enabled`` is false.
+    """
+    if not enabled or is_json():
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console(), transient=True) as progress:
+        task = progress.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
 
 
 class CloudmaskGroup(click.Group):

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ..console import BatchProgress, CloudmaskGroup, note, scene_result, setup_logging
+from ..console import BatchProgress, CloudmaskGroup, note, scene_result, setup_logging, task_progress
 from ..console import table as _table
 from ..stac.query import DATETIME_HELP, parse_bbox
 
@@ -266,8 +266,10 @@ def demo(out: Path, synthetic: bool, sample_dir: Path | None, scenes: int, size:
 
     if synthetic or sample_dir is not None:
         synthetic = True
+        show = sys.stderr.isatty() if kw.get("progress") is None else bool(kw["progress"])
         try:
-            cat = make_catalog(sample_dir or default_catalog_dir(), n_scenes=scenes, size=size)
+            with task_progress("making synthetic scenes", show) as made:
+                cat = make_catalog(sample_dir or default_catalog_dir(), n_scenes=scenes, size=size, progress=made)
         except ValueError as err:  # --size / --scenes out of range
             raise ConfigError(f"demo --synthetic: {err}") from err
         note(f"synthetic sample catalogue: {cat}")
