@@ -47,7 +47,8 @@ def run_cmd(spec_path: Path, wait: bool, wait_timeout: float | None, scheduler: 
             workers: int | None, output: Path | None, as_json: bool) -> None:
     """Mask every scene of SPEC not done yet; write items, catalogue, journal and summary.
 
-    Per-scene lines go to stderr on a terminal; unattended, use ``cloudmask -v --log-format json``.
+    One line per scene on stderr (the same as `cloudmask run` prints); unattended, use
+    ``cloudmask --log-format json`` (one JSON object per line, docs/unattended.md).
     """
     from .run import run_job, scene_row
     from .task import SceneOutcome
