@@ -371,7 +371,7 @@ def _save(fig: Any, path: Path, dpi: int = 100) -> Path:
     """Write ``fig`` as PNG atomically (temp file + rename) and release it."""
     try:
         with atomic.atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format="png")
+            fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight", pad_inches=0.1)  # no empty margins
     finally:
         if fig.canvas.manager is not None:  # a pyplot figure: close it so it does not pile up
             import matplotlib.pyplot as plt
@@ -385,7 +385,8 @@ def save_quicklook(rgb: Any, mask: Any, path: Path, title: str = "", classes: Cl
     m = as_mask(mask)
     h, w = m.shape
     panel = min(8.0, max(3.5, 8.0 * max(h, w) / 1024))
-    fig, axes = _figure((2 * panel, panel * h / w + 1.0), ncols=2, interactive=False)  # + the legend below
+    # the images fill about 3/4 of each panel's width (margins, gap); below them the legend
+    fig, axes = _figure((2 * panel, 0.75 * panel * h / w + 1.2), ncols=2, interactive=False)
     plot_true_colour(rgb, "true colour", axes[0, 0])
     plot_mask(rgb, m, "cloud mask", axes[0, 1], classes=table_of(m, classes))
     if title:
