@@ -20,6 +20,7 @@ from typing import Any
 from . import atomic
 from .errors import CloudmaskError, ConfigError, ModelError, SceneFailuresError, WriteError
 from .jobs.state import check_done
+from .layout import rows_relative_to
 from .output_catalog import update_output_catalog
 from .profiles import scene_spec
 from .scene import SceneSpec
@@ -114,10 +115,10 @@ def mask_many(
             if isinstance(err, OSError):
                 err = atomic.write_error(err, out)
             if isinstance(err, CloudmaskError):
-                log.info("scene %s failed: %s", spec.id, err)
+                log.debug("scene %s failed: %s", spec.id, err)  # on_row reports it
             else:
                 log.exception("scene %s failed unexpectedly: %s", spec.id, err)
-            add({"scene": spec.id, "status": "failed", "error": str(err),
+            add({"scene": spec.id, "status": "failed", "error": str(err), "error_type": type(err).__name__,
                  "seconds": round(time.perf_counter() - t0, 2)})
             if atomic.is_no_space(err):
                 fatal = err if isinstance(err, WriteError) else atomic.write_error(err, out)
@@ -137,8 +138,7 @@ def mask_many(
 
 
 def _catalog(out: Path, write_catalog: Callable[[Path], Path] | None, report: BatchReport) -> Path | None:
-    if not any(r["status"] in ("done", "skipped") for r in report.rows) and not (out / "items").is_dir():
-        return None
+    """The output catalogue, always (an empty one when every scene failed: a run's outputs are complete)."""
     if write_catalog is None:
         write_catalog = update_output_catalog
     return write_catalog(out)
@@ -169,15 +169,18 @@ def specs_of(items: Iterable[Any], profile: str | None = None) -> tuple[list[Sce
         except ConfigError:
             raise
         except CloudmaskError as err:
-            log.error("scene %s failed: %s", getattr(it, "id", it), err)
-            failed.append({"scene": getattr(it, "id", str(it)), "status": "failed", "error": str(err)})
+            log.info("scene %s failed: %s", getattr(it, "id", it), err)  # the caller reports the row
+            failed.append({"scene": getattr(it, "id", str(it)), "status": "failed", "error": str(err),
+                           "error_type": type(err).__name__})
     return specs, failed
 
 
 def write_summary(out: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    """``summary.json`` in ``out``: counts by status and one row per scene (written atomically)."""
+    """``summary.json`` in ``out``: counts by status and one row per scene (written atomically; mask
+    paths relative to ``out``)."""
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    doc = {"scenes": len(rows), **{k: counts.get(k, 0) for k in ("done", "skipped", "failed")}, "rows": list(rows)}
+    doc = {"scenes": len(rows), **{k: counts.get(k, 0) for k in ("done", "skipped", "failed")},
+           "rows": rows_relative_to(out, list(rows))}  # mask paths relative to the output folder
     return atomic.write_text(Path(out) / "summary.json", json.dumps(doc, indent=1, default=str))

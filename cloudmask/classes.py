@@ -39,9 +39,10 @@ CLEAR, CLOUD, SHADOW, THIN_CLOUD, SNOW = 0, 1, 2, 3, 4
 class MaskClass:
     """One mask class.
 
-    ``colour`` (RGB 0-255) is its map colour: the COG colour table and STAC ``color_hint``.
-    ``highlight`` (RGB 0-1) is its colour in pictures (quicklook overlay, bars, legends), drawn over
-    true colour with opacity ``alpha`` (0: not overlaid, e.g. clear).
+    ``colour`` (RGB 0-255) is its one colour everywhere: the COG colour table (what QGIS shows), STAC
+    ``color_hint``, and the pictures (quicklook overlay, outlines, legends, bars), where it is drawn
+    over true colour with opacity ``alpha`` (0: not overlaid, e.g. clear). The colours are chosen to
+    stand out both as a map and over true colour (cloud yellow, not white on white clouds).
     """
 
     value: int
@@ -49,8 +50,13 @@ class MaskClass:
     title: str
     description: str
     colour: tuple[int, int, int]
-    highlight: tuple[float, float, float]
     alpha: float
+
+    @property
+    def rgb(self) -> tuple[float, float, float]:
+        """``colour`` as RGB 0-1 (matplotlib)."""
+        r, g, b = self.colour
+        return r / 255.0, g / 255.0, b / 255.0
 
     @property
     def color_hint(self) -> str:
@@ -60,16 +66,16 @@ class MaskClass:
 
 #: Every class a mask may hold, by value (the values are fixed: a mask means the same everywhere).
 MASK_CLASSES: tuple[MaskClass, ...] = (
-    MaskClass(CLEAR, "clear", "Clear", "clear land or water", (34, 139, 34), (0.25, 0.65, 0.3), 0.0),
+    MaskClass(CLEAR, "clear", "Clear", "clear land or water", (64, 166, 77), 0.0),
     MaskClass(CLOUD, "cloud", "Cloud", "cloud (thick cloud where thin cloud is a class of its own)",
-              (255, 255, 255), (1.0, 0.8, 0.0), 0.5),
-    MaskClass(SHADOW, "shadow", "Cloud shadow", "cloud shadow", (40, 40, 120), (0.75, 0.0, 0.75), 0.5),
+              (255, 204, 0), 0.5),
+    MaskClass(SHADOW, "shadow", "Cloud shadow", "cloud shadow", (191, 0, 191), 0.5),
     MaskClass(THIN_CLOUD, "thin_cloud", "Thin cloud", "thin (semi-transparent) cloud, haze, cirrus",
-              (176, 196, 222), (0.2, 0.75, 1.0), 0.45),
-    MaskClass(SNOW, "snow", "Snow/ice", "snow or ice", (0, 206, 209), (0.0, 0.9, 0.6), 0.45),
+              (51, 191, 255), 0.45),
+    MaskClass(SNOW, "snow", "Snow/ice", "snow or ice", (0, 230, 153), 0.45),
 )
-#: The nodata entry (not a class: no share of valid pixels).
-NODATA_CLASS = MaskClass(NODATA, "nodata", "No data", "no valid input", (0, 0, 0), (0.15, 0.15, 0.15), 1.0)
+#: The nodata entry (not a class: no share of valid pixels); transparent in the COG colour table.
+NODATA_CLASS = MaskClass(NODATA, "nodata", "No data", "no valid input", (38, 38, 38), 1.0)
 
 _BY_NAME = {c.name: c for c in MASK_CLASSES}
 #: Other spellings accepted in model cards (lower case, ``-`` and spaces read as ``_``).

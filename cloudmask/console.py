@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -74,12 +75,35 @@ class _Once(logging.Filter):
 
 
 class _PlainFormatter(logging.Formatter):
-    """Notes as bare lines; other levels with level and logger."""
+    """Lines a person reads (notes, per-scene results) bare; warnings and errors with level and logger."""
 
     def format(self, record: logging.LogRecord) -> str:
-        if record.levelno == NOTE:
+        if record.levelno == NOTE or getattr(record, "event", None) is not None:
             return record.getMessage()
         return f"{record.levelname.lower()}: {record.getMessage()} [{record.name}]"
+
+
+#: The keys of every JSON log line (docs/unattended.md): always present, in this order.
+JSON_BASE = ("time", "level", "logger", "message", "event")
+#: The keys of every per-scene line (``event: "scene"``), in ``run``, ``demo`` and ``job run`` alike;
+#: always all present, ``null`` where they do not apply (e.g. ``error`` of a done scene).
+SCENE_FIELDS = ("scene", "status", "model", "seconds", "cloud", "shadow", "thin_cloud", "snow", "clear",
+                "nodata", "mask", "attempts", "error", "error_type", "exit_code")
+
+
+class _JsonFormatter(JsonFormatter):
+    """python-json-logger with ISO 8601 UTC timestamps (``2026-12-07T16:11:02.913Z``) and ``event`` always set."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        stamp = datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds")
+        return stamp.replace("+00:00", "Z")
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
+        super().add_fields(log_data, record, message_dict)
+        event = log_data.pop("event", None) or ("error" if record.levelno >= logging.ERROR else "log")
+        rest = {k: log_data.pop(k) for k in list(log_data) if k not in JSON_BASE}
+        log_data["event"] = event  # after time, level, logger, message; then the line's own fields
+        log_data.update(rest)
 
 
 def console() -> Console:
@@ -100,14 +124,15 @@ def setup_logging(verbose: int = 0, fmt: str = "plain") -> None:
     handler: logging.Handler
     if fmt == "json":
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter(
+        handler.setFormatter(_JsonFormatter(
             "{asctime}{levelname}{name}{message}", style="{", json_default=json_default,
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         ))
-    elif sys.stderr.isatty():
-        handler = RichHandler(console=console(), show_path=False, show_time=False, markup=False,
-                              rich_tracebacks=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+    elif console().is_terminal:  # stderr is a terminal (rich decides, as it does for the bars)
+        # no level column: notes and results are bare lines, warnings and errors say so themselves
+        handler = RichHandler(console=console(), show_path=False, show_time=False, show_level=False,
+                              markup=False, rich_tracebacks=False)
+        handler.setFormatter(_PlainFormatter())
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_PlainFormatter())
@@ -129,9 +154,43 @@ def note(message: str, **fields: Any) -> None:
 def error(message: str, exit_code: int) -> None:
     """The one ``error: ...`` line (a JSON object with ``exit_code`` in JSON mode)."""
     if is_json():
-        logging.getLogger("cloudmask.cli").error(message, extra={"exit_code": exit_code})
+        logging.getLogger("cloudmask.cli").error(message, extra={"event": "error", "exit_code": exit_code})
     else:
         print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def exit_code_of(error_type: str | None) -> int | None:
+    """The exit code a run failing with the error class named ``error_type`` would end with (1: not ours)."""
+    if error_type is None:
+        return None
+    from . import errors
+
+    cls = getattr(errors, error_type, None)
+    return cls.exit_code if isinstance(cls, type) and issubclass(cls, errors.CloudmaskError) else 1
+
+
+def scene_result(row: Mapping[str, Any]) -> None:
+    """The one line per finished scene, the same for ``run``, ``demo`` and ``job run``.
+
+    ``row`` is a summary row (``status`` done | skipped | failed). Done and skipped scenes are notes;
+    a failed scene is an ERROR with its ``error_type`` and ``exit_code`` (the code a run of that scene
+    alone would end with). In JSON mode the line carries every key of :data:`SCENE_FIELDS`.
+    """
+    fields = {k: row.get(k) for k in SCENE_FIELDS}
+    if fields["status"] == "failed" and fields["exit_code"] is None:
+        fields["exit_code"] = exit_code_of(fields["error_type"] or "CloudmaskError")
+    level = logging.ERROR if fields["status"] == "failed" else NOTE
+    logging.getLogger("cloudmask.cli").log(level, _scene_line(fields), extra={"event": "scene", **fields})
+
+
+def _scene_line(row: Mapping[str, Any]) -> str:
+    """``done S2B_... in 4.2 s (cloud 12.3 %, shadow 1.0 %; percent of valid pixels)``."""
+    if row["status"] == "failed":
+        return f"failed {row['scene']}: {row.get('error') or ''}"
+    if row["status"] == "skipped":
+        return f"skipped {row['scene']}: a valid mask exists"
+    shares = ", ".join(f"{k} {row[k]} %" for k in ("cloud", "thin_cloud", "shadow", "snow") if row.get(k) is not None)
+    return f"done {row['scene']} in {row.get('seconds') or 0} s ({shares}; percent of valid pixels)"
 
 
 class BatchProgress:
@@ -171,7 +230,10 @@ class BatchProgress:
         task = progress.add_task(f"  {label}", total=None)
 
         def update(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+            # every patch through the model: the COG, quicklook and item are being written
+            writing = total > 0 and done >= total
+            progress.update(task, completed=done, total=total,
+                            description=f"  {label} writing" if writing else f"  {label}")
 
         try:
             yield update
@@ -183,6 +245,25 @@ class BatchProgress:
         """Count a scene that needed no work."""
         if self._progress is not None:
             self._progress.advance(self._overall)
+
+
+@contextmanager
+def task_progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A one-line bar for a preparatory task (e.g. making the synthetic scenes): ``progress(done, total)``.
+
+    ``None`` (nothing drawn) in JSON mode or when ``enabled`` is false.
+    """
+    if not enabled or is_json():
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console(), transient=True) as progress:
+        task = progress.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield update
 
 
 class CloudmaskGroup(click.Group):

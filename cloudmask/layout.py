@@ -10,9 +10,11 @@ The stem is also the output item's id.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import ConfigError
 
@@ -94,3 +96,16 @@ class OutputPaths:
 
 
 __all__ = ["OutputPaths", "output_stem", "safe_name"]
+
+
+def rows_relative_to(out_dir: Path | str, rows: list[dict[str, Any]], key: str = "mask") -> list[dict[str, Any]]:
+    """Copies of summary ``rows`` with ``key`` (a file path) relative to ``out_dir``, so that a summary
+    means the same wherever it is read from and whatever the working directory of the run was."""
+    base = Path(out_dir).resolve()
+    fixed = []
+    for row in rows:
+        value = row.get(key)
+        if value and "://" not in str(value):
+            row = {**row, key: os.path.relpath(Path(str(value)).resolve(), base)}
+        fixed.append(row)
+    return fixed

@@ -18,14 +18,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pystac
+from pystac.extensions import mlm
+from pystac.extensions.classification import Classification
 
 from .card import ModelCard, check_graph
 from .errors import ModelCardError
 from .normalisation import Clip, Normalisation, Scale, Standardize, Step, from_card
 
-MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.4.0/schema.json"
+MLM_SCHEMA = mlm.MLMExtension.get_schema_uri()
 NORMALISATION_FORMAT = "cloudmask-normalisation"
 _TASKS = {"segmentation": ["semantic-segmentation"], "pixel": ["semantic-segmentation", "classification"],
           "patch-classifier": ["scene-classification"]}
@@ -66,43 +71,48 @@ def _value_scaling(norm: Normalisation, n_bands: int) -> list[dict[str, Any]] | 
 
 
 def card_to_mlm(card: ModelCard, relative_to: Path | None = None) -> dict[str, Any]:
-    """The card as a STAC item (dict) with the MLM extension; the ONNX href is relative to ``relative_to``."""
+    """The card as a STAC item (dict) with the MLM extension; the ONNX href is relative to ``relative_to``.
+
+    Built with pystac's MLM helpers (:mod:`pystac.extensions.mlm`: the schema version pystac knows).
+    One exception: ``value_scaling`` is set as a list (one object per band, as the MLM spec has it);
+    pystac's ``ModelInput.value_scaling`` takes a single object.
+    """
     d = card.to_dict(relative_to=relative_to)
     shape, order, oshape, oorder = _dims(card)
     assert card.normalisation is not None
     scaling = _value_scaling(card.normalisation, card.n_bands)
     pre = None
     if scaling is None and card.normalisation.steps:
-        pre = {"format": NORMALISATION_FORMAT, "expression": card.normalisation.to_dict()}
-    classes = [{"value": i, "name": name} for i, name in enumerate(card.classes)]
-    props: dict[str, Any] = {
-        "datetime": None,
-        "start_datetime": "2015-06-23T00:00:00Z",  # Sentinel-2A launch: the data the model applies to
-        "end_datetime": "2100-01-01T00:00:00Z",
-        "description": card.description or f"cloudmask model {card.name}",
-        "mlm:name": card.name,
-        "mlm:architecture": str(card.extra.get("architecture", card.kind)),
-        "mlm:tasks": _TASKS[card.kind],
-        "mlm:framework": "ONNX",
-        "mlm:accelerator": "amd64",
-        "mlm:accelerator_constrained": False,
-        "mlm:input": [{
-            "name": "reflectance",
-            "bands": list(card.bands),
-            "input": {"shape": shape, "dim_order": order, "data_type": "float32"},
-            "description": f"Sentinel-2 {card.product_level.upper()} reflectance (0-1) at {card.resolution:g} m",
-            "value_scaling": scaling,
-            "resize_type": None,
-            "pre_processing_function": pre,
-        }],
-        "mlm:output": [{
-            "name": "classes",
-            "tasks": _TASKS[card.kind],
-            "result": {"shape": oshape, "dim_order": oorder, "data_type": "float32"},
-            "description": f"class {card.output} per output channel",
-            "classification:classes": classes,
-            "post_processing_function": None,
-        }],
+        pre = mlm.ProcessingExpression.create(format=NORMALISATION_FORMAT, expression=card.normalisation.to_dict())
+    tasks = [mlm.TaskType(t) for t in _TASKS[card.kind]]
+    item = pystac.Item(
+        id=card.name, geometry=None, bbox=None, datetime=None,
+        start_datetime=datetime(2015, 6, 23, tzinfo=UTC),  # Sentinel-2A launch: the data the model applies to
+        end_datetime=datetime(2100, 1, 1, tzinfo=UTC),
+        properties={"description": card.description or f"cloudmask model {card.name}"},
+    )
+    model_input = mlm.ModelInput.create(
+        name="reflectance", bands=list(card.bands),
+        input=mlm.InputStructure.create(shape=shape, dim_order=order, data_type=mlm.DataType.FLOAT32),
+        description=f"Sentinel-2 {card.product_level.upper()} reflectance (0-1) at {card.resolution:g} m",
+        value_scaling=None, resize_type=None, pre_processing_function=pre,
+    )
+    model_input.properties["value_scaling"] = (
+        None if scaling is None else [mlm.ValueScaling.create(**v).to_dict() for v in scaling])
+    model_output = mlm.ModelOutput.create(
+        name="classes", tasks=tasks,
+        result=mlm.ResultStructure.create(shape=oshape, dim_order=oorder, data_type=mlm.DataType.FLOAT32),
+        description=f"class {card.output} per output channel",
+        classes=[Classification.create(value=i, name=name) for i, name in enumerate(card.classes)],
+        post_processing_function=None,
+    )
+    mlm.MLMExtension.ext(item, add_if_missing=True).apply(
+        name=card.name, architecture=str(card.extra.get("architecture", card.kind)), tasks=tasks,
+        input=[model_input], output=[model_output], framework="ONNX",
+        accelerator=mlm.AcceleratorType.AMD64, accelerator_constrained=False,
+    )
+    props = item.properties
+    props.update({
         "gsd": card.resolution,
         "processing:level": card.product_level.upper(),
         "cloudmask:product_level": card.product_level,
@@ -110,30 +120,17 @@ def card_to_mlm(card: ModelCard, relative_to: Path | None = None) -> dict[str, A
         "cloudmask:kind": card.kind,
         "cloudmask:output": card.output,
         "cloudmask:patch_size": card.patch_size,
-    }
+    })
     if card.version:
         props["version"] = card.version
     extra = {k: v for k, v in card.extra.items() if k != "architecture"}
     if extra:
         props["cloudmask:extra"] = extra
-    return {
-        "type": "Feature",
-        "stac_version": "1.1.0",
-        "stac_extensions": [MLM_SCHEMA],
-        "id": card.name,
-        "geometry": None,
-        "properties": props,
-        "links": [],
-        "assets": {
-            "model": {
-                "href": d["onnx"],
-                "type": "application/octet-stream; application=onnx",
-                "title": f"{card.name} ONNX graph",
-                "roles": ["mlm:model"],
-                "mlm:artifact_type": "onnx",
-            }
-        },
-    }
+    asset = pystac.Asset(href=d["onnx"], media_type="application/octet-stream; application=onnx",
+                         title=f"{card.name} ONNX graph", roles=["mlm:model"])
+    item.add_asset("model", asset)
+    mlm.AssetGeneralMLMExtension.ext(asset, add_if_missing=True).artifact_type = "onnx"
+    return item.to_dict(include_self_link=False, transform_hrefs=False)
 
 
 def save_mlm(card: ModelCard, path: Path) -> Path:

@@ -43,14 +43,21 @@ CARD_SUFFIXES = (".yaml", ".yml", ".json")
 
 #: The ukis-csmask U-Nets (segmentation, 30 m).
 BUILTIN = ("ukis-4b-l1c", "ukis-4b-l2a", "ukis-6b-l1c", "ukis-6b-l2a")
-#: Every built-in model name: the U-Nets and s2cloudless (a pixel model, :mod:`cloudmask.builtin.s2cloudless`).
-BUILTIN_MODELS = (*BUILTIN, "s2cloudless")
+#: Example models shipped as card + ONNX in ``cloudmask/data/models/<name>/card.yaml``.
+SHIPPED = ("spectral-mlp",)
+#: Every built-in model name: the U-Nets, s2cloudless (a pixel model, :mod:`cloudmask.builtin.s2cloudless`)
+#: and the shipped example models.
+BUILTIN_MODELS = (*BUILTIN, "s2cloudless", *SHIPPED)
+#: The pip extra a built-in model needs beyond the base install (``pip install 's2-cloudmask[EXTRA]'``).
+MODEL_EXTRAS: dict[str, str] = {"s2cloudless": "s2cloudless"}
 
 
 def builtin_card(name: str, convert: bool = True) -> ModelCard:
     """The card of a built-in model (``convert=False``: s2cloudless without converting its graph yet)."""
     if name == "s2cloudless":
         return s2cloudless_card(convert_now=convert)
+    if name in SHIPPED:
+        return load_card_file(Path(str(resources.files("cloudmask").joinpath("data", "models", name, "card.yaml"))))
     return _ukis_card(name)
 
 

@@ -28,6 +28,11 @@ import pystac
 import rasterio
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
+from pystac.extensions.classification import Classification, ClassificationExtension
+from pystac.extensions.eo import EOExtension
+from pystac.extensions.file import FileExtension
+from pystac.extensions.projection import ProjectionExtension
+from pystac.extensions.raster import DataType, RasterBand, RasterExtension, Sampling
 
 from . import __version__, atomic
 from .classes import NODATA, THREE_CLASSES, ClassShares, ClassTable, histogram
@@ -41,14 +46,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COLLECTION_ID = "cloudmask"
-# v1.2.0: the version that allows proj:code and (deprecated, but all stackstac 0.5 reads) proj:epsg together
+# The extension fields are set with pystac's own helpers (projection, raster, file, classification, eo),
+# so the schema versions are the ones pystac knows. Two exceptions, written by hand: processing (pystac
+# has no helper for it) and, in the written file only, projection v1.2.0 instead of pystac's v2.0.0:
+# the version that allows proj:code and (deprecated, but all stackstac 0.5 reads) proj:epsg together.
 PROJECTION_EXT = "https://stac-extensions.github.io/projection/v1.2.0/schema.json"
-RASTER_EXT = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
-FILE_EXT = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
-CLASSIFICATION_EXT = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
+RASTER_EXT = RasterExtension.get_schema_uri()
+FILE_EXT = FileExtension.get_schema_uri()
+CLASSIFICATION_EXT = ClassificationExtension.get_schema_uri()
 PROCESSING_EXT = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
-EO_EXT = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
-EXTENSIONS = [PROJECTION_EXT, RASTER_EXT, FILE_EXT, CLASSIFICATION_EXT, PROCESSING_EXT, EO_EXT]
+EO_EXT = EOExtension.get_schema_uri()
 #: Licence of the output masks (SPDX) and where it is written; the masks contain modified Copernicus
 #: Sentinel data, whose terms ask for that attribution and allow this licence.
 LICENSE = "CC-BY-4.0"
@@ -76,23 +83,22 @@ def _is_url(href: str) -> bool:
 
 
 def _source_href(spec: SceneSpec, items_dir: Path) -> str | None:
-    """A portable href of the source item: its own URL (``self``/``canonical`` link), or the local
-    file relative to ``items_dir`` (where the output item is written); never an absolute local path."""
+    """The href of the source item for ``derived_from``: its own ``canonical`` link when it has one (kept
+    as it is, wherever the output folder goes), else its ``self`` URL, else the local file relative to
+    ``items_dir`` (where the output item is written); never an absolute path the item does not give."""
     item = spec.item
     if item is None:
         return None
-    hrefs = [str(link.href) for link in item.links if link.rel in ("self", "canonical") and link.href]
-    self_href = item.get_self_href()
-    if self_href:
-        hrefs.insert(0, str(self_href))
-    for href in hrefs:
-        if _is_url(href):
-            return href
-    for href in hrefs:
-        local = Path(href.removeprefix("file://"))
-        if local.is_absolute():
-            return os.path.relpath(local, items_dir.resolve())
-    return None
+    canonical = next((lk for lk in item.links if lk.rel == "canonical" and lk.href), None)
+    if canonical is not None and (_is_url(str(canonical.href)) or Path(str(canonical.href)).is_absolute()):
+        return str(canonical.href)  # the item's own statement of where it lives
+    href = (canonical.get_absolute_href() if canonical is not None else None) or item.get_self_href()
+    if not href:
+        return None
+    if _is_url(str(href)):
+        return str(href)
+    local = Path(str(href).removeprefix("file://"))
+    return os.path.relpath(local, items_dir.resolve()) if local.is_absolute() else None
 
 
 def _shares(result: MaskResult) -> ClassShares:
@@ -136,11 +142,6 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
     if backend:
         software[f"backend:{backend}"] = str(result.extra.get("backend_version") or "")
     props: dict[str, Any] = {
-        "proj:code": code,
-        "proj:epsg": epsg,
-        "proj:shape": [geobox.height, geobox.width],
-        "proj:transform": list(geobox.transform)[:6],
-        "proj:bbox": bounds,
         "gsd": abs(geobox.resolution.x),
         "cloudmask:model": result.model,
         "cloudmask:classes": table.summary(),
@@ -163,13 +164,6 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
     cover = shares.cloud_cover
     if cover is None:
         props["description"] = NO_VALID_PIXELS
-    else:
-        props["eo:cloud_cover"] = round(cover, 3)
-        snow = shares.percentages.get("snow")
-        if snow is not None:  # a model with a snow class
-            props["eo:snow_cover"] = round(snow, 3)
-    if code is None and geobox.crs is not None:
-        props["proj:wkt2"] = str(geobox.crs.to_wkt())
     if spec.collection:
         props["cloudmask:source_collection"] = spec.collection
     for key in COPIED_PROPERTIES:
@@ -181,21 +175,29 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
         bbox=list(footprint.boundingbox),
         datetime=dt,
         properties=props,
-        stac_extensions=list(EXTENSIONS),
+        stac_extensions=[PROCESSING_EXT],
         collection=COLLECTION_ID,
     )
+    ProjectionExtension.ext(item, add_if_missing=True).apply(
+        code=code, wkt2=str(geobox.crs.to_wkt()) if code is None and geobox.crs is not None else None,
+        bbox=bounds, shape=[geobox.height, geobox.width], transform=list(geobox.transform)[:6],
+    )
+    eo = EOExtension.ext(item, add_if_missing=True)
+    if cover is not None:
+        eo.cloud_cover = round(cover, 3)
+        snow = shares.percentages.get("snow")
+        if snow is not None:  # a model with a snow class
+            eo.snow_cover = round(snow, 3)
     res = abs(geobox.resolution.x)
-    item.add_asset("mask", _cog_asset(
-        result.mask, "Cloud mask (" + ", ".join(table.names) + ")", ["data", "cloud", "cloud-shadow"],
-        **{"raster:bands": [{"nodata": NODATA, "data_type": "uint8", "spatial_resolution": res, "sampling": "area"}],
-           "classification:classes": table.stac_classes(shares)},
-    ))
+    mask = _cog_asset(item, "mask", result.mask, "Cloud mask (" + ", ".join(table.names) + ")",
+                      ["data", "cloud", "cloud-shadow"],
+                      [RasterBand.create(nodata=NODATA, data_type=DataType.UINT8, spatial_resolution=res,
+                                         sampling=Sampling.AREA)])
+    ClassificationExtension.ext(mask, add_if_missing=True).classes = classifications(table, shares)
     if result.probabilities is not None and result.probabilities.exists():
-        item.add_asset("probabilities", _cog_asset(
-            result.probabilities, "Class probabilities, percent (bands: " + ", ".join(table.names) + ")", ["data"],
-            **{"raster:bands": [{"nodata": NODATA, "data_type": "uint8", "unit": "percent", "spatial_resolution": res,
-                                 "description": f"probability of {name}"} for name in table.names]},
-        ))
+        _cog_asset(item, "probabilities", result.probabilities,
+                   "Class probabilities, percent (bands: " + ", ".join(table.names) + ")", ["data"],
+                   [_probability_band(res, name) for name in table.names])
     if paths.quicklook.exists():
         item.add_asset("quicklook", pystac.Asset(href=paths.quicklook.name, media_type=pystac.MediaType.PNG,
                                                  title="True colour beside true colour with the mask",
@@ -210,10 +212,25 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
     return item
 
 
-def _cog_asset(path: Path, title: str, roles: list[str], **fields: Any) -> pystac.Asset:
-    """A COG asset (href relative to the item's folder parent) with its file checksum and size."""
-    extra = {"file:checksum": file_checksum(path), "file:size": path.stat().st_size, **fields}
-    return pystac.Asset(href=path.name, media_type=pystac.MediaType.COG, title=title, roles=roles, extra_fields=extra)
+def classifications(table: ClassTable, shares: ClassShares | None = None) -> list[Classification]:
+    """The classification v2 classes of ``table`` (pystac objects), with ``count``/``percentage`` from ``shares``."""
+    return [Classification.create(**d) for d in table.stac_classes(shares)]
+
+
+def _probability_band(res: float | None, name: str) -> RasterBand:
+    band = RasterBand.create(nodata=NODATA, data_type=DataType.UINT8, unit="percent", spatial_resolution=res)
+    band.properties["description"] = f"probability of {name}"  # raster v1.1 has no description setter
+    return band
+
+
+def _cog_asset(item: pystac.Item, key: str, path: Path, title: str, roles: list[str],
+               bands: list[RasterBand]) -> pystac.Asset:
+    """Add a COG asset (href: the file name) with its file checksum and size and its raster bands."""
+    asset = pystac.Asset(href=path.name, media_type=pystac.MediaType.COG, title=title, roles=roles)
+    item.add_asset(key, asset)
+    FileExtension.ext(asset, add_if_missing=True).apply(checksum=file_checksum(path), size=path.stat().st_size)
+    RasterExtension.ext(asset, add_if_missing=True).apply(bands=bands)
+    return asset
 
 
 def item_percentages(item: pystac.Item | dict[str, Any]) -> dict[str, float | None]:
@@ -279,14 +296,13 @@ def update_output_catalog(out_dir: Path, title: str = "cloudmask masks") -> Path
         extent=extent,
         title=title,
         license=LICENSE,
-        stac_extensions=[CLASSIFICATION_EXT, RASTER_EXT, FILE_EXT],
         providers=[pystac.Provider("cloudmask", roles=[pystac.ProviderRole.PROCESSOR]),
                    pystac.Provider("Copernicus Sentinel data", roles=[pystac.ProviderRole.LICENSOR])],
-        extra_fields={"summaries": {"classification:classes": table.stac_classes()},
-                      "item_assets": _item_assets(table)},
     )
+    ClassificationExtension.summaries(coll, add_if_missing=True).classes = classifications(table)
+    coll.item_assets = _item_assets(coll, table)  # STAC 1.1 core (pystac's ItemAssetsExtension is deprecated)
     if items:
-        coll.extra_fields["summaries"].update(_summaries(items))
+        _summaries(coll, items)
     cat = pystac.Catalog(id="cloudmask-output", description=title)
     cat.add_child(coll)
     doc_coll = coll.to_dict(include_self_link=False, transform_hrefs=False)
@@ -332,33 +348,40 @@ def _collection_table(items: list[pystac.Item]) -> ClassTable:
     return table
 
 
-def _item_assets(table: ClassTable) -> dict[str, Any]:
-    """``item_assets``: what every item's assets are (STAC 1.1 core)."""
+def _item_assets(coll: pystac.Collection, table: ClassTable) -> dict[str, pystac.ItemAssetDefinition | dict[str, Any]]:
+    """``item_assets``: what every item's assets are (STAC 1.1 core), raster and classification fields
+    set with pystac's extension helpers."""
+    mask = pystac.ItemAssetDefinition.create(title="Cloud mask", description=None, media_type=pystac.MediaType.COG,
+                                             roles=["data", "cloud", "cloud-shadow"])
+    mask.set_owner(coll)  # the extensions are declared on the collection
+    RasterExtension.ext(mask, add_if_missing=True).bands = [
+        RasterBand.create(nodata=NODATA, data_type=DataType.UINT8, sampling=Sampling.AREA)]
+    ClassificationExtension.ext(mask, add_if_missing=True).classes = classifications(table)
+    probs = pystac.ItemAssetDefinition.create(title="Class probabilities, percent", description=None,
+                                              media_type=pystac.MediaType.COG, roles=["data"])
+    probs.set_owner(coll)
+    RasterExtension.ext(probs, add_if_missing=True).bands = [
+        RasterBand.create(nodata=NODATA, data_type=DataType.UINT8, unit="percent") for _ in range(len(table))]
     return {
-        "mask": {"type": pystac.MediaType.COG, "roles": ["data", "cloud", "cloud-shadow"], "title": "Cloud mask",
-                 "raster:bands": [{"nodata": NODATA, "data_type": "uint8", "sampling": "area"}],
-                 "classification:classes": table.stac_classes()},
-        "probabilities": {"type": pystac.MediaType.COG, "roles": ["data"], "title": "Class probabilities, percent",
-                          "raster:bands": [{"nodata": NODATA, "data_type": "uint8", "unit": "percent"}] * len(table)},
-        "quicklook": {"type": pystac.MediaType.PNG, "roles": ["overview"],
-                      "title": "True colour beside true colour with the mask"},
-        "thumbnail": {"type": pystac.MediaType.PNG, "roles": ["thumbnail"], "title": "True colour with the mask, small"},
+        "mask": mask,
+        "probabilities": probs,
+        "quicklook": pystac.ItemAssetDefinition.create(
+            title="True colour beside true colour with the mask", description=None,
+            media_type=pystac.MediaType.PNG, roles=["overview"]),
+        "thumbnail": pystac.ItemAssetDefinition.create(
+            title="True colour with the mask, small", description=None, media_type=pystac.MediaType.PNG,
+            roles=["thumbnail"]),
     }
 
 
-def _summaries(items: list[pystac.Item]) -> dict[str, Any]:
-    """Collection summaries of the items: CRS codes, models, cloud-cover range."""
-    codes = sorted({str(it.properties["proj:code"]) for it in items if it.properties.get("proj:code")})
-    epsgs = sorted({int(it.properties["proj:epsg"]) for it in items if it.properties.get("proj:epsg")})
+def _summaries(coll: pystac.Collection, items: list[pystac.Item]) -> None:
+    """Collection summaries of the items (pystac's summary helpers): CRS codes, models, cloud-cover range."""
+    codes = sorted({str(code) for it in items if (code := ProjectionExtension.ext(it).code)})
     models = sorted({str(it.properties["cloudmask:model"]) for it in items if it.properties.get("cloudmask:model")})
-    clouds = [float(it.properties["eo:cloud_cover"]) for it in items if it.properties.get("eo:cloud_cover") is not None]
-    out: dict[str, Any] = {}
+    clouds = [float(c) for it in items if (c := EOExtension.ext(it).cloud_cover) is not None]
     if codes:
-        out["proj:code"] = codes
-    if epsgs:
-        out["proj:epsg"] = epsgs
+        ProjectionExtension.summaries(coll, add_if_missing=True).code = codes
     if models:
-        out["cloudmask:model"] = models
+        coll.summaries.add("cloudmask:model", models)
     if clouds:
-        out["eo:cloud_cover"] = {"minimum": min(clouds), "maximum": max(clouds)}
-    return out
+        EOExtension.summaries(coll, add_if_missing=True).cloud_cover = pystac.RangeSummary(min(clouds), max(clouds))

@@ -1,9 +1,10 @@
 """Pictures and numbers: true-colour quicklooks with the mask overlaid, class fractions, comparisons.
 
 Reflectance is shown with a fixed stretch (0–0.3 reflectance -> 0–1, gamma 1/1.6) so scenes compare
-with each other. Masks are drawn as translucent class colours with outlines (the ``highlight``
-colours of :mod:`cloudmask.classes`: cloud yellow, shadow magenta, thin cloud sky blue, snow teal,
-nodata dark grey) and a legend giving each class's share of the valid pixels.
+with each other. Masks are drawn as translucent class colours with outlines (the colours of the
+mask contract, :mod:`cloudmask.classes`, which the COG colour table uses too: cloud yellow, shadow
+magenta, thin cloud sky blue, snow teal, clear green, nodata dark grey) and a legend, beside the
+image, giving each class's share of the valid pixels.
 
 The class table of a mask is given (``classes=``) or read from the values it holds: a mask with a
 value 3 has the thin-cloud class, one with at most 2 the three-class contract.
@@ -38,12 +39,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: RGBA overlay colours (0–1) per mask value (classes with opacity > 0, and nodata).
+#: RGBA overlay colours (0–1) per mask value (classes with opacity > 0, and nodata): the mask contract's
+#: colours (:attr:`cloudmask.classes.MaskClass.colour`, the COG colour table's too).
 OVERLAY: dict[int, tuple[float, float, float, float]] = {
-    c.value: (*c.highlight, c.alpha) for c in (*MASK_CLASSES, NODATA_CLASS) if c.alpha > 0
+    c.value: (*c.rgb, c.alpha) for c in (*MASK_CLASSES, NODATA_CLASS) if c.alpha > 0
 }
-#: Solid colours of the classes in bar plots and difference maps.
-CLASS_COLOURS: dict[str, tuple[float, float, float]] = {c.name: c.highlight for c in (*MASK_CLASSES, NODATA_CLASS)}
+#: Solid colours of the classes in bar plots and difference maps (the same palette).
+CLASS_COLOURS: dict[str, tuple[float, float, float]] = {c.name: c.rgb for c in (*MASK_CLASSES, NODATA_CLASS)}
 #: Fixed display stretch: reflectance at which the display saturates, and gamma.
 MAX_REFLECTANCE = 0.3
 GAMMA = 1.6
@@ -215,16 +217,16 @@ def legend_labels(mask: Any, classes: ClassTable | None = None) -> list[tuple[in
     return out
 
 
-def _legend(ax: Any, mask: np.ndarray, loc: str = "lower right", classes: ClassTable | None = None) -> None:
+def _legend(ax: Any, mask: np.ndarray, classes: ClassTable | None = None) -> None:
+    """The legend below the image (never over it: it would hide part of the mask)."""
     from matplotlib.patches import Patch
 
     handles = []
     for value, label in legend_labels(mask, classes):
-        colour = OVERLAY.get(value)
-        face = colour[:3] if colour is not None else (1.0, 1.0, 1.0)
-        handles.append(Patch(facecolor=face, edgecolor="k", label=label))
-    ax.legend(handles=handles, loc=loc, fontsize=8, framealpha=0.85, title="% of valid pixels",
-              title_fontsize=7)
+        c = NODATA_CLASS if value == NODATA else next(k for k in MASK_CLASSES if k.value == value)
+        handles.append(Patch(facecolor=c.rgb, edgecolor="k", label=label))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=min(3, len(handles)),
+              fontsize=8, frameon=False, title="% of valid pixels", title_fontsize=7)
 
 
 def _outline(ax: Any, mask: np.ndarray) -> None:
@@ -269,7 +271,7 @@ def plot_scene(rgb: Any, mask: Any, title: str = "", path: Path | None = None) -
     m = as_mask(mask)
     h, w = m.shape
     panel = 6.0
-    fig, axes = _figure((2 * panel, panel * h / w + 0.6), ncols=2, interactive=path is None)
+    fig, axes = _figure((2 * panel, panel * h / w + 1.0), ncols=2, interactive=path is None)  # + legend below
     plot_true_colour(rgb, "true colour", axes[0, 0])
     plot_mask(rgb, m, "mask", axes[0, 1])
     if title:
@@ -335,7 +337,7 @@ def compare_masks(a: Any, b: Any, rgb: Any = None, titles: tuple[str, str] = ("A
     ma, mb = as_mask(a), as_mask(b)
     h, w = ma.shape
     panel = 5.0
-    fig, axes = _figure((3 * panel, panel * h / w + 0.6), ncols=3, interactive=path is None)
+    fig, axes = _figure((3 * panel, panel * h / w + 1.0), ncols=3, interactive=path is None)  # + legends below
     base = true_colour(rgb) if rgb is not None else np.full((h, w, 3), 0.5)
     table = max(table_of(a), table_of(b), key=len)
     for ax, m, t in zip(axes[0, :2], (ma, mb), titles, strict=True):
@@ -357,7 +359,8 @@ def compare_masks(a: Any, b: Any, rgb: Any = None, titles: tuple[str, str] = ("A
     axes[0, 2].set_axis_off()
     handles = [Patch(facecolor=CLASS_COLOURS[n], edgecolor="k", label=f"{titles[1]} says {n}")
                for n in table.names]
-    axes[0, 2].legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.85)
+    axes[0, 2].legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=min(3, len(handles)),
+                      fontsize=8, frameon=False)
     fig.tight_layout()
     if path is not None:
         _save(fig, Path(path))
@@ -368,7 +371,7 @@ def _save(fig: Any, path: Path, dpi: int = 100) -> Path:
     """Write ``fig`` as PNG atomically (temp file + rename) and release it."""
     try:
         with atomic.atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format="png")
+            fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight", pad_inches=0.1)  # no empty margins
     finally:
         if fig.canvas.manager is not None:  # a pyplot figure: close it so it does not pile up
             import matplotlib.pyplot as plt
@@ -382,7 +385,8 @@ def save_quicklook(rgb: Any, mask: Any, path: Path, title: str = "", classes: Cl
     m = as_mask(mask)
     h, w = m.shape
     panel = min(8.0, max(3.5, 8.0 * max(h, w) / 1024))
-    fig, axes = _figure((2 * panel, panel * h / w + 0.5), ncols=2, interactive=False)
+    # the images fill about 3/4 of each panel's width (margins, gap); below them the legend
+    fig, axes = _figure((2 * panel, 0.75 * panel * h / w + 1.2), ncols=2, interactive=False)
     plot_true_colour(rgb, "true colour", axes[0, 0])
     plot_mask(rgb, m, "cloud mask", axes[0, 1], classes=table_of(m, classes))
     if title:

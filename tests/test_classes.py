@@ -39,7 +39,7 @@ def test_table_spans_values_up_to_the_highest_named():
 def test_colours_and_category_names():
     table = ClassTable.for_names(["clear", "cloud", "shadow", "thin_cloud"])
     cmap = table.colormap()
-    assert set(cmap) == {0, 1, 2, 3, NODATA} and cmap[NODATA][3] == 0 and cmap[1] == (255, 255, 255, 255)
+    assert set(cmap) == {0, 1, 2, 3, NODATA} and cmap[NODATA][3] == 0 and cmap[1] == (255, 204, 0, 255)
     names = table.category_names()
     assert len(names) == 256 and names[:4] == ["clear", "cloud", "shadow", "thin_cloud"]
     assert names[4] == "" and names[NODATA] == "nodata"
@@ -56,7 +56,7 @@ def test_shares_use_valid_pixels_and_nodata_of_all():
     assert shares.cloud_cover == pytest.approx(40.0)  # cloud + thin cloud
     classes = table.stac_classes(shares)
     assert classes[3] == {"value": 3, "name": "thin_cloud", "title": "Thin cloud",
-                          "description": classes[3]["description"], "color_hint": "B0C4DE",
+                          "description": classes[3]["description"], "color_hint": "33BFFF",
                           "count": 1, "percentage": 20.0}
     assert classes[-1]["nodata"] is True and classes[-1]["count"] == 3 and classes[-1]["percentage"] == 37.5
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -195,3 +197,102 @@ def test_cli_run_against_a_hung_api_ends(tmp_path: Any) -> None:
         )
         assert_one_error_line(proc, 4, "POST http://", "/search failed after 0 retries")
         assert api.hits[1] == 1
+
+
+# ------------------------------------------------------------- static catalogues served over HTTP (issue 24.7)
+
+
+class _StaticServer:
+    """A real ``http.server`` serving a folder (a static STAC catalogue) with byte ranges, as static
+    hosting does (GDAL reads COGs by range); ``faults[path]`` lists how successive GETs of that path
+    misbehave (``"503"``, ``"hang"``; then it answers normally)."""
+
+    def __init__(self, root: Any, faults: dict[str, list[str]] | None = None) -> None:
+        import functools
+        import http.server
+        import threading
+        import time
+
+        self.faults = {k: list(v) for k, v in (faults or {}).items()}
+        self.hits: dict[str, int] = {}
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                fault = server.faults.get(self.path, [])
+                if fault:
+                    kind = fault.pop(0)
+                    if kind == "hang":
+                        time.sleep(2.0)
+                        return
+                    self.send_error(int(kind))
+                    return
+                rng = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+                if rng is None:
+                    super().do_GET()
+                    return
+                data = Path(self.translate_path(self.path)).read_bytes()
+                start, end = int(rng[1]), min(int(rng[2] or len(data) - 1), len(data) - 1)
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                self.send_header("Content-Length", str(end - start + 1))
+                self.end_headers()
+                self.wfile.write(data[start:end + 1])
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                      functools.partial(Handler, directory=str(root)))
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_port}"
+
+    def __enter__(self) -> _StaticServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def _item_path(item_id: str) -> str:
+    return f"/sentinel-2-c1-l2a/{item_id}/{item_id}.json"
+
+
+def test_static_catalogue_over_http_is_read_and_filtered(sample_catalog: Any) -> None:
+    local = search(str(sample_catalog), datetime="2024-06-15/2024-06-30", max_cloud=100)
+    with _StaticServer(sample_catalog.parent) as srv:
+        found = search(f"{srv.url}/catalog.json", datetime="2024-06-15/2024-06-30", max_cloud=100, http=FAST)
+        every = search(f"{srv.url}/catalog.json", http=FAST)
+    assert [i.id for i in found] == [i.id for i in local] and 0 < len(found) < len(every) == 3
+    for it in found:  # the bands are URLs on the same server, not paths relative to an item document
+        assert it.assets["red"].href.startswith(srv.url + "/sentinel-2-c1-l2a/"), it.assets["red"].href
+
+
+@pytest.mark.timeout(60)
+def test_static_catalogue_over_http_retries_and_times_out(sample_catalog: Any) -> None:
+    ids = [i.id for i in search(str(sample_catalog))]
+    page = _item_path(ids[1])
+    with _StaticServer(sample_catalog.parent, faults={page: ["503"]}) as srv:
+        assert [i.id for i in search(f"{srv.url}/catalog.json", http=FAST)] == ids
+        assert srv.hits[page] == 2  # the 503 was retried
+    with _StaticServer(sample_catalog.parent, faults={page: ["hang", "hang"]}) as srv:
+        with pytest.raises(CatalogUnreachableError, match="failed after 1 retries"):
+            search(f"{srv.url}/catalog.json", http=FAST)
+        assert srv.hits[page] == 2  # each try cut off by the read timeout
+
+
+@pytest.mark.slow
+def test_cli_run_masks_a_static_catalogue_over_http(sample_catalog: Any, tmp_path: Any) -> None:
+    with _StaticServer(sample_catalog.parent) as srv:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cloudmask.cli", "run", "--stac", f"{srv.url}/catalog.json", "--limit", "1",
+             "--out", str(tmp_path / "o"), "--no-quicklook"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "without item search" not in proc.stderr and "warning" not in proc.stderr
+    assert len(list((tmp_path / "o").glob("*_cloudmask.tif"))) == 1

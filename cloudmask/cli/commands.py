@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
-from ..console import BatchProgress, CloudmaskGroup, note, setup_logging
+from ..console import BatchProgress, CloudmaskGroup, note, scene_result, setup_logging, task_progress
 from ..console import table as _table
-from ..stac.query import parse_bbox
+from ..stac.query import DATETIME_HELP, parse_bbox
 
 log = logging.getLogger("cloudmask")
 
@@ -51,7 +51,10 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
                      help="ONNX Runtime threads per instance (0: ONNX Runtime decides)."),
         click.option("--margin", type=click.IntRange(min=0), default=None, help="Patch halo in pixels each side (default 26: neighbours overlap by 52 px)."),
-        click.option("--blend", type=click.Choice(["tukey", "linear", "hard"]), default="tukey", show_default=True),
+        click.option("--blend", type=click.Choice(["tukey", "linear", "hard"]), default="tukey", show_default=True,
+                     help="How overlapping patch predictions are merged across the halo: tukey (a cosine-tapered "
+                          "window, smooth seams), linear (a linear ramp), or hard (each pixel from the patch whose "
+                          "core holds it, no blending)."),
         click.option("--resolution", type=click.FloatRange(min=0, min_open=True), default=None, help="Output resolution in metres (default: the model's)."),
         click.option("--probabilities", is_flag=True, help="Also write per-class probabilities (uint8 percent)."),
         click.option("--stats", "show_stats", is_flag=True, help="Print per-stage timing."),
@@ -152,7 +155,7 @@ def _mask_all(
     def on_row(row: dict[str, Any]) -> None:
         if row["status"] == "skipped":
             bar.skip()
-        note(_row_line(row), **{k: v for k, v in row.items() if k != "mask"}, path=row.get("mask"))
+        scene_result(row)
 
     def classes_of(spec: Any) -> str:
         """The class table a scene's mask gets under ``--classes`` (what --skip-existing compares)."""
@@ -203,16 +206,6 @@ def _write_stats(path: Path, scene_stats: dict[str, dict[str, Any]], clock: Any)
     note(f"stats: {path}")
 
 
-def _row_line(row: dict[str, Any]) -> str:
-    """One line per finished scene: ``done S2B_... in 4.2 s (cloud 12.3 %, shadow 1.0 %)``."""
-    if row["status"] == "failed":
-        return f"failed {row['scene']}: {row.get('error', '')}"
-    if row["status"] == "skipped":
-        return f"skipped {row['scene']}: a valid mask exists"
-    shares = ", ".join(f"{k} {row[k]} %" for k in ("cloud", "thin_cloud", "shadow", "snow") if row.get(k) is not None)
-    return f"done {row['scene']} in {row.get('seconds', 0)} s ({shares}; percent of valid pixels)"
-
-
 def _report(report: Any) -> None:
     """Print the batch's table and catalogue; exit 8 when scenes failed."""
     if report.catalog is not None:
@@ -228,16 +221,20 @@ _SUMMARY = ("scene", "status", "cloud", "shadow", "thin_cloud", "snow", "clear",
 
 @main.command()
 def models() -> None:
-    """List the built-in models."""
-    from ..models import list_models
+    """List the built-in models (name for `--model`) and the pip extra a model needs, if any."""
+    from ..models import MODEL_EXTRAS, list_models
 
     rows = [
         {"name": c.name, "kind": c.kind, "bands": ",".join(c.bands), "level": c.product_level.upper(),
          "resolution_m": int(c.resolution), "patch": c.patch_size if c.kind != "pixel" else "-",
-         "classes": ",".join(c.classes), "version": c.version}
+         "classes": ",".join(c.classes), "version": c.version,
+         "needs": f"[{MODEL_EXTRAS[c.name]}]" if c.name in MODEL_EXTRAS else "-"}
         for c in list_models()
     ]
-    click.echo(_table(rows, ["name", "kind", "bands", "level", "resolution_m", "patch", "classes", "version"]))
+    click.echo(_table(rows, ["name", "kind", "bands", "level", "resolution_m", "patch", "classes", "version",
+                             "needs"]))
+    if MODEL_EXTRAS:
+        note("needs: the pip extra a model needs, e.g. pip install 's2-cloudmask[s2cloudless]'")
 
 
 @main.command()
@@ -269,8 +266,10 @@ def demo(out: Path, synthetic: bool, sample_dir: Path | None, scenes: int, size:
 
     if synthetic or sample_dir is not None:
         synthetic = True
+        show = sys.stderr.isatty() if kw.get("progress") is None else bool(kw["progress"])
         try:
-            cat = make_catalog(sample_dir or default_catalog_dir(), n_scenes=scenes, size=size)
+            with task_progress("making synthetic scenes", show) as made:
+                cat = make_catalog(sample_dir or default_catalog_dir(), n_scenes=scenes, size=size, progress=made)
         except ValueError as err:  # --size / --scenes out of range
             raise ConfigError(f"demo --synthetic: {err}") from err
         note(f"synthetic sample catalogue: {cat}")
@@ -317,14 +316,15 @@ def _add_agreement(rows: list[dict[str, Any]], items: Sequence[Any]) -> None:
 def _search_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--stac", required=True,
-                     help="STAC API URL, static catalogue path, or earth-search | planetary-computer | cdse."),
+                     help="STAC API URL, static catalogue (path or http(s) URL of its catalog.json), or "
+                          "earth-search | planetary-computer | cdse."),
         click.option("--collection", default=None,
                      help="Collection id (default: the endpoint's Sentinel-2 collection)."),
         click.option("--bbox", default=None, help="west,south,east,north in degrees."),
         click.option("--aoi", default=None,
                      help="Area of interest: GeoJSON file or WKT; a scene counts when it intersects."),
         click.option("--datetime", "datetime_", default=None,
-                     help="RFC 3339 instant or interval, e.g. 2024-06-01/2024-06-30."),
+                     help=DATETIME_HELP),
         click.option("--max-cloud", type=click.FloatRange(0, 100), default=None, help="Maximum eo:cloud_cover, percent."),
         click.option("--min-cloud", type=click.FloatRange(0, 100), default=None, help="Minimum eo:cloud_cover, percent."),
         click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many scenes."),

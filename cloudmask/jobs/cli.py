@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..console import CloudmaskGroup, is_json, note, table
+from ..console import CloudmaskGroup, note, scene_result, table
 
 _COLUMNS = ("scene", "status", "cloud", "shadow", "thin_cloud", "snow", "clear", "nodata", "seconds", "attempts", "error")
 
@@ -47,9 +47,10 @@ def run_cmd(spec_path: Path, wait: bool, wait_timeout: float | None, scheduler: 
             workers: int | None, output: Path | None, as_json: bool) -> None:
     """Mask every scene of SPEC not done yet; write items, catalogue, journal and summary.
 
-    Per-scene lines go to stderr on a terminal; unattended, use ``cloudmask -v --log-format json``.
+    One line per scene on stderr (the same as `cloudmask run` prints); unattended, use
+    ``cloudmask --log-format json`` (one JSON object per line, docs/unattended.md).
     """
-    from .run import run_job
+    from .run import run_job, scene_row
     from .task import SceneOutcome
 
     spec = _load(spec_path, output)
@@ -57,16 +58,10 @@ def run_cmd(spec_path: Path, wait: bool, wait_timeout: float | None, scheduler: 
         raise click.UsageError("give --scheduler or --workers, not both")
 
     def echo(o: SceneOutcome) -> None:
-        fields = {"scene": o.scene, "seconds": round(o.seconds, 2), "status": "done" if o.ok else "failed"}
-        if o.ok and o.row:
-            note(f"done   {o.scene}  cloud {o.row.get('cloud')} %  shadow {o.row.get('shadow')} %  "
-                 f"{o.seconds:.1f} s", **fields, shares={k: o.row.get(k) for k in ("cloud", "shadow", "clear")})
-        else:
-            note(f"FAILED {o.scene}: {o.error}", **fields, error=o.error)
+        scene_result(scene_row(o))  # the same line as `cloudmask run` prints
 
     report = run_job(spec, wait=wait, wait_timeout=wait_timeout, scheduler=scheduler, workers=workers,
-                     on_outcome=echo if (sys.stderr.isatty() or is_json()) and not as_json else None,
-                     raise_on_failure=False)
+                     on_outcome=None if as_json else echo, raise_on_failure=False)
     if as_json:
         click.echo(json.dumps({"job": report.job, "found": report.found, "skipped": report.skipped,
                                "processed": len(report.processed), "failed": len(report.failed),
@@ -75,7 +70,7 @@ def run_cmd(spec_path: Path, wait: bool, wait_timeout: float | None, scheduler: 
     else:
         if report.rows:
             click.echo(_table(report.rows, _COLUMNS))
-        note(report.line() + (f"; pushed {report.pushed}" if report.push_to else ""), job=report.job,
+        note(report.line() + (f"; pushed {report.pushed}" if report.push_to else ""), event="run-end", job=report.job,
              found=report.found, skipped=report.skipped, processed=len(report.processed),
              failed=len(report.failed), seconds=round(report.seconds, 2))
         note(f"summary: {report.out_dir / 'summary.csv'}")

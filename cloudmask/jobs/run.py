@@ -23,7 +23,7 @@ import pystac
 
 from .. import __version__, atomic, retry
 from ..errors import CatalogUnreachableError, JobError, SceneFailuresError, WriteError
-from ..layout import output_stem
+from ..layout import output_stem, rows_relative_to
 from ..output_catalog import item_percentages, update_output_catalog, write_item
 from ..stac import search
 from .executors import dask_executor, local_executor
@@ -113,7 +113,7 @@ class JobReport:
     @property
     def rows(self) -> list[dict[str, Any]]:
         """This run's scenes, one summary row each."""
-        return [_row(o) for o in self.processed + self.failed]
+        return [scene_row(o) for o in self.processed + self.failed]
 
     def line(self) -> str:
         return (
@@ -122,14 +122,15 @@ class JobReport:
         )
 
 
-def _row(o: SceneOutcome) -> dict[str, Any]:
+def scene_row(o: SceneOutcome) -> dict[str, Any]:
+    """The summary row of one scene outcome (what summary.json, the table and the log line show)."""
     base: dict[str, Any] = {"scene": o.scene, "status": "done" if o.ok else "failed",
                             "attempts": len(o.attempts) + 1}
     if o.ok and o.row:
-        base.update({k: o.row.get(k) for k in ("cloud", "shadow", "thin_cloud", "snow", "clear", "nodata", "seconds",
-                                                "mask") if k in o.row})
+        base.update({k: o.row.get(k) for k in ("model", "cloud", "shadow", "thin_cloud", "snow", "clear", "nodata",
+                                                "seconds", "mask") if k in o.row})
     else:
-        base.update({"seconds": round(o.seconds, 2), "error": o.error})
+        base.update({"seconds": round(o.seconds, 2), "error": o.error, "error_type": o.error_type})
     return base
 
 
@@ -241,12 +242,13 @@ def _record(out: Path, journal: Journal, run_id: str, o: SceneOutcome, report: J
                            cloud=item.properties.get("eo:cloud_cover"),
                            shadow=item_percentages(item).get("shadow"))
             report.processed.append(o)
-            log.info("done %s in %.1f s (cloud %.1f %%)", o.scene, o.seconds, item.properties.get("eo:cloud_cover", 0))
+            # the per-scene line is the caller's (on_outcome; the CLI's console.scene_result), not a second one here
+            log.debug("done %s in %.1f s (cloud %.1f %%)", o.scene, o.seconds, item.properties.get("eo:cloud_cover", 0))
             return
     journal.append("failed", run=run_id, scene=o.scene, host=o.host, pid=o.pid, error=o.error,
                    error_type=o.error_type, attempts=len(o.attempts) + 1)
     report.failed.append(o)
-    log.error("scene %s failed: %s", o.scene, o.error)
+    log.debug("scene %s failed: %s", o.scene, o.error)  # reported by on_outcome and raise_for_failures
 
 
 def _refresh_catalog(out: Path) -> None:
@@ -257,26 +259,27 @@ def _refresh_catalog(out: Path) -> None:
 
 
 def write_summary(out: Path, report: JobReport) -> tuple[Path, Path]:
-    """``OUT/summary.json`` (this run + every scene) and ``OUT/summary.csv`` (every scene), atomically."""
+    """``OUT/summary.json`` (this run + every scene) and ``OUT/summary.csv`` (every scene), atomically;
+    mask paths relative to ``OUT``."""
     this_run = {o.scene for o in report.processed}
     rows = catalogue_rows(out)
     for r in rows:
         r["run"] = "this" if r["scene"] in this_run else "earlier"
     for o in report.failed:
-        rows.append({**_row(o), "run": "this"})
+        rows.append({**scene_row(o), "run": "this"})
     doc = {
         "job": report.job,
         "finished": now_iso(),
         "run": {"found": report.found, "skipped": report.skipped, "processed": len(report.processed),
                 "failed": len(report.failed), "pushed": report.pushed,
                 "removed_temporaries": report.removed_temporaries, "seconds": round(report.seconds, 2)},
-        "this_run": report.rows,
-        "scenes": rows,
+        "this_run": rows_relative_to(out, report.rows),  # mask paths relative to the output folder
+        "scenes": rows_relative_to(out, rows),
     }
     jpath, cpath = out / "summary.json", out / "summary.csv"
     atomic.write_text(jpath, json.dumps(doc, indent=1, default=str))
     with atomic.atomic_path(cpath) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[*SUMMARY_COLUMNS, "run"], extrasaction="ignore")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(rows_relative_to(out, rows))
     return jpath, cpath

@@ -3,10 +3,10 @@
 A spec is a TOML file (read with :mod:`tomllib`) or a YAML file (``.yaml``/``.yml``) of flat keys with
 an optional ``[retries]`` table::
 
-    stac = "earth-search"                 # STAC API URL, static catalogue path, or a named endpoint
+    stac = "earth-search"                 # STAC API URL, static catalogue (path or URL), or a named endpoint
     collection = "sentinel-2-c1-l2a"
     aoi = "alps.geojson"                  # or: bbox = [5.9, 45.8, 10.5, 47.8] (west > east crosses 180°)
-    datetime = "last 10 days"             # or "2024-06-01/2024-06-30", "P10D", "PT36H"
+    datetime = "last 10 days"             # or "2024-06-01/2024-06-30", "P10D", "PT36H", "P1M", "last 2 months"
     cloud_cover = [0, 80]                 # or max_cloud = 80 / min_cloud = 0 (percent)
     model = "auto"
     backend = "onnxruntime"

@@ -144,7 +144,7 @@ def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[st
         except Exception as err:  # noqa: BLE001 - a quicklook is a nicety
             log.warning("no quicklook for %s: %s", item.get("id"), err)
     doc = mask_item(spec, res).to_dict(include_self_link=False, transform_hrefs=False)
-    return doc, res.row()
+    return doc, {**res.row(), "model": card.name}
 
 
 def describe_error(err: BaseException) -> str:

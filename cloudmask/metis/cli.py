@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from ..console import CloudmaskGroup
+from ..stac.query import DATETIME_HELP as _DATETIME_HELP
 
 
 @click.group("metis", cls=CloudmaskGroup)
@@ -21,7 +22,8 @@ def metis() -> None:
 
 @metis.command("export")
 @click.option("--model", "model", required=True, help="built-in model name or model card / ONNX path")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the graph, its card, the compiler config and compile.py (created if missing).")
 @click.option("--cores", type=click.Choice(["single", "batch4"]), default="single", show_default=True,
               help="single: 4 one-core instances; batch4: one instance over 4 cores (runtime batch 4)")
 @click.option("--fold", "fold", default=None, metavar="HxW",
@@ -67,15 +69,17 @@ def check_cmd(onnx_path: Path, as_json: bool) -> None:
 @metis.command("calibration")
 @click.option("--stac", required=True, help="STAC API URL, static catalogue, or earth-search|planetary-computer|cdse")
 @click.option("--model", "model", required=True, help="built-in model name or model card")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--samples", type=int, default=200, show_default=True)
-@click.option("--collection", default=None)
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for the patches (.npy) and manifest.json (created if missing).")
+@click.option("--samples", type=int, default=200, show_default=True,
+              help="Patches in the set, stratified by cloud, shadow, clear and scene.")
+@click.option("--collection", default=None, help="Collection id (default: the endpoint's Sentinel-2 collection).")
 @click.option("--bbox", default=None, help="west,south,east,north in degrees")
-@click.option("--datetime", "datetime_", default=None)
-@click.option("--max-cloud", type=float, default=None)
+@click.option("--datetime", "datetime_", default=None, help=_DATETIME_HELP)
+@click.option("--max-cloud", type=float, default=None, help="Maximum eo:cloud_cover of a scene, percent.")
 @click.option("--limit", type=int, default=None, help="at most this many scenes")
 @click.option("--stride", type=int, default=None, help="pixels between candidate windows (default half a patch)")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the sampling (same seed, same set).")
 def calibration_cmd(stac: str, model: str, out: Path, samples: int, collection: str | None, bbox: str | None,
                     datetime_: str | None, max_cloud: float | None, limit: int | None, stride: int | None,
                     seed: int) -> None:
@@ -96,12 +100,13 @@ def calibration_cmd(stac: str, model: str, out: Path, samples: int, collection: 
 @metis.command("int8-preview")
 @click.option("--model", "model", required=True, help="built-in name or model card (exported or not)")
 @click.option("--calibration", "calibration", required=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path))
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Calibration set made by `cloudmask metis calibration`.")
 @click.option("--held-out", "held_out", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="patch set with optional labels (default: the calibration set, not independent)")
 @click.option("--per-channel", is_flag=True, help="per-channel weight scales (default per-tensor)")
 @click.option("--method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
-              show_default=True)
+              show_default=True, help="How activation ranges are calibrated (ONNX Runtime's calibrate methods).")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
               help="where the int8 model and card go (default CALIBRATION/int8)")
 def int8_cmd(model: str, calibration: Path, held_out: Path | None, per_channel: bool, method: str,

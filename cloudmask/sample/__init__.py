@@ -19,7 +19,7 @@ import math
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,7 @@ def make_catalog(
     nodata_wedge: Sequence[float] = (0.0, 0.35, 0.0),
     cloud_cover: Sequence[float] = (0.3, 0.5, 0.12),
     collection_id: str = "sentinel-2-c1-l2a",
+    progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """A static, self-contained STAC catalogue of ``n_scenes`` synthetic scenes; returns ``catalog.json``.
 
@@ -142,7 +143,8 @@ def make_catalog(
     Layout: ``root/catalog.json``, ``root/<collection_id>/collection.json``,
     ``root/<collection_id>/<item id>/{<item id>.json, B??.tif, SCL.tif, truth.tif}``.
     Cheap when ``root`` already holds a catalogue made with the same parameters (kept in the
-    catalogue's ``cloudmask:sample`` field); otherwise the old catalogue is replaced.
+    catalogue's ``cloudmask:sample`` field); otherwise the old catalogue is replaced. ``progress(done,
+    total)`` is called as scenes are made (not when the catalogue is current).
     """
     if not isinstance(n_scenes, int) or n_scenes < 1:
         raise ValueError(f"n_scenes must be a positive integer (e.g. 3), got {n_scenes!r}")
@@ -167,6 +169,8 @@ def make_catalog(
     tmp = root / f".building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         items = []
+        if progress is not None:
+            progress(0, n_scenes)
         for i in range(n_scenes):
             when = DEFAULT_DATETIME + dt.timedelta(days=5 * i, seconds=7 * i)
             platform = "S2A" if i % 2 else "S2B"
@@ -177,6 +181,8 @@ def make_catalog(
                 nodata_wedge=wedges[i % len(wedges)], datetime=when, origin=origin, epsg=32631,
                 sun_azimuth=150.0 - 1.5 * i, cloud_cover=covers[i % len(covers)],
             ))
+            if progress is not None:
+                progress(i + 1, n_scenes)
         collection = build_collection(collection_id, items)
         catalog = pystac.Catalog(
             id="cloudmask-sample",

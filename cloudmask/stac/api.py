@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ import requests
 from pystac_client import Client
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
-from pystac_client.warnings import DoesNotConformTo
+from pystac_client.warnings import DoesNotConformTo, NoConformsTo
 
 from .. import retry as _retry
 from ..errors import CatalogError, CatalogUnreachableError, ConfigError
@@ -158,6 +159,15 @@ class _StacIO(StacApiIO):
             raise
 
 
+class _StaticIO(_StacIO):
+    """:class:`_StacIO` for a static catalogue: the same timeouts and retries, plain pystac objects
+    (pystac-client's I/O would make every child a client that warns it falls back to pystac)."""
+
+    def stac_object_from_dict(self, d: dict[str, Any], href: Any = None, root: Any = None,
+                              preserve_dict: bool = True) -> Any:
+        return pystac.StacIO.stac_object_from_dict(self, d, href=href, root=root, preserve_dict=preserve_dict)
+
+
 def _snippet(text: str) -> str:
     flat = " ".join(text.split())
     return repr(flat[:80] + ("..." if len(flat) > 80 else ""))
@@ -177,7 +187,9 @@ def search_api(
     """Items of the STAC API at ``url`` matching ``query``: paged, checked locally, deduplicated,
     at most ``query.limit`` scenes, sorted by ``query.sortby`` (locally too, for servers without it)."""
     try:
-        client = Client.open(url, stac_io=_StacIO(http, headers))
+        with warnings.catch_warnings():  # a static catalogue advertises no conformance: handled below
+            warnings.simplefilter("ignore", NoConformsTo)
+            client = Client.open(url, stac_io=_StacIO(http, headers))
     except CatalogError:
         raise
     except Exception as err:  # noqa: BLE001 - anything else pystac(-client) raises on the landing page
@@ -189,8 +201,11 @@ def search_api(
         items = collect(_matching(client.search(**kwargs).items(), query), query.limit)
     except CatalogError:
         raise
-    except DoesNotConformTo as err:  # no item search at all (a missing filter/sortby is only a warning)
-        raise CatalogError(f"{url} is a STAC catalogue without item search ({err}); use a STAC API URL") from err
+    except DoesNotConformTo:  # no item search: a static catalogue served over HTTP, read and filtered here
+        log.info("%s has no item search: reading it as a static catalogue", url)
+        from .static import search_static_url
+
+        return search_static_url(url, query, _StaticIO(http, headers))
     except APIError as err:
         raise CatalogError(f"STAC API {url} refused the search: {_short(err)}") from err
     except (pystac.STACError, KeyError, ValueError, TypeError) as err:

@@ -21,6 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeAlias
 
+import isodate
 import pystac
 from shapely import wkt as shapely_wkt
 from shapely.errors import GEOSException, ShapelyError
@@ -150,24 +151,39 @@ def _geojson_to_geom(obj: Mapping[str, Any], source: str) -> BaseGeometry:
 
 # ------------------------------------------------------------------------------------------ datetime
 
-_RELATIVE = re.compile(r"^\s*(?:last|past)\s+(\d+(?:\.\d+)?)\s*(minute|hour|day|week)s?\s*$", re.IGNORECASE)
-_DURATION = re.compile(
-    r"^P(?:(?P<weeks>\d+(?:\.\d+)?)W)?(?:(?P<days>\d+(?:\.\d+)?)D)?"
-    r"(?:T(?:(?P<hours>\d+(?:\.\d+)?)H)?(?:(?P<minutes>\d+(?:\.\d+)?)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$",
-    re.IGNORECASE,
+#: What ``--datetime`` accepts (the CLI's help text).
+DATETIME_HELP = (
+    "An RFC 3339 instant or interval (2024-06-01/2024-06-30, '..' for an open end), a date, a month "
+    "(2024-06) or a year (2024), or a window ending now: 'last 10 days', 'past 36 hours', 'last 2 months' "
+    "(calendar months), or an ISO 8601 duration such as P10D, PT36H, P1W, P1M, P1Y. Times are UTC."
 )
 
+_RELATIVE = re.compile(
+    r"^\s*(?:last|past)\s+(\d+(?:\.\d+)?)\s*(minute|hour|day|week|month|year)s?\s*$", re.IGNORECASE
+)
 
-def parse_duration(text: str) -> timedelta | None:
-    """``"last 10 days"``, ``"past 36 hours"``, ``"P10D"``, ``"PT12H"``, ``"P1W"`` as a timedelta; else None."""
+#: A window back from now: a fixed length, or calendar months/years (isodate's ``Duration``).
+Window: TypeAlias = timedelta | isodate.Duration
+
+
+def parse_duration(text: str) -> Window | None:
+    """``"last 10 days"``, ``"past 2 months"``, ``"P10D"``, ``"PT12H"``, ``"P1W"``, ``"P1M"``, ``"P1Y"`` as a
+    window; else None. Months and years are calendar ones (one month before 31 March is 29 February)."""
     m = _RELATIVE.match(text)
     if m:
         n, unit = float(m.group(1)), m.group(2).lower()
+        if unit in ("month", "year"):
+            if not n.is_integer():
+                raise ConfigError(f"{text!r}: months and years must be whole numbers (or use days, e.g. 'last 45 days')")
+            return isodate.Duration(**{unit + "s": int(n)})
         return timedelta(**{unit + "s": n})
-    m = _DURATION.match(text.strip())
-    if m and any(m.groupdict().values()):
-        return timedelta(**{k: float(v) for k, v in m.groupdict().items() if v})
-    return None
+    if not text.strip().upper().startswith("P"):
+        return None
+    try:
+        window: Window = isodate.parse_duration(text.strip().upper())
+    except (isodate.ISO8601Error, ValueError):
+        return None
+    return window if window else None  # "P0D": no window
 
 
 def resolve_datetime(value: str | None, now: datetime | None = None) -> str | None:
@@ -179,7 +195,7 @@ def resolve_datetime(value: str | None, now: datetime | None = None) -> str | No
     if duration is None:
         return value
     end = (now or datetime.now(UTC)).astimezone(UTC)
-    start = end - duration
+    start: datetime = end - duration
     return f"{start:%Y-%m-%dT%H:%M:%SZ}/{end:%Y-%m-%dT%H:%M:%SZ}"
 
 
@@ -242,7 +258,7 @@ def parse_instant(value: str | datetime | date | None, *, end: bool) -> datetime
         raise ConfigError(
             f"cannot read datetime {value!r}: use RFC 3339 (2024-06-01T10:00:00Z), a date (2024-06-01), "
             "a month (2024-06), a year, an interval 'start/end' with '..' for an open end, or a "
-            "relative window such as 'last 10 days' or 'P10D'"
+            "relative window ending now such as 'last 10 days', 'last 2 months', 'P10D', 'P1M' or 'P1Y'"
         ) from err
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
