@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, ModelError
 from ..models import ModelCard, load_model
+from . import fold as F
 from . import graph as G
 
 if TYPE_CHECKING:  # onnx is imported where used: importing it takes about a second
@@ -68,10 +69,15 @@ class ExportResult:
     passes: dict[str, int] = field(default_factory=dict)
 
 
-def _simplify(model: onnx.ModelProto, name: str, shape: list[int]) -> onnx.ModelProto:
+def _simplify(model: onnx.ModelProto, name: str, shape: list[int], required: bool = True) -> onnx.ModelProto:
+    """Constant folding with onnxsim at a static input shape (without onnxsim: an error, or the model as
+    it is when not ``required``)."""
     try:
         import onnxsim
     except ImportError as err:
+        if not required:
+            log.info("onnxsim is not installed: exporting without constant folding")
+            return model
         raise ModelError(
             "exporting for Metis needs onnxsim to fold constants: pip install onnxsim "
             "(or pip install 's2-cloudmask[metis]')"
@@ -94,22 +100,7 @@ def static_model(
     batching of a fully convolutional model; the shapes are inferred again and the export fails when
     a node pins the old size).
     """
-    import onnx
-
-    try:
-        model = onnx.load(str(card.onnx_path))
-    except Exception as err:
-        raise ModelError(f"cannot load ONNX model {card.onnx_path}: {err}") from err
-    if G.opset(model) > MAX_OPSET:
-        from onnx import version_converter
-
-        try:
-            model = version_converter.convert_version(model, MAX_OPSET)
-        except Exception as err:
-            raise ModelError(
-                f"{card.onnx_path} uses opset {G.opset(model)}; Metis takes <= {MAX_OPSET} and conversion "
-                f"failed ({err}): re-export the model with opset {MAX_OPSET}"
-            ) from err
+    model = load_converted(card)
     try:
         inp = G.image_input(model)
     except ValueError as err:
@@ -138,12 +129,31 @@ def static_model(
     passes["constants_to_initializers"] = G.constants_to_initializers(model)
     passes["identity_casts_removed"] = G.remove_identity_casts(model)
     passes["pads_folded_into_convs"] = G.fold_pads_into_convs(model)
+    passes.update(F.fold_input_affine(model))
+    passes["divisions_to_multiplications"] = F.divisions_to_multiplications(model)
     passes["unused_initializers_removed"] = G.remove_unused_initializers(model)
     model = _checked(model, f"exported graph of '{card.name}'")
     for out in model.graph.output:
         if not all(isinstance(v, int) and v > 0 for v in G.dims(out)):
             raise ModelError(f"output {out.name} of '{card.name}' is not static after export: {G.dims(out)}")
     return model, passes, softmax
+
+
+def load_converted(card: ModelCard) -> onnx.ModelProto:
+    """The card's graph, converted to opset :data:`MAX_OPSET` when it is newer (``onnx.version_converter``).
+
+    Raises :class:`ModelError` naming the operator that stops the conversion.
+    """
+    import onnx
+
+    try:
+        model = onnx.load(str(card.onnx_path))
+    except Exception as err:
+        raise ModelError(f"cannot load ONNX model {card.onnx_path}: {err}") from err
+    try:
+        return F.convert_opset(model, MAX_OPSET)
+    except ValueError as err:
+        raise ModelError(f"{card.onnx_path} uses opset {G.opset(model)}; Metis takes <= {MAX_OPSET}: {err}") from err
 
 
 def _checked(model: onnx.ModelProto, what: str) -> onnx.ModelProto:
@@ -179,23 +189,33 @@ def compiler_config(card: ModelCard, cores: str, input_shape: list[int]) -> dict
 
 def folded_model(card: ModelCard, fold: tuple[int, int] = DEFAULT_FOLD) -> tuple[onnx.ModelProto, dict[str, int], bool]:
     """A pixel model's graph batch-folded to ``[1, C, H, W]``; returns (model, pass counts, softmax removed)."""
-    import onnx
 
     h, w = fold
     if h < 1 or w < 1:
         raise ConfigError(f"fold must be positive, got {h}x{w}")
-    try:
-        model = onnx.load(str(card.onnx_path))
-    except Exception as err:
-        raise ModelError(f"cannot load ONNX model {card.onnx_path}: {err}") from err
+    model = load_converted(card)
     passes = {"float16_to_float32": G.float16_to_float32(model)}
     softmax = G.strip_trailing_softmax(model)
+    try:
+        inp = G.image_input(model)
+    except ValueError as err:
+        raise ModelError(f"{card.onnx_path}: {err}") from err
+    d = G.dims(inp)
+    if len(d) in (2, 4) and (len(d) == 2 or d[2:] == [1, 1]):
+        # pin one sample and fold constants, so that exporter-made Shape/Gather/Reshape chains become constants
+        c = d[1] if isinstance(d[1], int) and d[1] > 0 else card.n_bands
+        G.set_dims(inp, [1, c] + [1] * (len(d) - 2))
+        for out in model.graph.output:
+            G.set_dims(out, [None] * len(G.dims(out)))
+        model = _simplify(model, inp.name, [1, c] + [1] * (len(d) - 2), required=False)
+        passes.update(F.fold_input_affine(model))
     try:
         model, counts = G.fold_pixel_model(model, h, w)
     except ValueError as err:
         raise ModelError(f"cannot fold pixel model '{card.name}' for Metis: {err}") from err
     passes.update(counts)
     passes["identity_casts_removed"] = G.remove_identity_casts(model)
+    passes["divisions_to_multiplications"] = F.divisions_to_multiplications(model)
     model = _checked(model, f"folded graph of '{card.name}'")
     c = int(G.dims(G.image_input(model))[1] or 0)  # type: ignore[arg-type]
     if c != card.n_bands:
