@@ -310,6 +310,7 @@ class PatchClassBlender:
     def __init__(self, layout: PatchLayout, card: ModelCard, probabilities: bool, stats: StreamStats) -> None:
         self.layout, self.want_probs, self.stats = layout, probabilities, stats
         self.merge = _ClassMerge(card)
+        self.channels = len(card.classes)
         self.rows: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         self.expected: dict[int, int] = {}
         self.fed: dict[int, int] = {}
@@ -332,13 +333,13 @@ class PatchClassBlender:
         return self._ready()
 
     def feed(self, tasks: Sequence[Task], scores: np.ndarray) -> list[Block]:
-        """Classes of patches from ``[>= len(tasks), K]`` (or ``[B, K, 1, 1]``) scores."""
+        """Classes of patches from ``[>= len(tasks), K]`` (or ``[B, K, 1, 1]``) scores, or a patch-stacked
+        classifier's ``[1, k*K, 1, 1]`` (patch ``i``'s scores in channels ``i*K .. (i+1)*K - 1``)."""
         t0 = time.perf_counter()
-        sc = scores[: len(tasks)]
-        if sc.ndim == 4 and sc.shape[2:] == (1, 1):
-            sc = sc[:, :, 0, 0]
-        if sc.ndim != 2:
-            raise CloudmaskError(f"a patch classifier must output [B, K] scores, got {scores.shape}")
+        if scores.ndim not in (2, 4) or scores.shape[2:] not in ((), (1, 1)) or scores.size % self.channels:
+            raise CloudmaskError(f"a patch classifier must output [B, K] scores (K = {self.channels}), got "
+                                 f"{scores.shape}")
+        sc = scores.reshape(-1, self.channels)[: len(tasks)]
         probs = self.merge.probabilities(sc, axis=1)
         cls = self.merge.decide(probs, 1)
         for k, task in enumerate(tasks):

@@ -13,6 +13,11 @@ call), so one batch-1 call classifies ``H * W`` pixels with the same weights. Th
 ``kind: pixel`` and adds ``fold: [H, W]`` and ``folded_from``; the engine packs valid pixels into
 ``[1, C, H, W]`` blocks (pixel ``i`` at row ``i // W``, column ``i % W``).
 
+Patch classifiers (``kind: patch-classifier``, ``[B, C, p, p] -> [B, K]``) exported with
+``patches_per_call`` = k are **patch-stacked** (:func:`cloudmask.metis.fold.stack_patch_classifier`):
+one batch-1 call takes ``[1, k*C, p, p]`` (patch ``i`` in channels ``i*C .. (i+1)*C - 1``, the memory
+layout of a ``[k, C, p, p]`` batch) and returns ``[1, k*K, 1, 1]``; the card says ``patches_per_call: k``.
+
 Segmentation models can be exported for ``patches_per_call`` = 4 (or 9) patches per call (spatial
 batching): the graph is compiled at a 2 x 2 (3 x 3) patch input and the card's ``patch_size`` grows
 accordingly, so the engine cuts patches of that size.
@@ -246,6 +251,12 @@ def export(
     card = load_model(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if card.kind == "patch-classifier" and patches_per_call != 1:
+        if fold is not None:
+            raise ConfigError(f"--fold is for pixel models; '{card.name}' is a patch classifier")
+        if patches_per_call < 1:
+            raise ConfigError(f"patches per call must be >= 1, got {patches_per_call}")
+        return _export_stacked(card, out, cores, patches_per_call)
     side = int(round(patches_per_call**0.5))
     if patches_per_call < 1 or side * side != patches_per_call:
         raise ConfigError(f"patches per call must be a square (1, 4, 9, ...), got {patches_per_call}")
@@ -260,7 +271,8 @@ def export(
         raise ConfigError(f"--fold is for pixel models; '{card.name}' is a {card.kind} model")
     if patches_per_call > 1:
         if card.kind != "segmentation":
-            raise ConfigError("--patches-per-call needs a fully convolutional segmentation model")
+            raise ConfigError("--patches-per-call needs a fully convolutional segmentation model or a patch "
+                              "classifier")
         patch_size = (patch_size or card.patch_size) * side
     static, passes, softmax = static_model(card, patch_size, resize=patches_per_call > 1)
     shape = [int(v) for v in G.dims(G.image_input(static))]  # type: ignore[arg-type]
@@ -340,6 +352,51 @@ def _export_folded(card: ModelCard, out: Path, cores: str, fold: tuple[int, int]
         log.info("removed the graph's final Softmax: the host applies it (card output: logits)")
     card_path, config_path, script = _write_bundle(out, card, new_card, cores, shape)
     log.info("exported pixel model %s folded to %s (passes %s)", card.name, shape, passes)
+    return ExportResult(out_dir=out, onnx_path=onnx_path, card_path=card_path, config_path=config_path,
+                        compile_script=script, card=new_card, input_shape=(shape[0], shape[1], shape[2], shape[3]),
+                        passes=passes)
+
+
+def _export_stacked(card: ModelCard, out: Path, cores: str, k: int) -> ExportResult:
+    """A patch classifier exported patch-stacked: ``k`` patches per batch-1 call (see the module doc)."""
+    import onnx
+
+    from .check import check_model
+
+    static, passes, softmax = static_model(card)
+    c, p = card.n_bands, card.patch_size
+    try:
+        stacked, counts = F.stack_patch_classifier(static, k)
+    except ValueError as err:
+        raise ModelError(f"cannot export patch classifier '{card.name}' with {k} patches per call: {err}") from err
+    passes.update(counts)
+    stacked = _checked(stacked, f"patch-stacked graph of '{card.name}'")
+    report = check_model(stacked)
+    if not report.ok:
+        bad = "; ".join(f"{n.op} {n.name!r}: {n.violations[0].detail}" for n in report.violations[:3])
+        bad = bad or "; ".join(f"{v.rule}: {v.detail}" for v in report.model_violations[:3])
+        raise ModelError(f"patch classifier '{card.name}' stacked {k} patches per call uses operators the Metis "
+                         f"compiler does not accelerate ({bad}); export it with --patches-per-call 1")
+    shape = [int(v) for v in G.dims(G.image_input(stacked))]  # type: ignore[arg-type]
+    onnx_path = out / "model.onnx"
+    onnx.save(stacked, str(onnx_path))
+    meta = {
+        "cores": cores,
+        "exported_from": str(card.onnx_path),
+        "input_shape": shape,
+        "opset": G.opset(stacked),
+        "patches_per_call": k,
+        "host_preprocess": (f"normalised patches [k, C, p, p] = [{k}, {c}, {p}, {p}] given as [1, k*C, p, p] "
+                            "(the same memory: patch i in channels i*C .. (i+1)*C - 1)"),
+        "host_postprocess": "scores [1, k*K, 1, 1] read as [k, K]; softmax and argmax per patch",
+        "graph_passes": passes,
+    }
+    extra = {key: v for key, v in card.extra.items() if key not in ("metis", "patches_per_call", "stacked_from")}
+    extra.update({"patches_per_call": k, "stacked_from": {"onnx": str(card.onnx_path)}, "metis": meta})
+    output = "logits" if softmax else card.output
+    new_card = card.with_onnx(onnx_path, output=output, extra=extra)
+    card_path, config_path, script = _write_bundle(out, card, new_card, cores, shape)
+    log.info("exported patch classifier %s stacked %d per call to %s (passes %s)", card.name, k, shape, passes)
     return ExportResult(out_dir=out, onnx_path=onnx_path, card_path=card_path, config_path=config_path,
                         compile_script=script, card=new_card, input_shape=(shape[0], shape[1], shape[2], shape[3]),
                         passes=passes)

@@ -8,7 +8,7 @@ naming the node it cannot rewrite exactly.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -281,3 +281,190 @@ def divisions_to_multiplications(model: onnx.ModelProto) -> int:
     if changed:
         G.remove_unused_initializers(model)
     return changed
+
+
+# ---------------------------------------------------------------------------------------- patch stacking
+
+#: Per-element ops a stacked graph keeps unchanged.
+_PER_ELEMENT = frozenset({"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Selu", "Elu",
+                          "Identity", "Softplus"})
+#: Per-channel spatial ops a stacked graph keeps unchanged (each channel plane holds one patch only).
+_PER_PLANE = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
+#: Most taps of a grouped Conv the compiler accelerates (onnx-ops.json: kernel area < 128).
+_GROUPED_MAX_TAPS = 128
+
+
+def stack_patch_classifier(model: onnx.ModelProto, k: int) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Patch stacking: a static ``[1, C, p, p] -> [1, K]`` classifier as ``[1, k*C, p, p] -> [1, k*K, 1, 1]``.
+
+    Patch ``i`` of a call sits in input channels ``i*C .. (i+1)*C - 1`` (the memory layout of a
+    ``[k, C, p, p]`` batch) and its scores come out in channels ``i*K .. (i+1)*K - 1``. Every ``Conv``
+    becomes a grouped ``Conv`` (``group`` x k, weights tiled), so a patch's channels only ever mix with
+    its own: each patch keeps its own spatial plane and its own zero padding, so no convolution or
+    pooling window can see a neighbour. Global pooling is per channel, hence per patch; the
+    ``Flatten``/``Reshape`` after it disappear and the final ``Gemm``/``MatMul`` becomes a grouped 1x1
+    ``Conv``. Per-element activations, ``BatchNormalization`` and per-channel constants (tiled) stay.
+    Raises ``ValueError`` naming the first node that cannot be stacked exactly (e.g. a ``Concat`` of
+    channels, a ``Flatten`` of a whole feature map, a grouped Conv the compiler does not accelerate).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if k < 1:
+        raise ValueError(f"patches per call must be >= 1, got {k}")
+    G.constants_to_initializers(model)
+    shapes = G._static_shapes(model)
+    consts = G.initializer_values(model)
+    g = model.graph
+    inp = G.image_input(model)
+    idims = G.dims(inp)
+    if len(idims) != 4 or idims[0] != 1:
+        raise ValueError(f"a patch classifier takes [1, C, p, p] here, got {idims}")
+    outputs = {o.name for o in g.output}
+    alias: dict[str, str] = {}
+    new_nodes: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+    counts = {"convs_grouped": 0, "gemms_to_grouped_conv": 0, "reshapes_removed": 0, "constants_tiled": 0,
+              "reductions_to_global_pool": 0}
+
+    def src(name: str) -> str:
+        return alias.get(name, name)
+
+    def const(name: str, arr: np.ndarray) -> str:
+        new_inits.append(numpy_helper.from_array(np.ascontiguousarray(arr, np.float32), name))
+        return name
+
+    def tile_channels(name: str, like: str, where: str) -> str:
+        """A constant per channel of the (original) tensor ``like``, tiled k times as ``[1, k*F, 1, 1]``."""
+        value = consts[name]
+        if value.size == 1:
+            return name
+        shp = shapes.get(like)
+        try:
+            full = np.broadcast_to(value, shp) if shp else None
+        except ValueError:
+            full = None
+        if full is None or len(shp or []) not in (2, 4):
+            raise ValueError(f"{where}: constant {name} of shape {list(value.shape)} is not per channel")
+        vec = full[0] if full.ndim == 2 else full[0, :, 0, 0]
+        if full.ndim == 4 and not np.array_equal(full[0], np.broadcast_to(vec[:, None, None], full.shape[1:])):
+            raise ValueError(f"{where}: constant {name} of shape {list(value.shape)} varies over the patch")
+        counts["constants_tiled"] += 1
+        return const(f"{name}_x{k}", np.tile(vec, k).reshape(1, -1, 1, 1))
+
+    def grouped_conv(node: onnx.NodeProto, x: str, w: np.ndarray, bias: np.ndarray | None, group: int,
+                     attrs: dict[str, Any]) -> None:
+        base = node.name or node.output[0]
+        ins = [src(x), const(f"{base}_stack_W", np.tile(w, (k, 1, 1, 1)))]
+        if bias is not None:
+            ins.append(const(f"{base}_stack_b", np.tile(bias.reshape(-1), k)))
+        kw = {key: v for key, v in attrs.items() if key != "group"}
+        new_nodes.append(helper.make_node("Conv", ins, list(node.output), name=node.name, group=group * k, **kw))
+
+    for node in g.node:
+        op = node.op_type
+        where = f"{op} node {node.name!r}"
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        x_shape = shapes.get(node.input[0]) if node.input else None
+        if op == "Conv":
+            w = consts.get(node.input[1])
+            if w is None:
+                raise ValueError(f"{where} has non-constant weights")
+            kh, kwd = w.shape[2:]
+            strides = list(attrs.get("strides", [1, 1]))  # type: ignore[call-overload]
+            dil = list(attrs.get("dilations", [1, 1]))  # type: ignore[call-overload]
+            taps = ((kh - 1) * dil[0] + 1) * ((kwd - 1) * dil[1] + 1)
+            if k > 1 and (kh != kwd or strides[0] != strides[1] or dil[0] != dil[1] or taps >= _GROUPED_MAX_TAPS):
+                raise ValueError(f"{where}: a {kh}x{kwd} kernel (strides {strides}, dilations {dil}) as a grouped "
+                                 f"Conv is not accelerated (square kernels of < {_GROUPED_MAX_TAPS} taps only)")
+            bias = consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            if len(node.input) > 2 and node.input[2] and bias is None:
+                raise ValueError(f"{where} has a non-constant bias")
+            grouped_conv(node, node.input[0], w, bias, int(attrs.get("group", 1)), attrs)  # type: ignore[call-overload]
+            counts["convs_grouped"] += 1
+        elif op in _PER_ELEMENT or op in _PER_PLANE:
+            new = onnx.NodeProto()
+            new.CopyFrom(node)
+            for i, name in enumerate(new.input):
+                new.input[i] = src(name)
+            new_nodes.append(new)
+        elif op in ("PRelu", "BatchNormalization"):
+            ins = [src(node.input[0])]
+            for name in node.input[1:]:
+                if name not in consts:
+                    raise ValueError(f"{where} has non-constant parameters")
+                if op == "BatchNormalization":
+                    ins.append(const(f"{name}_x{k}", np.tile(consts[name].reshape(-1), k)))
+                else:
+                    ins.append(tile_channels(name, node.input[0], where))
+            new_nodes.append(helper.make_node(op, ins, list(node.output), name=node.name, **attrs))
+        elif op in ("Add", "Sub", "Mul"):
+            ins = []
+            for name in node.input:
+                if name in consts:
+                    ins.append(tile_channels(name, node.output[0], where))
+                else:
+                    ins.append(src(name))
+            if all(name in consts for name in node.input):
+                raise ValueError(f"{where} has only constant inputs (fold constants first)")
+            new_nodes.append(helper.make_node(op, ins, list(node.output), name=node.name))
+        elif op in ("ReduceMean", "ReduceMax"):
+            axes = attrs.get("axes")
+            if axes is None and len(node.input) > 1 and node.input[1] in consts:
+                axes = consts[node.input[1]].tolist()
+            rank = len(x_shape or [])
+            if rank != 4 or sorted(int(a) % 4 for a in axes or []) != [2, 3]:  # type: ignore[union-attr]
+                raise ValueError(f"{where} reduces axes {axes}: only a mean/max over the whole patch (axes 2, 3) "
+                                 "stays within one patch")
+            pool = "GlobalAveragePool" if op == "ReduceMean" else "GlobalMaxPool"
+            new_nodes.append(helper.make_node(pool, [src(node.input[0])], list(node.output), name=node.name))
+            counts["reductions_to_global_pool"] += 1
+        elif op in _RESHAPES:
+            before, after = x_shape, shapes.get(node.output[0])
+            if before is None or after is None or len(before) != 4 or before[2:] != [1, 1] or \
+                    [v for v in after if v != 1] != [v for v in before if v != 1]:
+                raise ValueError(f"{where} reshapes {before} -> {after}: only dropping the 1x1 axes after global "
+                                 "pooling keeps patches apart (pool globally before the classifier head)")
+            if node.output[0] in outputs:
+                raise ValueError(f"{where} makes the graph output: nothing to classify after it")
+            alias[node.output[0]] = src(node.input[0])
+            counts["reshapes_removed"] += 1
+        elif op in ("Gemm", "MatMul"):
+            if x_shape is None or len(x_shape) != 2:  # 2-D here: [1, k*F, 1, 1] after global pooling
+                raise ValueError(f"{where} does not follow global pooling (its input is {x_shape})")
+            b = consts.get(node.input[1])
+            if b is None:
+                raise ValueError(f"{where} has non-constant weights")
+            if op == "Gemm":
+                if attrs.get("transA", 0):
+                    raise ValueError(f"{where} has transA = 1")
+                wm = (b if attrs.get("transB", 0) else b.T) * float(attrs.get("alpha", 1.0))  # type: ignore[arg-type]
+                bias = None
+                if len(node.input) > 2 and node.input[2]:
+                    if node.input[2] not in consts:
+                        raise ValueError(f"{where} has a non-constant bias")
+                    bias = np.broadcast_to(consts[node.input[2]].reshape(-1) * float(attrs.get("beta", 1.0)),  # type: ignore[arg-type]
+                                           (wm.shape[0],))
+            else:
+                wm, bias = b.T, None
+            grouped_conv(node, node.input[0], wm.reshape(wm.shape[0], wm.shape[1], 1, 1), bias, 1,
+                         {"kernel_shape": [1, 1], "pads": [0, 0, 0, 0], "strides": [1, 1]})
+            counts["gemms_to_grouped_conv"] += 1
+        else:
+            raise ValueError(f"cannot stack {where}: patch stacking handles Conv, pooling, per-element "
+                             "activations, BatchNormalization, per-channel Add/Sub/Mul, global pooling + "
+                             "Flatten/Reshape and Gemm/MatMul heads")
+    del g.node[:]
+    g.node.extend(new_nodes)
+    g.initializer.extend(new_inits)
+    G.set_dims(inp, [1, int(idims[1]) * k, int(idims[2]), int(idims[3])])  # type: ignore[arg-type]
+    for o in g.output:
+        shp = shapes.get(o.name)
+        if shp is None or len(shp) != 2 or shp[0] != 1:
+            raise ValueError(f"a patch classifier outputs [1, K] scores, got {shp} for {o.name}")
+        if o.name in alias:
+            raise ValueError(f"graph output {o.name} is a removed reshape")
+        G.set_dims(o, [1, shp[1] * k, 1, 1])
+    del g.value_info[:]
+    G.remove_unused_initializers(model)
+    return model, counts
