@@ -126,4 +126,21 @@ def card(onnx_path: Path, *, kind: str, classes: tuple[str, ...] = ("clear", "cl
     return path
 
 
-__all__ = ["L1C13", "MEAN", "STD", "ModelCard", "card", "patch_classifier", "pixel_mlp"]
+__all__ = ["L1C13", "MEAN", "STD", "ModelCard", "card", "patch_classifier", "pixel_mlp", "recentre"]
+
+
+def recentre(onnx_path: Path, inputs: np.ndarray, bias: str) -> None:
+    """Lower the last channel's bias (initializer ``bias``) so that about half of ``inputs`` (samples in the
+    graph's input layout) fall on each side of the model's decision: a mask then compares decisions."""
+    import onnxruntime as ort
+
+    scores = ort.InferenceSession(str(onnx_path)).run(None, {"x": inputs})[0]
+    margin = scores[:, -1] - (scores[:, 0] if scores.shape[1] > 1 else 0.0)
+    if scores.shape[1] == 1 and np.all((scores >= 0) & (scores <= 1)):  # a sigmoid output: centre its logit
+        margin = np.log(scores[:, 0] / (1 - scores[:, 0]))
+    model = onnx.load(str(onnx_path))
+    t = next(t for t in model.graph.initializer if t.name == bias)
+    b = numpy_helper.to_array(t).copy()
+    b[-1] -= float(np.median(margin))
+    t.CopyFrom(numpy_helper.from_array(b, bias))
+    onnx.save(model, str(onnx_path))

@@ -40,6 +40,8 @@ def make_runners(
     """
     if instances is not None and instances < 1:
         raise ConfigError("instances must be >= 1")
+    if backend == "onnx":  # short for onnxruntime (as on the command line)
+        backend = "onnxruntime"
     if backend == "onnxruntime":
         import os
 
