@@ -83,6 +83,25 @@ def test_opset18_mlp_with_normalisation_in_graph_exports_compile_ready_and_equal
     assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
 
 
+def test_trailing_softmax_and_argmax_run_on_the_host(tmp_path):
+    src = um.pixel_mlp(tmp_path / "mlp.onnx", softmax=True)
+    um.recentre(src, _pixels(), "b3")
+    m = onnx.load(str(src))
+    m.graph.node.append(helper.make_node("ArgMax", ["y"], ["cls"], axis=1, keepdims=0))
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info("cls", onnx.TensorProto.INT64, ["N"]))
+    onnx.save(m, str(tmp_path / "argmax.onnx"))
+    res = export(load_model(um.card(tmp_path / "argmax.onnx", kind="pixel")), tmp_path / "out")
+    _assert_compile_ready(res.onnx_path)
+    assert {n.op_type for n in onnx.load(str(res.onnx_path)).graph.node} == {"Conv", "Relu"}
+    assert res.card.output == "logits"
+    refl = _scene(100, 80)
+    valid = ~np.isnan(refl).any(axis=0)
+    want = _session(tmp_path / "argmax.onnx").run(None, {"x": refl[:, valid].T.copy()})[0]
+    classes, _, _ = predict_array(refl, load_model(res.card_path))
+    assert 0.05 < want.mean() < 0.95 and (classes[valid] == want).mean() >= 0.9999
+
+
 def test_exported_mlp_masks_equal_the_original(tmp_path):
     src = um.pixel_mlp(tmp_path / "mlp.onnx", nc11=True)
     refl = _scene()

@@ -129,7 +129,8 @@ def static_model(
     G.set_dims(inp, shape)
     for out in model.graph.output:
         G.set_dims(out, [None] * len(G.dims(out)))
-    softmax = G.strip_trailing_softmax(model)
+    argmax = _strip_argmax(model, card)
+    softmax = G.strip_trailing_softmax(model) or argmax
     model = _simplify(model, inp.name, shape)
     passes["constants_to_initializers"] = G.constants_to_initializers(model)
     passes["identity_casts_removed"] = G.remove_identity_casts(model)
@@ -142,6 +143,18 @@ def static_model(
         if not all(isinstance(v, int) and v > 0 for v in G.dims(out)):
             raise ModelError(f"output {out.name} of '{card.name}' is not static after export: {G.dims(out)}")
     return model, passes, softmax
+
+
+def _strip_argmax(model: onnx.ModelProto, card: ModelCard) -> bool:
+    """Drop a final ArgMax (the host takes it); True when the graph now ends in scores."""
+    try:
+        stripped = F.strip_trailing_argmax(model)
+    except ValueError as err:
+        raise ModelError(f"{card.onnx_path}: {err}") from err
+    if stripped:
+        log.info("removed the graph's final ArgMax: the host takes the argmax of the scores")
+        G.strip_trailing_softmax(model)
+    return stripped
 
 
 def load_converted(card: ModelCard) -> onnx.ModelProto:
@@ -200,7 +213,8 @@ def folded_model(card: ModelCard, fold: tuple[int, int] = DEFAULT_FOLD) -> tuple
         raise ConfigError(f"fold must be positive, got {h}x{w}")
     model = load_converted(card)
     passes = {"float16_to_float32": G.float16_to_float32(model)}
-    softmax = G.strip_trailing_softmax(model)
+    argmax = _strip_argmax(model, card)
+    softmax = G.strip_trailing_softmax(model) or argmax
     try:
         inp = G.image_input(model)
     except ValueError as err:
