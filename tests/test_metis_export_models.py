@@ -255,6 +255,44 @@ def test_stacked_classifier_through_the_engine_same_mask_in_fewer_calls(tmp_path
     assert sb.calls == math.ceil(sb.patches / 4) and sb.per_call == 4
 
 
+class _DoubleBuffered:
+    """A runner that answers two calls late, as a double-buffered Metis instance does (``lag = 2``)."""
+
+    lag = 2
+
+    def __init__(self, inner) -> None:  # noqa: ANN001 - any Runner
+        self.inner, self.queue, self.calls = inner, [], 0
+
+    @property
+    def input_shape(self):  # noqa: ANN201
+        return self.inner.input_shape
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        self.queue.append(self.inner.run(batch))
+        return self.queue.pop(0) if len(self.queue) > self.lag else np.zeros_like(self.queue[0])
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_stacked_classifier_on_four_double_buffered_instances(tmp_path):
+    """Four instances, each two calls late: ceil(patches / 4) calls plus at most 2 drain calls each."""
+    from cloudmask.runtime import OnnxRunner
+
+    refl = _scene(400, 520)
+    src = um.patch_classifier(tmp_path / "pc.onnx")
+    patches = np.nan_to_num(refl[:, :384, :512]).reshape(13, 6, 64, 8, 64).transpose(1, 3, 0, 2, 4)
+    um.recentre(src, patches.reshape(-1, 13, 64, 64).copy(), "fb")
+    original = load_model(um.card(src, kind="patch-classifier"))
+    exported = load_model(export(original, tmp_path / "out", patches_per_call=4).card_path)
+    runners = [_DoubleBuffered(OnnxRunner(exported)) for _ in range(4)]
+    a, _, sa = predict_array(refl, original)
+    b, _, sb = predict_array(refl, exported, runners=runners)
+    assert np.array_equal(a, b) and set(np.unique(a)) == {0, 1, NODATA}
+    assert sb.calls == sum(r.calls for r in runners) <= math.ceil(sa.patches / 4) + 8
+
+
 def _classifier_with(tmp_path: Path, edit: str) -> Path:
     src = um.patch_classifier(tmp_path / "pc.onnx", maxpool=False)
     m = onnx.load(str(src))
