@@ -138,6 +138,30 @@ def test_batchnorm_before_the_first_layer_is_folded(tmp_path):
     assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
 
 
+def test_pixel_model_of_1x1_convs_with_a_final_flatten(tmp_path):
+    """[N, 13, 1, 1] -> Sub/Div -> 1x1 Conv -> Relu -> 1x1 Conv -> Flatten: the Convs stay, the Flatten goes."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in {
+        "m": um.MEAN.reshape(1, 13, 1, 1), "s": um.STD.reshape(1, 13, 1, 1), "w1": rng.normal(0, 0.5, (16, 13, 1, 1)),
+        "b1": rng.normal(0, 0.1, 16), "w2": rng.normal(0, 0.5, (2, 16, 1, 1))}.items()]
+    nodes = [helper.make_node("Sub", ["x", "m"], ["a"]), helper.make_node("Div", ["a", "s"], ["n"]),
+             helper.make_node("Conv", ["n", "w1", "b1"], ["h"], kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["h"], ["r"]), helper.make_node("Conv", ["r", "w2"], ["o"], kernel_shape=[1, 1]),
+             helper.make_node("Flatten", ["o"], ["y"])]
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", 1, ["N", 13, 1, 1])],
+                              [helper.make_tensor_value_info("y", 1, ["N", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "convs.onnx"))
+    res = export(load_model(um.card(tmp_path / "convs.onnx", kind="pixel")), tmp_path / "out", fold=(64, 64))
+    _assert_compile_ready(res.onnx_path)
+    assert [n.op_type for n in onnx.load(str(res.onnx_path)).graph.node] == ["Conv", "Relu", "Conv"]
+    x = _pixels(4096)
+    want = _session(tmp_path / "convs.onnx").run(None, {"x": x.reshape(-1, 13, 1, 1)})[0]
+    got = _session(res.onnx_path).run(None, {"x": x.T.reshape(1, 13, 64, 64).copy()})[0].reshape(2, -1).T
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
+
+
 def test_opset_that_cannot_be_converted_is_refused_naming_the_op(tmp_path):
     src = um.pixel_mlp(tmp_path / "mlp.onnx")
     m = onnx.load(str(src))
