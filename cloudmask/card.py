@@ -236,14 +236,14 @@ def graph_output_op(onnx_path: Path) -> str | None:
 def check_graph(card: ModelCard, source: str | None = None) -> None:
     """Refuse a card whose ``classes`` do not name every output channel of its ONNX graph."""
     channels = graph_output_channels(card.onnx_path)
-    if channels is not None and graph_output_op(card.onnx_path) == "ArgMax":
+    stack = card.extra.get("patches_per_call") if card.kind == "patch-classifier" else None
+    if channels is not None and isinstance(stack, int) and stack > 1:  # patch-stacked: [1, k*K, 1, 1]
+        channels = channels // stack if channels % stack == 0 else channels
+    if channels is not None and channels != len(card.classes) and graph_output_op(card.onnx_path) == "ArgMax":
         # class indices, not scores: `cloudmask metis export` removes the ArgMax (the host takes it)
         log.warning("%s: the graph ends in ArgMax (class indices); cloudmask runs on the scores before it: "
                     "export it with `cloudmask metis export` or remove the ArgMax", source or card.name)
         return
-    stack = card.extra.get("patches_per_call") if card.kind == "patch-classifier" else None
-    if channels is not None and isinstance(stack, int) and stack > 1:  # patch-stacked: [1, k*K, 1, 1]
-        channels = channels // stack if channels % stack == 0 else channels
     if channels is not None and channels != len(card.classes):
         raise ModelCardError(
             f"{source or f'model card {card.name!r}'}: the ONNX output has {channels} channels but the card "
