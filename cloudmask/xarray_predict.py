@@ -117,13 +117,19 @@ def _as_reflectance(arr: xr.DataArray, name: Hashable) -> xr.DataArray:
     if arr.dtype.kind in "iub":
         raise ConfigError(
             f"{name} is {arr.dtype} (digital numbers?); cloudmask models take reflectance 0–1 as floats "
-            "with NaN for nodata, e.g. ds.where(ds != 0) * 1e-4 - 0.1 for baseline >= 04.00 L2A"
+            "with NaN for nodata: pass scale= (and offset=) to cloudmask.predict, e.g. scale=1e-4, offset=-0.1 for "
+            "baseline >= 04.00 L2A, or convert: ds.where(ds != 0) * 1e-4 - 0.1"
         )
     nodata = arr.attrs.get("nodata", arr.attrs.get("_FillValue", arr.encoding.get("_FillValue")))
     if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
         arr = arr.where(arr != nodata)
     if arr.dtype != np.float32:
         arr = arr.astype(np.float32)
+    arr = arr.where(np.isfinite(arr))  # ±inf: no data, never a (clear) value
+    if not _is_dask(arr.data):
+        from .inference import check_reflectance
+
+        check_reflectance(np.asarray(arr.values), str(name))
     return arr
 
 

@@ -14,7 +14,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import pystac
 
 from .. import __version__, atomic, retry
+from ..batch import refuse_input_in_out
 from ..errors import CatalogUnreachableError, JobError, SceneFailuresError, WriteError
 from ..layout import output_stem
 from ..output_catalog import item_percentages, update_output_catalog, write_item
@@ -30,7 +31,14 @@ from .executors import dask_executor, local_executor
 from .push import push_pending
 from .spec import JobSpec
 from .state import JobLock, Journal, catalogue_rows, check_done, clean_temporaries, is_collision, now_iso
-from .task import SERIAL_BACKENDS, SceneOutcome, TaskSettings, describe_error
+from .task import (
+    SERIAL_BACKENDS,
+    SceneOutcome,
+    TaskSettings,
+    describe_error,
+    expected_outputs,
+    expected_recipe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +160,7 @@ def run_job(
     """
     t0 = time.perf_counter()
     out = Path(spec.output)
+    refuse_input_in_out(spec.stac, out, "output")
     out.mkdir(parents=True, exist_ok=True)
     lock = JobLock(out, spec.name).acquire(wait=wait, timeout=wait_timeout)
     journal = Journal(out)
@@ -170,8 +179,14 @@ def run_job(
         report.found = len(items)
         pending: list[pystac.Item] = []
         claimed: dict[str, str] = {}
+        settings = TaskSettings.from_spec(spec)
+        wanted = expected_outputs(settings)
         for it in items:
-            check = check_done(out, it.id)
+            recipe = expected_recipe(it, settings)
+            check = check_done(out, it.id, recipe=recipe) if recipe is None else check_done(
+                out, it.id, recipe=recipe, outputs=wanted)
+            if recipe is None and check.done:  # the scene cannot be masked as the spec says: let it fail
+                check = replace(check, done=False, reason="its settings cannot be resolved")
             stem = output_stem(it.id)
             if check.done:
                 report.skipped += 1
@@ -186,7 +201,6 @@ def run_job(
                 claimed[stem] = it.id
                 pending.append(it)
         log.info("job %s: %d scene(s) found, %d done, %d to do", spec.name, len(items), report.skipped, len(pending))
-        settings = TaskSettings.from_spec(spec)
         if pending:
             payloads = [_item_payload(it) for it in pending]
             if scheduler or workers:
