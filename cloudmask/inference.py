@@ -15,15 +15,13 @@ from .errors import ConfigError, MissingBandError
 from .models import NODATA, ModelCard, load_model
 from .postprocess import PostProcess, PostProcessSink, for_card
 from .runtime import make_runners
-from .xarray_predict import predict_xarray
+from .xarray_predict import check_reflectance, predict_xarray
 
 log = logging.getLogger(__name__)
 
 
 #: Sentinel-2 digital numbers to reflectance: ``DN * 1e-4`` (a card may say otherwise: ``dn_scale``/``dn_offset``).
 DN_SCALE = 1e-4
-#: The median of valid input above this (or below -1) cannot be reflectance (0-1; bright cloud and snow reach ~1.6).
-MAX_REFLECTANCE_MEDIAN = 3.0
 
 
 def _dn_scale(card: ModelCard, scale: float | None, offset: float | None) -> tuple[float, float]:
@@ -31,28 +29,6 @@ def _dn_scale(card: ModelCard, scale: float | None, offset: float | None) -> tup
     s = float(scale) if scale is not None else float(card.extra.get("dn_scale", DN_SCALE))
     o = float(offset) if offset is not None else float(card.extra.get("dn_offset", 0.0))
     return s, o
-
-
-def check_reflectance(values: np.ndarray, what: str = "the input") -> None:
-    """Refuse ``values`` whose valid (finite) part cannot be reflectance: a median above
-    :data:`MAX_REFLECTANCE_MEDIAN` or below -1 (digital numbers, percent); :class:`ConfigError` with the fix.
-
-    Looks at up to about a million values spread over the array (a strided sample)."""
-    flat = values.reshape(-1)
-    step = max(1, flat.size // 1_000_000)
-    sample = flat[::step]
-    sample = sample[np.isfinite(sample)]
-    if sample.size == 0:
-        return
-    median = float(np.median(sample))
-    if -1.0 <= median <= MAX_REFLECTANCE_MEDIAN:
-        return
-    raise ConfigError(
-        f"{what} cannot be reflectance (0–1): its median is {median:.4g} (largest {float(sample.max()):.4g}); "
-        "digital numbers? pass them as integers (read as DN * 1e-4), or pass scale= (and offset=), e.g. "
-        "scale=1e-4, offset=-0.1 for Sentinel-2 L2A of processing baseline >= 04.00, or convert with "
-        "cloudmask.to_reflectance(data, items)"
-    )
 
 
 def _to_band_first(
@@ -184,7 +160,7 @@ def predict(
     Classes are those of the model's card (3 thin cloud and 4 snow where it has them; see
     :mod:`cloudmask.classes`); ``classes="cloud-shadow"`` folds them onto 0 clear, 1 cloud, 2 shadow.
 
-    Integer input (numpy) is digital numbers: ``reflectance = DN * scale + offset`` with the given
+    Integer input is digital numbers: ``reflectance = DN * scale + offset`` with the given
     ``scale``/``offset``, else the card's ``dn_scale``/``dn_offset``, else 1e-4 and 0 (``nodata``
     defaults to 0 for it); with ``scale`` float input is scaled too. ±inf is nodata. Input whose
     values cannot be reflectance (median above 3, e.g. DN as floats) is refused with the fix.
@@ -208,10 +184,14 @@ def predict(
     if valid:
         raise ConfigError("valid=True is for numpy input; with xarray use cloudmask.xarray_predict.valid_mask or mask != 255")
 
-    if scale is not None or offset is not None:
+    variables = data.data_vars.values() if hasattr(data, "data_vars") else [data]
+    is_dn = any(getattr(v, "dtype", np.dtype(float)).kind in "iub" for v in variables)
+    if is_dn or scale is not None or offset is not None:
         s, o = _dn_scale(card, scale, offset)
-        variables = data.data_vars.values() if hasattr(data, "data_vars") else [data]
-        if any(v.dtype.kind in "iub" for v in variables):  # DN: nodata (default 0) first
+        if is_dn:  # DN: nodata (default 0) first
+            if scale is None:
+                log.info("predict: integer input read as digital numbers, reflectance = DN * %g + %g "
+                         "(pass scale=/offset= to change)", s, o)
             data = data.where(data != (0 if nodata is None else nodata))
         data = data * s + o
     return predict_xarray(data, card, probabilities=probabilities, backend=backend, config=cfg,
