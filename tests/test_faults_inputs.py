@@ -325,6 +325,7 @@ def _job(tmp_path: Path, stac: Path, **kw: Any) -> Any:
 
 def test_changed_job_spec_remasks_same_spec_keeps(sample_catalog: Path, tmp_path: Path) -> None:
     from cloudmask.jobs import run_job
+    from cloudmask.jobs.status import job_status
 
     first = run_job(_job(tmp_path, sample_catalog))
     assert len(first.processed) == 1
@@ -332,6 +333,8 @@ def test_changed_job_spec_remasks_same_spec_keeps(sample_catalog: Path, tmp_path
     assert again.skipped == 1 and not again.processed  # same spec: kept
     for change in ({"resolution": 60}, {"postprocess": {"min_region": 20}}, {"probabilities": True},
                    {"model": "ukis-4b-l2a"}):
+        status = job_status(_job(tmp_path, sample_catalog, **change))
+        assert not status.done and len(status.pending) == 1  # `job status` uses the same rule
         report = run_job(_job(tmp_path, sample_catalog, **change))
         assert report.skipped == 0 and len(report.processed) == 1, f"{change}: old mask kept"
         assert run_job(_job(tmp_path, sample_catalog, **change)).skipped == 1  # and kept after that

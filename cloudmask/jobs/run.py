@@ -30,7 +30,16 @@ from ..stac import search
 from .executors import dask_executor, local_executor
 from .push import push_pending
 from .spec import JobSpec
-from .state import JobLock, Journal, catalogue_rows, check_done, clean_temporaries, is_collision, now_iso
+from .state import (
+    DoneCheck,
+    JobLock,
+    Journal,
+    catalogue_rows,
+    check_done,
+    clean_temporaries,
+    is_collision,
+    now_iso,
+)
 from .task import (
     SERIAL_BACKENDS,
     SceneOutcome,
@@ -64,6 +73,16 @@ def search_items(spec: JobSpec, now: datetime | None = None) -> list[pystac.Item
             seen.add(it.id)
             unique.append(it)
     return unique
+
+
+def scene_done(out: Path, item: pystac.Item, settings: TaskSettings) -> DoneCheck:
+    """Whether ``item`` is done in ``out`` for a job with ``settings``: :func:`~.state.check_done` with
+    the recipe a mask made now would have and every output the spec asks for (quicklook, probabilities)."""
+    recipe = expected_recipe(item, settings)
+    if recipe is None:  # the scene cannot be masked as the spec says: masking it will say why
+        check = check_done(out, item.id)
+        return replace(check, done=False, reason="its settings cannot be resolved") if check.done else check
+    return check_done(out, item.id, recipe=recipe, outputs=expected_outputs(settings))
 
 
 def _item_payload(item: pystac.Item) -> dict[str, Any]:
@@ -180,13 +199,8 @@ def run_job(
         pending: list[pystac.Item] = []
         claimed: dict[str, str] = {}
         settings = TaskSettings.from_spec(spec)
-        wanted = expected_outputs(settings)
         for it in items:
-            recipe = expected_recipe(it, settings)
-            check = check_done(out, it.id, recipe=recipe) if recipe is None else check_done(
-                out, it.id, recipe=recipe, outputs=wanted)
-            if recipe is None and check.done:  # the scene cannot be masked as the spec says: let it fail
-                check = replace(check, done=False, reason="its settings cannot be resolved")
+            check = scene_done(out, it, settings)
             stem = output_stem(it.id)
             if check.done:
                 report.skipped += 1
