@@ -168,6 +168,7 @@ def open_scene(
     geobox = spec.geobox(res)
     key = f"{spec.id}-{res:g}-{'-'.join(names)}-{id(spec):x}-{np.random.default_rng().integers(1 << 62):x}"
     source = _SharedSource(spec, names, geobox, reader, key=key)
+    source.check_size()  # a hostile proj:shape would build a task graph of millions of chunks
     h = geobox.height
     if chunks < 1:
         raise ValueError(f"chunks must be a positive number of rows, got {chunks}")

@@ -506,14 +506,9 @@ class RasterSource:
                                                 initializer=lower_thread_priority)
             return self._pool
 
-    def check_grid(self, max_pixels: int | None = None) -> None:
-        """Refuse a grid the band files cannot fill, before any pixel is read (:class:`GridError`).
-
-        The grid comes from the item's ``proj:shape``/``proj:transform``/``proj:bbox``; a wrong or hostile
-        value (``proj:shape`` 5e6 x 5e6 over 512 px files) would stream gigabytes of fill. Refused: a grid
-        of more than ``max_pixels`` pixels (default :func:`max_grid_pixels`), or one reaching beyond the
-        union of the band files by more than two of its or their pixels and 1 % of their extent.
-        """
+    def check_size(self, max_pixels: int | None = None) -> None:
+        """Refuse (:class:`GridError`) a grid of more than ``max_pixels`` pixels (default
+        :func:`max_grid_pixels`); no file is opened. :meth:`check_grid` also compares it with the files."""
         h, w = self.shape
         limit = max_grid_pixels() if max_pixels is None else max_pixels
         if h * w > limit:
@@ -522,6 +517,17 @@ class RasterSource:
                 f"({h * w:.3g} pixels), more than the memory bound of {limit:.3g} pixels "
                 f"(${MAX_PIXELS_ENV}); check the item's proj:shape/proj:bbox, or choose a coarser --resolution"
             )
+
+    def check_grid(self, max_pixels: int | None = None) -> None:
+        """Refuse a grid the band files cannot fill, before any pixel is read (:class:`GridError`).
+
+        The grid comes from the item's ``proj:shape``/``proj:transform``/``proj:bbox``; a wrong or hostile
+        value (``proj:shape`` 5e6 x 5e6 over 512 px files) would stream gigabytes of fill. Refused: a grid
+        of more than ``max_pixels`` pixels (:meth:`check_size`), or one reaching beyond the union of the
+        band files by more than two of its or their pixels and 1 % of their extent (opens each band).
+        """
+        self.check_size(max_pixels)
+        h, w = self.shape
         boxes = []
         for asset in self.assets:
             with self._handles.checkout(asset, None) as ds:

@@ -183,6 +183,12 @@ def test_claimed_grid_bigger_than_its_files_is_refused_before_reading(sample_cat
     assert sorted(r["status"] for r in rows.values()) == ["done", "failed", "failed"]
     assert not list(out.glob(f"{wide}*.tif")) and not list(out.glob(f"{huge}*.tif"))
 
+    from cloudmask.api import open_scene
+    from cloudmask.errors import GridError
+
+    with pytest.raises(GridError, match="memory bound"):  # not a task graph of millions of chunks
+        open_scene(str(items[0]))
+
 
 # ------------------------------------------------------------------------------------ 3. a link cycle
 
