@@ -133,6 +133,8 @@ def open_scene(
     chunks: int = DEFAULT_ROW_CHUNK,
     reader: ReaderConfig | None = None,
     groupby: str | None = None,
+    http_timeout: str | float | None = None,
+    http_retries: int | None = None,
 ) -> xr.Dataset:
     """A scene as a lazy (dask) Dataset of reflectance, one float32 ``(y, x)`` variable per band.
 
@@ -151,7 +153,9 @@ def open_scene(
     transform (``ds.rio.crs``, ``ds.rio.transform()``, ``ds.odc.geobox``); ``time`` is a scalar
     coordinate, so scenes concatenate into a time series with ``xr.concat(..., dim="time")``.
     Nothing is read until values are needed; reads run on the active dask scheduler.
+    ``http_timeout``/``http_retries`` bound each remote read (as :func:`mask_scene`).
     """
+    reader = _with_http(reader, http_timeout, http_retries)
     if isinstance(item, list | tuple):
         return _open_stack(item, model, groupby=groupby, resolution=resolution, bands=bands, profile=profile,
                            chunks=chunks, reader=reader)
@@ -164,6 +168,7 @@ def open_scene(
     geobox = spec.geobox(res)
     key = f"{spec.id}-{res:g}-{'-'.join(names)}-{id(spec):x}-{np.random.default_rng().integers(1 << 62):x}"
     source = _SharedSource(spec, names, geobox, reader, key=key)
+    source.check_size()  # a hostile proj:shape would build a task graph of millions of chunks
     h = geobox.height
     if chunks < 1:
         raise ValueError(f"chunks must be a positive number of rows, got {chunks}")
@@ -262,6 +267,8 @@ def mask_scene(
     classes: str = "all",
     postprocess: Any = None,
     device: Any = None,
+    http_timeout: str | float | None = None,
+    http_retries: int | None = None,
 ) -> MaskResult:
     """Mask one scene into ``out`` exactly as ``cloudmask run`` does; returns the :class:`MaskResult`.
 
@@ -273,8 +280,12 @@ def mask_scene(
     ``postprocess``: post-processing options (:mod:`cloudmask.postprocess`: ``threshold``, ``buffer``,
     ``min_region``, ``scl``, ...), recorded in the item's ``cloudmask:postprocess`` and lineage.
     ``device``: a context manager held only while the scene streams (see :mod:`cloudmask.overlap`).
+    ``http_timeout`` (``READ`` or ``"CONNECT,READ"`` seconds) and ``http_retries`` bound each remote
+    band read (default ``$CLOUDMASK_HTTP_TIMEOUT``/``$CLOUDMASK_HTTP_RETRIES``, else 10,20 s and 3):
+    a server that never answers fails the scene with a :class:`~cloudmask.errors.ReadError`.
     """
     spec = scene_of(item, profile)
+    reader = _with_http(reader, http_timeout, http_retries)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = stream or StreamConfig()
@@ -291,6 +302,16 @@ def mask_scene(
     if catalog:
         result.extra["catalog"] = update_output_catalog(out_dir)
     return result
+
+
+def _with_http(reader: ReaderConfig | None, timeout: str | float | None, retries: int | None) -> ReaderConfig | None:
+    """``reader`` with the HTTP limits ``timeout``/``retries`` (see :class:`~cloudmask.stac.HttpPolicy`)."""
+    if timeout is None and retries is None:
+        return reader
+    from .stac import HttpPolicy
+
+    http = HttpPolicy.from_env().with_overrides(timeout, retries, names=("http_timeout", "http_retries"))
+    return replace(reader or ReaderConfig(), http=http)
 
 
 def open_mask(mask: MaskResult | str | Path, *, chunks: int | dict[str, int] | None = None) -> xr.DataArray:

@@ -50,14 +50,17 @@ class BatchReport:
             )
 
 
-def existing_output(out: Path, spec: SceneSpec, model: str, classes: str | None = None) -> dict[str, Any] | None:
+def existing_output(out: Path, spec: SceneSpec, model: str, classes: str | None = None, *,
+                    recipe: str | None = None, outputs: Sequence[str] = ()) -> dict[str, Any] | None:
     """The summary row of a finished, valid mask of ``spec`` by ``model`` in ``out``, or None.
 
-    Finished and valid: the output item exists, names this source scene and model (and, given
-    ``classes``, the same class table, e.g. ``0=clear,1=cloud,2=shadow,255=nodata``: a mask made with
-    another ``--classes`` mode is not kept), and its mask file has the size and checksum the item records.
+    Finished and valid (:func:`cloudmask.jobs.state.check_done`, the rule jobs use too): the output
+    item exists, names this source scene and model (and, given ``classes``, the same class table, e.g.
+    ``0=clear,1=cloud,2=shadow,255=nodata``), its mask file has the size and checksum the item records,
+    given ``recipe`` (:func:`cloudmask.pipeline.scene_fingerprint`) it was made with the same settings,
+    and every asset in ``outputs`` (``quicklook``, ``probabilities``) exists.
     """
-    check = check_done(out, spec.id)
+    check = check_done(out, spec.id, recipe=recipe, outputs=outputs)
     if not check.done or check.item_path is None:
         return None
     doc = json.loads(check.item_path.read_text())
@@ -157,6 +160,32 @@ def prepare_out_dir(out: Path | str) -> Path:
     if not os.access(out, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {out} is not writable; choose a writable directory")
     return out
+
+
+def refuse_input_in_out(stac: str | Path, out: Path | str, option: str = "--out") -> None:
+    """Refuse (:class:`ConfigError`, exit 2) an output directory ``out`` that holds the input catalogue
+    ``stac`` (a local ``catalog.json``/``collection.json``/ItemCollection file, or a folder holding one):
+    the output catalogue would overwrite it. STAC APIs and named endpoints pass."""
+    from .stac import is_remote
+
+    if is_remote(stac):
+        return
+    cat = Path(stac).expanduser()
+    if cat.is_dir():
+        found = next((cat / n for n in ("catalog.json", "collection.json") if (cat / n).is_file()), None)
+        if found is None:
+            return  # searching it says what is wrong
+        cat = found
+    out_dir = Path(out).expanduser()
+    try:
+        same = cat.exists() and out_dir.exists() and cat.resolve().parent == out_dir.resolve()
+    except OSError:
+        return
+    if same:
+        raise ConfigError(
+            f"{option} {out} holds the input catalogue {cat}: the output catalogue (catalog.json, collection.json, "
+            "items/) would overwrite it; choose another output directory, e.g. a subfolder"
+        )
 
 
 def specs_of(items: Iterable[Any], profile: str | None = None) -> tuple[list[SceneSpec], list[dict[str, Any]]]:

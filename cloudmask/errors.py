@@ -77,6 +77,10 @@ class RuntimeBackendError(CloudmaskError):
     exit_code = 6
 
 
+class NonFiniteOutputError(RuntimeBackendError):
+    """A model gave NaN or infinite scores: the scene is not masked (never read as "clear")."""
+
+
 class WriteError(CloudmaskError):
     """An output cannot be written."""
 

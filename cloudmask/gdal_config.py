@@ -11,12 +11,16 @@ GDAL's block cache size and its HTTP/VSI options are process-wide: setting them 
   environment wins).
 
 Provider-specific options (requester-pays buckets, S3 endpoints) stay per dataset: the reader
-applies them in its own worker threads, where rasterio keeps them thread-local.
+applies them in its own worker threads, where rasterio keeps them thread-local. So do the HTTP time
+limits of :func:`http_options` (``--http-timeout``/``--http-retries``, the job keys ``http_timeout``/
+``http_retries``, ``$CLOUDMASK_HTTP_TIMEOUT``): a server that accepts a connection and never answers
+fails that band's read in bounded time instead of hanging the run.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Mapping
@@ -81,6 +85,26 @@ def configure_gdal(cache: int | None = None, options: Mapping[str, Any] | None =
 def current_cache_bytes() -> int:
     """GDAL's block cache size now, bytes."""
     return int(get_gdal_config("GDAL_CACHEMAX"))
+
+
+def http_options(connect_timeout: float, read_timeout: float, retries: int, retry_delay: float = 1.0) -> dict[str, str]:
+    """GDAL's HTTP options (``/vsicurl/``, ``/vsis3/``, ...) for these limits (seconds; whole seconds, at least 1).
+
+    ``GDAL_HTTP_CONNECTTIMEOUT``: to open the connection; ``GDAL_HTTP_LOW_SPEED_TIME`` (with
+    ``GDAL_HTTP_LOW_SPEED_LIMIT`` 1 byte/s): the longest silence; ``GDAL_HTTP_TIMEOUT``: the whole
+    request, three times the read limit (a range request of a COG is small); ``GDAL_HTTP_MAX_RETRY``
+    and ``GDAL_HTTP_RETRY_DELAY``: retries of a failed request.
+    """
+    connect = max(1, math.ceil(connect_timeout))
+    read = max(1, math.ceil(read_timeout))
+    return {
+        "GDAL_HTTP_CONNECTTIMEOUT": str(connect),
+        "GDAL_HTTP_LOW_SPEED_TIME": str(read),
+        "GDAL_HTTP_LOW_SPEED_LIMIT": "1",
+        "GDAL_HTTP_TIMEOUT": str(connect + 3 * read),
+        "GDAL_HTTP_MAX_RETRY": str(max(0, int(retries))),
+        "GDAL_HTTP_RETRY_DELAY": f"{max(0.0, float(retry_delay)):g}",
+    }
 
 
 def dataset_options(options: Mapping[str, Any]) -> dict[str, Any]:

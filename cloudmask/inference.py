@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -14,13 +15,32 @@ from .errors import ConfigError, MissingBandError
 from .models import NODATA, ModelCard, load_model
 from .postprocess import PostProcess, PostProcessSink, for_card
 from .runtime import make_runners
-from .xarray_predict import predict_xarray
+from .xarray_predict import check_reflectance, predict_xarray
+
+log = logging.getLogger(__name__)
+
+
+#: Sentinel-2 digital numbers to reflectance: ``DN * 1e-4`` (a card may say otherwise: ``dn_scale``/``dn_offset``).
+DN_SCALE = 1e-4
+
+
+def _dn_scale(card: ModelCard, scale: float | None, offset: float | None) -> tuple[float, float]:
+    """``(scale, offset)`` of ``reflectance = DN * scale + offset``: the given ones, else the card's, else 1e-4, 0."""
+    s = float(scale) if scale is not None else float(card.extra.get("dn_scale", DN_SCALE))
+    o = float(offset) if offset is not None else float(card.extra.get("dn_offset", 0.0))
+    return s, o
 
 
 def _to_band_first(
-    array: np.ndarray, card: ModelCard, bands: Sequence[str] | None, nodata: float | None
+    array: np.ndarray, card: ModelCard, bands: Sequence[str] | None, nodata: float | None,
+    scale: float | None = None, offset: float | None = None,
 ) -> np.ndarray:
-    """``(H, W, bands)`` reflectance -> ``(C, H, W)`` float32 in model band order, NaN = nodata."""
+    """``(H, W, bands)`` reflectance -> ``(C, H, W)`` float32 in model band order, NaN = nodata.
+
+    Integer input is digital numbers: ``DN * scale + offset`` (default the card's ``dn_scale``/``dn_offset``,
+    else 1e-4 and 0; ``nodata`` defaults to 0 for them); float input is reflectance unless ``scale`` is
+    given. ±inf and NaN are nodata; input whose range cannot be reflectance is refused (:func:`check_reflectance`).
+    """
     if array.ndim != 3:
         raise ConfigError(f"predict takes an (H, W, bands) array, got shape {array.shape}")
     names = list(bands) if bands is not None else list(card.bands)
@@ -33,9 +53,25 @@ def _to_band_first(
     if missing:
         raise MissingBandError(f"model '{card.name}' needs band(s) {missing}; the array has {names}")
     idx = [names.index(b) for b in card.bands]
-    out = np.moveaxis(np.asarray(array)[:, :, idx], -1, 0).astype(np.float32, copy=True)
+    raw = np.asarray(array)
+    is_dn = raw.dtype.kind in "iub"
+    if is_dn and nodata is None:
+        nodata = 0  # Sentinel-2 DN: 0 is no data
+    out = np.moveaxis(raw[:, :, idx], -1, 0).astype(np.float32, copy=True)
+    if is_dn or scale is not None:
+        s, o = _dn_scale(card, scale, offset)
+        if is_dn and scale is None:
+            log.info("predict: %s input read as digital numbers, reflectance = DN * %g + %g "
+                     "(pass scale=/offset= to change)", raw.dtype, s, o)
+        out *= np.float32(s)
+        if o:
+            out += np.float32(o)
     if nodata is not None:
-        out[:, np.all(np.asarray(array) == nodata, axis=2)] = np.nan
+        out[:, np.all(raw == nodata, axis=2)] = np.nan
+    finite = np.isfinite(out)
+    if not finite.all():
+        out[~finite] = np.nan  # +inf/-inf: no data, never a (clear) value
+    check_reflectance(out, "the input" if not is_dn else f"the {raw.dtype} input read as DN * scale + offset")
     return out
 
 
@@ -99,6 +135,8 @@ def predict(
     valid: bool = False,
     scl: np.ndarray | None = None,
     classes: str = "all",
+    scale: float | None = None,
+    offset: float | None = None,
 ) -> Any:
     """Class mask (0 clear, 1 cloud, 2 shadow, 255 nodata) of reflectance already in memory.
 
@@ -121,6 +159,11 @@ def predict(
 
     Classes are those of the model's card (3 thin cloud and 4 snow where it has them; see
     :mod:`cloudmask.classes`); ``classes="cloud-shadow"`` folds them onto 0 clear, 1 cloud, 2 shadow.
+
+    Integer input is digital numbers: ``reflectance = DN * scale + offset`` with the given
+    ``scale``/``offset``, else the card's ``dn_scale``/``dn_offset``, else 1e-4 and 0 (``nodata``
+    defaults to 0 for it); with ``scale`` float input is scaled too. ±inf is nodata. Input whose
+    values cannot be reflectance (median above 3, e.g. DN as floats) is refused with the fix.
     """
     card = load_model(_model_of(data, model))
     if classes != "all":
@@ -132,7 +175,7 @@ def predict(
         post = PostProcess.from_options(postprocess, threshold=threshold)
         postprocess = post.as_dict()
     if isinstance(data, np.ndarray):
-        refl = _to_band_first(data, card, bands, nodata)
+        refl = _to_band_first(data, card, bands, nodata, scale, offset)
         mask, probs, _ = predict_array(refl, card, backend=backend, config=cfg, postprocess=postprocess, scl=scl)
         out: tuple[Any, ...] = (mask,) + ((probs,) if probabilities else ())
         if valid:
@@ -141,6 +184,16 @@ def predict(
     if valid:
         raise ConfigError("valid=True is for numpy input; with xarray use cloudmask.xarray_predict.valid_mask or mask != 255")
 
+    variables = data.data_vars.values() if hasattr(data, "data_vars") else [data]
+    is_dn = any(getattr(v, "dtype", np.dtype(float)).kind in "iub" for v in variables)
+    if is_dn or scale is not None or offset is not None:
+        s, o = _dn_scale(card, scale, offset)
+        if is_dn:  # DN: nodata (default 0) first
+            if scale is None:
+                log.info("predict: integer input read as digital numbers, reflectance = DN * %g + %g "
+                         "(pass scale=/offset= to change)", s, o)
+            data = data.where(data != (0 if nodata is None else nodata))
+        data = data * s + o
     return predict_xarray(data, card, probabilities=probabilities, backend=backend, config=cfg,
                           postprocess=postprocess)
 

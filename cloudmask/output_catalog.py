@@ -157,6 +157,10 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
         "created": now,
         "updated": now,
     }
+    if result.extra.get("recipe"):  # what made the mask (cloudmask.recipe): a changed recipe remasks
+        props["cloudmask:recipe"] = result.extra["recipe"]
+    if result.extra.get("quicklook_error"):  # the quicklook cannot be made: the scene is done without it
+        props["cloudmask:quicklook_error"] = str(result.extra["quicklook_error"])
     post = result.extra.get("postprocess")
     if post:  # recorded as processing: what was done to the model's argmax, with which options
         props["cloudmask:postprocess"] = post

@@ -19,13 +19,14 @@ from .layout import OutputPaths, safe_name
 from .models import ModelCard
 from .postprocess import PostProcessSink, SclRows, for_card
 from .reader import RasterSource, ReaderConfig
+from .recipe import fingerprint, mask_recipe
 from .runtime import Runner, make_runners
 from .scene import SceneSpec
 from .writer import CogConfig, CogSink
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MaskResult", "OutputPaths", "mask_paths", "mask_scene_spec", "safe_name"]
+__all__ = ["MaskResult", "OutputPaths", "mask_paths", "mask_scene_spec", "safe_name", "scene_fingerprint"]
 
 
 def mask_paths(out_dir: Path, item_id: str) -> OutputPaths:
@@ -83,6 +84,27 @@ class _HistogramSink:
         self.inner.write_block(row, classes, probabilities)
 
 
+def scene_fingerprint(
+    spec: SceneSpec,
+    card: ModelCard,
+    *,
+    resolution: float | None = None,
+    classes: str = "all",
+    postprocess: Any = None,
+    stream: StreamConfig | None = None,
+) -> str:
+    """The fingerprint (:mod:`cloudmask.recipe`) of what :func:`mask_scene_spec` would make of ``spec``
+    with these arguments; recorded in the output item, compared to keep a finished mask."""
+    res = float(resolution or card.resolution)
+    cfg = stream or StreamConfig()
+    folded = replace(card, classes=collapse_names(card.classes, classes)) if classes != "all" else card
+    out_box = output_geobox(folded, spec.geobox(res))
+    post = for_card(folded, postprocess, resolution=abs(float(out_box.resolution.x)))
+    return fingerprint(mask_recipe(card, classes=classes, postprocess=post.as_dict() if post.active else None,
+                                   resolution=res, probabilities=cfg.probabilities, margin=cfg.margin,
+                                   blend=cfg.blend))
+
+
 def mask_scene_spec(
     spec: SceneSpec,
     out_dir: Path,
@@ -115,6 +137,8 @@ def mask_scene_spec(
 
 
     t0 = time.perf_counter()
+    recipe = scene_fingerprint(spec, card, resolution=resolution, classes=classes, postprocess=postprocess,
+                               stream=stream)
     if classes != "all":
         card = replace(card, classes=collapse_names(card.classes, classes))
     table = card.class_table
@@ -134,9 +158,10 @@ def mask_scene_spec(
         else:
             scl = SclRows(spec.bands["scl"].href, out_box)
     source = RasterSource(spec, card.bands, geobox, reader)
-    if device is not None:  # read the first strip while the device still works on the scene before
-        source.prefetch(0, min(geobox.height, max(256, card.patch_size)))
     try:
+        source.check_grid()  # a grid the files cannot fill is refused before anything is read or written
+        if device is not None:  # read the first strip while the device still works on the scene before
+            source.prefetch(0, min(geobox.height, max(256, card.patch_size)))
         with CogSink(
             paths.mask, out_box, paths.probabilities if cfg.probabilities else None, cog, tags,
             classes=table,
@@ -168,5 +193,5 @@ def mask_scene_spec(
         classes=table,
         counts=dict(shares.counts),
         card=card,
-        extra={"postprocess": post.as_dict()} if post.active else {},
+        extra={"recipe": recipe, **({"postprocess": post.as_dict()} if post.active else {})},
     )

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
@@ -32,12 +32,14 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from .errors import GridError, ReadError
-from .gdal_config import REMOTE_OPEN_OPTIONS, configure_gdal, dataset_options
+from .gdal_config import REMOTE_OPEN_OPTIONS, configure_gdal, dataset_options, http_options
 from .priority import lower_thread_priority
 from .scene import BandAsset, SceneSpec
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from .stac.api import HttpPolicy
 
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class ReaderConfig:
     more than the cores evens out bands of unequal cost; 7 % faster at 30 m on 2 cores, even at 10 m).
     ``decode_threads`` is GDAL's own threads per read for compressed blocks (the GTiff/JP2
     ``NUM_THREADS`` open option; default ``min(2, cores)``; 1 turns it off).
+    ``http``: time limits and retries of remote reads (:class:`~cloudmask.stac.HttpPolicy`, seconds;
+    default :meth:`HttpPolicy.from_env`, where GDAL's own ``GDAL_HTTP_*`` environment variables win).
     """
 
     resampling: str = "average"
@@ -65,6 +69,17 @@ class ReaderConfig:
     chunk_cols: int = 2048
     threads: int | None = None
     decode_threads: int | None = None
+    http: HttpPolicy | None = None
+
+    def http_env(self) -> dict[str, str]:
+        """GDAL's HTTP time limits and retries for ``http`` (:func:`~cloudmask.gdal_config.http_options`)."""
+        from .stac.api import HttpPolicy
+
+        policy = self.http or HttpPolicy.from_env()
+        opts = http_options(policy.connect_timeout, policy.read_timeout, policy.retry.count, policy.retry.backoff)
+        if self.http is None:  # the defaults: a user's own GDAL_HTTP_* environment wins
+            opts = {k: v for k, v in opts.items() if k not in os.environ}
+        return opts
 
 
 def gdal_path(href: str) -> str:
@@ -89,8 +104,11 @@ class _Handles:
     read in flight never has its dataset closed under it; a closed pool refuses new checkouts.
     """
 
-    def __init__(self, env: Mapping[str, Any], decode_threads: int = 1) -> None:
+    def __init__(self, env: Mapping[str, Any], decode_threads: int = 1,
+                 remote: Mapping[str, Any] | None = None) -> None:
         self.env = dataset_options(env)
+        # remote files only: REMOTE_OPEN_OPTIONS and the HTTP time limits (a silent server fails, never hangs)
+        self.remote = {**REMOTE_OPEN_OPTIONS, **(remote or {}), **self.env}
         self.decode_threads = decode_threads
         self._free: dict[tuple[str, int | None], list[Any]] = {}
         self._out: set[int] = set()  # id() of checked-out handles
@@ -100,8 +118,9 @@ class _Handles:
     @contextmanager
     def _env(self, href: str) -> Iterator[None]:
         """Per-dataset options around an open of ``href`` (thread-local in worker threads): the profile's,
-        plus :data:`~cloudmask.gdal_config.REMOTE_OPEN_OPTIONS` for remote files; nothing when none apply."""
-        env = {**REMOTE_OPEN_OPTIONS, **self.env} if gdal_path(href).startswith("/vsi") else self.env
+        plus :data:`~cloudmask.gdal_config.REMOTE_OPEN_OPTIONS` and the HTTP limits for remote files;
+        nothing when none apply."""
+        env = self.remote if gdal_path(href).startswith("/vsi") else self.env
         if env:
             with rasterio.Env(**env):
                 yield
@@ -138,9 +157,12 @@ class _Handles:
                 with self._env(asset.href):
                     ds = rasterio.open(gdal_path(asset.href), **opts)
             except rasterio.RasterioIOError as err:
+                remote = gdal_path(asset.href).startswith("/vsi")
                 raise ReadError(
                     f"cannot open band '{asset.band}' at {asset.href}: {err}; check the href, the file, "
                     "and credentials for remote storage"
+                    + ("; a server that does not answer within the HTTP time limit (--http-timeout, the job's "
+                       "http_timeout) fails the same way" if remote else "")
                 ) from err
             with self._lock:
                 self._out.add(id(ds))
@@ -197,6 +219,23 @@ def _rational(ratio: float, max_den: int = 6) -> tuple[int, int] | None:
     return frac.numerator, frac.denominator
 
 
+#: Environment variable overriding :data:`MAX_GRID_PIXELS`.
+MAX_PIXELS_ENV = "CLOUDMASK_MAX_GRID_PIXELS"
+#: Largest scene grid read, pixels (2**31: a Sentinel-2 tile down to 2.4 m; streams in bounded memory).
+MAX_GRID_PIXELS = 2**31
+
+
+def max_grid_pixels() -> int:
+    """The largest scene grid to read, pixels: ``$CLOUDMASK_MAX_GRID_PIXELS`` or :data:`MAX_GRID_PIXELS`."""
+    env = os.environ.get(MAX_PIXELS_ENV)
+    if env:
+        try:
+            return max(1, int(float(env)))
+        except ValueError:
+            log.warning("%s=%r is not a number of pixels; using %d", MAX_PIXELS_ENV, env, MAX_GRID_PIXELS)
+    return MAX_GRID_PIXELS
+
+
 def _read_upsampled(ds: Any, win: Window, shape: tuple[int, int], fill: float) -> np.ndarray:
     """Nearest-neighbour values of a band coarser than (or as fine as) the grid, ``shape`` pixels.
 
@@ -243,7 +282,8 @@ class RasterSource:
         env.update(spec.gdal_env)  # the provider profile's settings
         configure_gdal()
         decode = self.config.decode_threads
-        self._handles = _Handles(env, min(2, os.cpu_count() or 1) if decode is None else decode)
+        self._handles = _Handles(env, min(2, os.cpu_count() or 1) if decode is None else decode,
+                                 remote=self.config.http_env())
         self._pool: ThreadPoolExecutor | None = None
         self._ahead: ThreadPoolExecutor | None = None  # prefetch thread (started on first use)
         self._prefetched: tuple[int, int, Future[np.ndarray]] | None = None
@@ -465,6 +505,54 @@ class RasterSource:
                 self._pool = ThreadPoolExecutor(max(1, n), thread_name_prefix="cloudmask-read",
                                                 initializer=lower_thread_priority)
             return self._pool
+
+    def check_size(self, max_pixels: int | None = None) -> None:
+        """Refuse (:class:`GridError`) a grid of more than ``max_pixels`` pixels (default
+        :func:`max_grid_pixels`); no file is opened. :meth:`check_grid` also compares it with the files."""
+        h, w = self.shape
+        limit = max_grid_pixels() if max_pixels is None else max_pixels
+        if h * w > limit:
+            raise GridError(
+                f"scene {self.spec.id}: its grid is {w} x {h} pixels at {abs(self.geobox.resolution.x):g} m "
+                f"({h * w:.3g} pixels), more than the memory bound of {limit:.3g} pixels "
+                f"(${MAX_PIXELS_ENV}); check the item's proj:shape/proj:bbox, or choose a coarser --resolution"
+            )
+
+    def check_grid(self, max_pixels: int | None = None) -> None:
+        """Refuse a grid the band files cannot fill, before any pixel is read (:class:`GridError`).
+
+        The grid comes from the item's ``proj:shape``/``proj:transform``/``proj:bbox``; a wrong or hostile
+        value (``proj:shape`` 5e6 x 5e6 over 512 px files) would stream gigabytes of fill. Refused: a grid
+        of more than ``max_pixels`` pixels (:meth:`check_size`), or one reaching beyond the union of the
+        band files by more than two of its or their pixels and 1 % of their extent (opens each band).
+        """
+        self.check_size(max_pixels)
+        h, w = self.shape
+        boxes = []
+        for asset in self.assets:
+            with self._handles.checkout(asset, None) as ds:
+                if ds.crs is None or CRS.from_user_input(ds.crs) != CRS.from_user_input(str(self.geobox.crs)):
+                    continue  # the read says what is wrong with its CRS
+                boxes.append((tuple(ds.bounds), abs(ds.res[0]), asset))
+        if not boxes:
+            return
+        left = min(b[0][0] for b in boxes)
+        bottom = min(b[0][1] for b in boxes)
+        right = max(b[0][2] for b in boxes)
+        top = max(b[0][3] for b in boxes)
+        g = self.geobox.extent.boundingbox
+        pix = max(abs(self.geobox.resolution.x), max(b[1] for b in boxes))
+        tol_x = 2 * pix + 0.01 * (right - left)
+        tol_y = 2 * pix + 0.01 * (top - bottom)
+        if g.left < left - tol_x or g.right > right + tol_x or g.bottom < bottom - tol_y or g.top > top + tol_y:
+            files = ", ".join(sorted({b[2].band for b in boxes}))
+            raise GridError(
+                f"scene {self.spec.id} claims a grid of {w} x {h} pixels at {abs(self.geobox.resolution.x):g} m "
+                f"({g.right - g.left:.0f} x {g.top - g.bottom:.0f} m, bounds {g.left:.0f}, {g.bottom:.0f}, "
+                f"{g.right:.0f}, {g.top:.0f}) but its band files ({files}) cover only "
+                f"{right - left:.0f} x {top - bottom:.0f} m (bounds {left:.0f}, {bottom:.0f}, {right:.0f}, {top:.0f}); "
+                "the item's proj:shape/proj:transform/proj:bbox is wrong: fix the item"
+            )
 
     def footprint_cols(self, start: int, stop: int) -> tuple[int, int]:
         """Columns ``[c0, c1)`` of rows ``[start, stop)`` that the item's footprint touches (plus 2 px)."""

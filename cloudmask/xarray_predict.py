@@ -66,6 +66,33 @@ def valid_mask(data: xr.DataArray | xr.Dataset, bands: Sequence[str] | None = No
     return arr.notnull().rename("valid")
 
 
+#: The median of valid input above this (or below -1) cannot be reflectance (0-1; bright cloud and snow reach ~1.6).
+MAX_REFLECTANCE_MEDIAN = 3.0
+
+
+def check_reflectance(values: np.ndarray, what: str = "the input") -> bool:
+    """Refuse ``values`` whose valid (finite) part cannot be reflectance: a median above
+    :data:`MAX_REFLECTANCE_MEDIAN` or below -1 (digital numbers, percent); :class:`ConfigError` with the fix.
+
+    Looks at up to about a million values spread over the array (a strided sample); returns False when
+    there was nothing to judge (no finite value), True when the values pass."""
+    flat = values.reshape(-1)
+    step = max(1, flat.size // 1_000_000)
+    sample = flat[::step]
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return False
+    median = float(np.median(sample))
+    if -1.0 <= median <= MAX_REFLECTANCE_MEDIAN:
+        return True
+    raise ConfigError(
+        f"{what} cannot be reflectance (0–1): its median is {median:.4g} (largest {float(sample.max()):.4g}); "
+        "digital numbers? pass them as integers (read as DN * 1e-4), or pass scale= (and offset=), e.g. "
+        "scale=1e-4, offset=-0.1 for Sentinel-2 L2A of processing baseline >= 04.00, or convert with "
+        "cloudmask.to_reflectance(data, items)"
+    )
+
+
 def to_band_array(data: xr.DataArray | xr.Dataset, card: ModelCard) -> xr.DataArray:
     """The model's bands of ``data`` as one ``(..., band, y, x)`` float32 DataArray in card order (lazy).
 
@@ -117,14 +144,15 @@ def _as_reflectance(arr: xr.DataArray, name: Hashable) -> xr.DataArray:
     if arr.dtype.kind in "iub":
         raise ConfigError(
             f"{name} is {arr.dtype} (digital numbers?); cloudmask models take reflectance 0–1 as floats "
-            "with NaN for nodata, e.g. ds.where(ds != 0) * 1e-4 - 0.1 for baseline >= 04.00 L2A"
+            "with NaN for nodata: pass scale= (and offset=) to cloudmask.predict, e.g. scale=1e-4, offset=-0.1 for "
+            "baseline >= 04.00 L2A, or convert: ds.where(ds != 0) * 1e-4 - 0.1"
         )
     nodata = arr.attrs.get("nodata", arr.attrs.get("_FillValue", arr.encoding.get("_FillValue")))
     if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
         arr = arr.where(arr != nodata)
     if arr.dtype != np.float32:
         arr = arr.astype(np.float32)
-    return arr
+    return arr.where(np.isfinite(arr))  # ±inf: no data, never a (clear) value
 
 
 class XarrayRowSource:
@@ -143,12 +171,19 @@ class XarrayRowSource:
             edges = np.concatenate([[0], np.cumsum(self.data.chunks[1])]).astype(int)
             self._edges = edges
         self._cache: dict[int, np.ndarray] = {}
+        self._judged = False  # whether the values were seen to be reflectance (check_reflectance)
 
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.data.shape[1]), int(self.data.shape[2])
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
+        rows = self._rows(start, stop)
+        if not self._judged:  # the first rows with data: DN or percent are refused before any is masked
+            self._judged = check_reflectance(rows)
+        return rows
+
+    def _rows(self, start: int, stop: int) -> np.ndarray:
         if not self._lazy:
             return np.array(self.data[:, start:stop], dtype=np.float32, copy=True)
 
@@ -364,6 +399,7 @@ __all__ = [
     "FLAG_MEANINGS",
     "FLAG_VALUES",
     "XarrayRowSource",
+    "check_reflectance",
     "predict_xarray",
     "spatial_dims",
     "to_band_array",

@@ -145,7 +145,10 @@ def test_predict_errors(item):
     with pytest.raises(ConfigError, match="band"):
         predict(ds.red)
     with pytest.raises(ConfigError, match="reflectance"):
-        predict((ds * 10000).astype("uint16"))
+        predict(ds * 10000).compute()  # DN as floats: refused (when computed) with the fix (scale=)
+    raw = ((ds + 0.1) * 10000).clip(1, 65535).round().fillna(0).astype("uint16")  # L2A DN (offset -0.1), 0 nodata
+    dn = predict(raw, offset=-0.1)  # integers are DN: DN * 1e-4 - 0.1, not "100 % clear"
+    assert float((dn == predict(ds)).mean()) > 0.99
 
 
 def test_predict_inside_a_running_event_loop(item, predicted):

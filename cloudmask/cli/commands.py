@@ -94,6 +94,7 @@ def _mask_all(
     classes: str = "all", threshold: float | None = None, class_thresholds: Sequence[str] = (),
     average_over: int | None = None, dilation_size: int | None = None, buffer_m: float | None = None,
     min_region: int | None = None, scl: str | None = None, latency_ms: float = 0.0, stats_json: Path | None = None,
+    reader: Any = None,
 ) -> Any:
     """Mask ``specs`` into ``out`` (failures isolated, catalogue and summary always written).
 
@@ -147,7 +148,7 @@ def _mask_all(
         with bar.scene(spec.id[:40]) as cb:
             res = mask_scene(spec, out, card, runners=runners_by_model[card.name], stream=cfg,
                              resolution=resolution, progress=cb, quicklook=quicklook, catalog=False, classes=classes,
-                             postprocess=post, device=turn)
+                             postprocess=post, device=turn, reader=reader)
         scene_stats[spec.id] = {"scene": spec.id, "model": card.name, "turn": None if turn is None else turn.number,
                                 **res.stats.as_dict()}
         if show_stats:
@@ -172,9 +173,18 @@ def _mask_all(
 
     kept: dict[str, dict[str, Any] | None] = {}  # scene id -> the finished output kept (checksummed once)
 
+    from ..pipeline import scene_fingerprint
+    from ..quicklook import available as quicklooks_available
+
+    outputs = (("quicklook",) if quicklook and quicklooks_available() else ()) + (
+        ("probabilities",) if probabilities else ())
+
     def keep(spec: Any) -> dict[str, Any] | None:
         if spec.id not in kept:
-            kept[spec.id] = existing_output(out, spec, card_of(spec).name, classes_of(spec))
+            card = card_of(spec)
+            recipe = scene_fingerprint(spec, card, resolution=resolution, classes=classes, postprocess=post,
+                                       stream=cfg)
+            kept[spec.id] = existing_output(out, spec, card.name, classes_of(spec), recipe=recipe, outputs=outputs)
         return kept[spec.id]
 
     def skip(spec: Any) -> bool:
@@ -278,6 +288,9 @@ def demo(out: Path, synthetic: bool, sample_dir: Path | None, scenes: int, size:
     else:
         cat = demo_catalog()
         note(f"demo catalogue (5 real Sentinel-2 L2A chips, CC BY 4.0): {cat}")
+    from ..batch import refuse_input_in_out
+
+    refuse_input_in_out(cat, out)
     items = search(str(cat))
     specs, failed = specs_of(items)
     report = _mask_all(specs, out, failed=failed, **kw)
@@ -333,11 +346,11 @@ def _search_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--sortby", default=None, help="e.g. -datetime or eo:cloud_cover."),
         click.option("--http-timeout", default=None, expose_value=False, callback=_keep_http_option,
                      metavar="SECONDS[,SECONDS]",
-                     help="STAC API request timeout, READ or CONNECT,READ seconds "
-                          "[default: 10,20 or $CLOUDMASK_HTTP_TIMEOUT]."),
+                     help="Time limit of each STAC API request and (with `run`) of each remote band read, READ "
+                          "or CONNECT,READ seconds [default: 10,20 or $CLOUDMASK_HTTP_TIMEOUT]."),
         click.option("--http-retries", type=click.IntRange(0, 100), default=None, expose_value=False,
                      callback=_keep_http_option,
-                     help="Retries of a failed or timed-out STAC API request, with backoff "
+                     help="Retries of a failed or timed-out STAC API request (and remote band read), with backoff "
                           "[default: 3 or $CLOUDMASK_HTTP_RETRIES]."),
     ]
     for opt in reversed(opts):
@@ -350,14 +363,21 @@ def _keep_http_option(ctx: click.Context, param: click.Parameter, value: str | i
     ctx.meta[f"cloudmask.{param.name}"] = value
 
 
+def _http_policy() -> Any:
+    """The STAC API's and the band reads' HTTP limits: ``--http-timeout``/``--http-retries`` over the environment."""
+    from ..stac import HttpPolicy
+
+    meta = click.get_current_context().meta
+    return HttpPolicy.from_env().with_overrides(meta.get("cloudmask.http_timeout"), meta.get("cloudmask.http_retries"),
+                                                names=("--http-timeout", "--http-retries"))
+
+
 def _do_search(stac: str, collection: str | None, bbox: str | None, aoi: str | None, datetime_: str | None,
                max_cloud: float | None, min_cloud: float | None, limit: int | None,
                sortby: str | None = None) -> list[Any]:
-    from ..stac import HttpPolicy, SearchQuery, search
+    from ..stac import SearchQuery, search
 
-    meta = click.get_current_context().meta
-    http = HttpPolicy.from_env().with_overrides(meta.get("cloudmask.http_timeout"), meta.get("cloudmask.http_retries"),
-                                                names=("--http-timeout", "--http-retries"))
+    http = _http_policy()
     query = SearchQuery.build(collection=collection, bbox=parse_bbox(bbox, "--bbox") if bbox else None, aoi=aoi,
                               datetime=datetime_, max_cloud=max_cloud,
                               min_cloud=min_cloud, limit=limit, sortby=sortby)
@@ -448,8 +468,9 @@ def run(stac: str, collection: str | None, bbox: str | None, aoi: str | None, da
     A scene that fails is reported and the others go on; the output catalogue and ``summary.json``
     are always written; the exit code is 8 when any scene failed.
     """
-    from ..batch import prepare_out_dir, specs_of
+    from ..batch import prepare_out_dir, refuse_input_in_out, specs_of
 
+    refuse_input_in_out(stac, out)
     prepare_out_dir(out)
     if profile is not None:
         from ..profiles import get_profile
@@ -460,7 +481,10 @@ def run(stac: str, collection: str | None, bbox: str | None, aoi: str | None, da
         note("no scenes match the search; nothing to do")
         return
     specs, failed = specs_of(items, profile)
-    _report(_mask_all(specs, out, skip_existing=skip_existing, failed=failed, **kw))
+    from ..reader import ReaderConfig
+
+    _report(_mask_all(specs, out, skip_existing=skip_existing, failed=failed, reader=ReaderConfig(http=_http_policy()),
+                      **kw))
 
 
 @main.command("evaluate")

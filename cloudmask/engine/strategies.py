@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import CloudmaskError, ConfigError
+from ..errors import CloudmaskError, ConfigError, NonFiniteOutputError
 from ..grid import DEFAULT_MARGIN, PatchLayout, blend_weights, max_margin
 from ..models import ModelCard
 from .blender import Block, PatchBlender, PatchClassBlender, PixelBlender
@@ -64,6 +64,24 @@ class Strategy(Protocol):
     def done(self, blender: Blender) -> int: ...
 
 
+def check_finite(scores: np.ndarray, model: str) -> None:
+    """Raise :class:`NonFiniteOutputError` when ``scores`` (the used part of one batch) hold NaN or ±inf.
+
+    An argmax over NaN picks channel 0 (clear): a broken model would give a "100 % clear" mask. One
+    sum per batch (a NaN or inf anywhere makes it non-finite); the exact count only when it is not.
+    """
+    if np.isfinite(scores.sum()):
+        return
+    bad = int(scores.size - np.count_nonzero(np.isfinite(scores)))
+    if bad == 0:  # a float32 sum that overflowed: the scores themselves are finite
+        return
+    raise NonFiniteOutputError(
+        f"model '{model}' gave {bad} non-finite score(s) (NaN or ±inf) of {scores.size} in one batch: its "
+        "output cannot be turned into classes, so this scene is not masked (it would read as clear); check the "
+        "model's graph and the card's normalisation on this scene's input"
+    )
+
+
 def _check_patch_shape(card: ModelCard, shape: Sequence[int]) -> int:
     """Patches per call of a patch runner's input ``shape``: its batch, or ``k`` for a patch-stacked
     classifier's ``[1, k*C, p, p]`` (card field ``patches_per_call``)."""
@@ -89,8 +107,8 @@ def _check_patch_shape(card: ModelCard, shape: Sequence[int]) -> int:
 class _PatchBlenderAdapter:
     """Gives patch blenders the common ``feed(tasks, scores, filled)`` form and counts progress."""
 
-    def __init__(self, inner: PatchBlender | PatchClassBlender, n_cols: int) -> None:
-        self.inner, self.n_cols, self.skipped = inner, n_cols, 0
+    def __init__(self, inner: PatchBlender | PatchClassBlender, n_cols: int, model: str = "") -> None:
+        self.inner, self.n_cols, self.skipped, self.model = inner, n_cols, 0, model
 
     @property
     def is_done(self) -> bool:
@@ -101,6 +119,7 @@ class _PatchBlenderAdapter:
         return self.inner.cut(msg)
 
     def feed(self, tasks: Sequence[Task], scores: np.ndarray, filled: int) -> list[Block]:
+        check_finite(scores[: len(tasks)], self.model)
         return self.inner.feed(tasks, scores)
 
 
@@ -133,7 +152,7 @@ class SegmentationStrategy:
     def blender(self, stats: StreamStats, probabilities: bool) -> Blender:
         weights = blend_weights(self.layout.patch, self.layout.margin, self.blend)  # type: ignore[arg-type]
         return _PatchBlenderAdapter(PatchBlender(self.layout, self.card, weights, probabilities, stats),
-                                    self.layout.n_cols)
+                                    self.layout.n_cols, self.card.name)
 
     def done(self, blender: Blender) -> int:
         assert isinstance(blender, _PatchBlenderAdapter)
@@ -149,12 +168,12 @@ class PatchClassifierStrategy(SegmentationStrategy):
 
     def blender(self, stats: StreamStats, probabilities: bool) -> Blender:
         return _PatchBlenderAdapter(PatchClassBlender(self.layout, self.card, probabilities, stats),
-                                    self.layout.n_cols)
+                                    self.layout.n_cols, self.card.name)
 
 
 class _PixelBlenderAdapter:
-    def __init__(self, inner: PixelBlender) -> None:
-        self.inner, self.skipped = inner, 0
+    def __init__(self, inner: PixelBlender, model: str = "") -> None:
+        self.inner, self.skipped, self.model = inner, 0, model
 
     @property
     def is_done(self) -> bool:
@@ -165,6 +184,7 @@ class _PixelBlenderAdapter:
         return self.inner.cut(msg)
 
     def feed(self, tasks: Sequence[Task], scores: np.ndarray, filled: int) -> list[Block]:
+        check_finite(self.inner.to_cf(scores)[:, :filled], self.model)
         return self.inner.feed(tasks, scores, filled)
 
 
@@ -198,7 +218,7 @@ class PixelStrategy:
 
     def blender(self, stats: StreamStats, probabilities: bool) -> Blender:
         n = PixelProducer.n_strips(self.height, self.strip_rows)
-        return _PixelBlenderAdapter(PixelBlender(self.card, self.width, n, probabilities, stats))
+        return _PixelBlenderAdapter(PixelBlender(self.card, self.width, n, probabilities, stats), self.card.name)
 
     def done(self, blender: Blender) -> int:
         assert isinstance(blender, _PixelBlenderAdapter)

@@ -14,7 +14,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import pystac
 
 from .. import __version__, atomic, retry
+from ..batch import refuse_input_in_out
 from ..errors import CatalogUnreachableError, JobError, SceneFailuresError, WriteError
 from ..layout import output_stem, rows_relative_to
 from ..output_catalog import item_percentages, update_output_catalog, write_item
@@ -29,8 +30,24 @@ from ..stac import search
 from .executors import dask_executor, local_executor
 from .push import push_pending
 from .spec import JobSpec
-from .state import JobLock, Journal, catalogue_rows, check_done, clean_temporaries, is_collision, now_iso
-from .task import SERIAL_BACKENDS, SceneOutcome, TaskSettings, describe_error
+from .state import (
+    DoneCheck,
+    JobLock,
+    Journal,
+    catalogue_rows,
+    check_done,
+    clean_temporaries,
+    is_collision,
+    now_iso,
+)
+from .task import (
+    SERIAL_BACKENDS,
+    SceneOutcome,
+    TaskSettings,
+    describe_error,
+    expected_outputs,
+    expected_recipe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +73,16 @@ def search_items(spec: JobSpec, now: datetime | None = None) -> list[pystac.Item
             seen.add(it.id)
             unique.append(it)
     return unique
+
+
+def scene_done(out: Path, item: pystac.Item, settings: TaskSettings) -> DoneCheck:
+    """Whether ``item`` is done in ``out`` for a job with ``settings``: :func:`~.state.check_done` with
+    the recipe a mask made now would have and every output the spec asks for (quicklook, probabilities)."""
+    recipe = expected_recipe(item, settings)
+    if recipe is None:  # the scene cannot be masked as the spec says: masking it will say why
+        check = check_done(out, item.id)
+        return replace(check, done=False, reason="its settings cannot be resolved") if check.done else check
+    return check_done(out, item.id, recipe=recipe, outputs=expected_outputs(settings))
 
 
 def _item_payload(item: pystac.Item) -> dict[str, Any]:
@@ -153,6 +180,7 @@ def run_job(
     """
     t0 = time.perf_counter()
     out = Path(spec.output)
+    refuse_input_in_out(spec.stac, out, "output")
     out.mkdir(parents=True, exist_ok=True)
     lock = JobLock(out, spec.name).acquire(wait=wait, timeout=wait_timeout)
     journal = Journal(out)
@@ -171,8 +199,9 @@ def run_job(
         report.found = len(items)
         pending: list[pystac.Item] = []
         claimed: dict[str, str] = {}
+        settings = TaskSettings.from_spec(spec)
         for it in items:
-            check = check_done(out, it.id)
+            check = scene_done(out, it, settings)
             stem = output_stem(it.id)
             if check.done:
                 report.skipped += 1
@@ -187,7 +216,6 @@ def run_job(
                 claimed[stem] = it.id
                 pending.append(it)
         log.info("job %s: %d scene(s) found, %d done, %d to do", spec.name, len(items), report.skipped, len(pending))
-        settings = TaskSettings.from_spec(spec)
         if pending:
             payloads = [_item_payload(it) for it in pending]
             if scheduler or workers:

@@ -13,8 +13,8 @@ an optional ``[retries]`` table::
     resolution = 30
     output = "masks/alps"
     concurrency = 2
-    http_timeout = 20                     # seconds per STAC API request (or "10,20": connect, read)
-    http_retries = 3                      # retries of one STAC API request
+    http_timeout = 20                     # seconds per STAC API request and remote band read (or "10,20")
+    http_retries = 3                      # retries of one STAC API request (and band read)
 
     [retries]                             # a failed scene, or an unreachable catalogue, tried again
     count = 3

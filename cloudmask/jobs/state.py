@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ from ..atomic import TEMP_PATTERNS
 from ..errors import JobError, JobLockedError, SceneFailuresError
 from ..layout import OutputPaths, safe_name
 from ..output_catalog import file_checksum, item_percentages, load_items
+from ..recipe import ITEM_KEY as RECIPE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +199,13 @@ class DoneCheck:
     item_path: Path | None = None
 
 
-def check_done(out_dir: Path, scene_id: str, verify: bool = True) -> DoneCheck:
-    """Is ``scene_id`` done in ``out_dir``? (item present and names it, mask present, checksum matches)."""
+def check_done(out_dir: Path, scene_id: str, verify: bool = True, recipe: str | None = None,
+               outputs: Sequence[str] = ()) -> DoneCheck:
+    """Is ``scene_id`` done in ``out_dir``? The one done rule of jobs and ``run --skip-existing``: the item
+    is present and names the scene, the mask is present with the item's size and checksum; given
+    ``recipe`` (:func:`cloudmask.pipeline.scene_fingerprint`), the item was made with it (a mask made
+    with another model, classes, post-processing, resolution or probabilities setting is not done);
+    every asset named in ``outputs`` (``"quicklook"``, ``"probabilities"``) is in the item and on disk."""
     item_path = OutputPaths.for_scene(out_dir, scene_id).item
     if not item_path.is_file():
         return DoneCheck(False, "no output item")
@@ -221,6 +227,17 @@ def check_done(out_dir: Path, scene_id: str, verify: bool = True) -> DoneCheck:
         return DoneCheck(False, f"mask {mask.name} has {mask.stat().st_size} bytes, item says {size}", item_path)
     if verify and asset.get("file:checksum") and file_checksum(mask) != asset["file:checksum"]:
         return DoneCheck(False, f"mask {mask.name} does not match the item's checksum", item_path)
+    props = doc.get("properties", {})
+    if recipe is not None and props.get(RECIPE_KEY) != recipe:
+        return DoneCheck(False, "mask made with other settings (model, classes, post-processing, resolution or "
+                         "probabilities)" if props.get(RECIPE_KEY) else "mask made before its settings were "
+                         "recorded", item_path)
+    for name in outputs:
+        if name == "quicklook" and props.get("cloudmask:quicklook_error"):
+            continue  # it cannot be made for this scene (said when the mask was made)
+        extra = doc.get("assets", {}).get(name)
+        if not extra or not (item_path.parent / extra["href"]).resolve().is_file():
+            return DoneCheck(False, f"its {name} is missing", item_path)
     return DoneCheck(True, "", item_path)
 
 

@@ -8,9 +8,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .run import search_items
+from .run import scene_done, search_items
 from .spec import JobSpec
 from .state import JobLock, Journal, catalogue_rows, check_done
+from .task import TaskSettings
 
 __all__ = ["JobStatus", "job_status"]
 
@@ -42,9 +43,13 @@ def job_status(spec: JobSpec, *, search: bool = True, now: datetime | None = Non
     journal = Journal(out)
     last = journal.last_by_scene(("started", "done", "failed"))
     on_disk = {r["scene"] for r in catalogue_rows(out)} if out.exists() else set()
-    ids: Iterable[str] = [it.id for it in search_items(spec, now)] if search else sorted(on_disk | set(last))
+    settings = TaskSettings.from_spec(spec)
+    found = search_items(spec, now) if search else None
+    ids: Iterable[str] = [it.id for it in found] if found is not None else sorted(on_disk | set(last))
+    by_id = {it.id: it for it in found} if found is not None else {}
     for sid in ids:
-        if check_done(out, sid).done:
+        # searched: the job's own done rule (settings and outputs); offline: the mask and its checksum
+        if (scene_done(out, by_id[sid], settings) if sid in by_id else check_done(out, sid)).done:
             st.done.append(sid)
         elif last.get(sid, {}).get("event") == "failed":
             st.failed[sid] = str(last[sid].get("error"))

@@ -20,16 +20,19 @@ from typing import Any
 
 import pystac
 
-from .. import retry
+from .. import atomic, retry
 from ..engine import StreamConfig
 from ..errors import CatalogUnreachableError, CloudmaskError, ReadError, WriteError
+from ..layout import OutputPaths
 from ..models import choose_model
 from ..output_catalog import mask_item
 from ..pipeline import mask_scene_spec
 from ..profiles import scene_spec
 from ..quicklook import quicklook_for_result
+from ..reader import ReaderConfig
 from ..retry import RetryPolicy
 from ..runtime.cache import cached_runners, runner_loads, runner_lock
+from ..stac.api import HttpPolicy
 from .spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ class TaskSettings:
     postprocess: dict[str, Any] | None = None
     retries: RetryPolicy = field(default_factory=RetryPolicy)
     emulated_latency: float = 0.0
+    http: HttpPolicy | None = None  # time limits and retries of remote band reads (the spec's http_timeout)
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> TaskSettings:
@@ -65,7 +69,7 @@ class TaskSettings:
             out_dir=str(spec.output), model=spec.model, backend=spec.backend, resolution=spec.resolution,
             profile=spec.profile, margin=spec.margin, probabilities=spec.probabilities,
             quicklook=spec.quicklook, classes=spec.classes, postprocess=spec.postprocess, retries=spec.retries,
-            emulated_latency=spec.emulated_latency,
+            emulated_latency=spec.emulated_latency, http=spec.http_policy(),
         )
 
 
@@ -135,16 +139,46 @@ def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[st
     # a serial device is held only while the scene streams (not while its COG is finished)
     res = mask_scene_spec(spec, Path(settings.out_dir), card, runners=runs, stream=stream,
                           resolution=settings.resolution, classes=settings.classes,
-                          postprocess=settings.postprocess,
+                          postprocess=settings.postprocess, reader=ReaderConfig(http=settings.http),
                           device=serial if settings.backend in SERIAL_BACKENDS else None)
     res.extra.update(backend=settings.backend, backend_version=_backend_version(settings.backend))
     if settings.quicklook:
         try:
             quicklook_for_result(spec, res)
-        except Exception as err:  # noqa: BLE001 - a quicklook is a nicety
+        except WriteError:
+            raise  # a full disk or an unwritable place: the scene is not done (the next run makes it)
+        except OSError as err:
+            raise atomic.write_error(err, OutputPaths.of_mask(res.mask).quicklook) from err
+        except Exception as err:  # noqa: BLE001 - a quicklook this scene cannot have: done without it, said so
             log.warning("no quicklook for %s: %s", item.get("id"), err)
+            res.extra["quicklook_error"] = describe_error(err)
     doc = mask_item(spec, res).to_dict(include_self_link=False, transform_hrefs=False)
     return doc, {**res.row(), "model": card.name}
+
+
+def expected_outputs(settings: TaskSettings) -> tuple[str, ...]:
+    """The assets besides the mask that a done scene must have under ``settings``."""
+    from ..quicklook import available
+
+    return (("quicklook",) if settings.quicklook and available() else ()) + (
+        ("probabilities",) if settings.probabilities else ())
+
+
+def expected_recipe(item: pystac.Item | Mapping[str, Any], settings: TaskSettings) -> str | None:
+    """The fingerprint (:func:`cloudmask.pipeline.scene_fingerprint`) a mask of ``item`` made now with
+    ``settings`` gets; None when the item or model cannot be resolved (masking it will say why)."""
+    from ..pipeline import scene_fingerprint
+
+    try:
+        it = item if isinstance(item, pystac.Item) else pystac.Item.from_dict(dict(item))
+        spec = scene_spec(it, settings.profile)
+        card = choose_model(settings.model, spec)
+        stream = StreamConfig(margin=settings.margin, probabilities=settings.probabilities)
+        return scene_fingerprint(spec, card, resolution=settings.resolution, classes=settings.classes,
+                                 postprocess=settings.postprocess, stream=stream)
+    except CloudmaskError as err:
+        log.debug("scene %s: no recipe (%s)", getattr(item, "id", None), err)
+        return None
 
 
 def describe_error(err: BaseException) -> str:

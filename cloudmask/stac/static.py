@@ -75,7 +75,34 @@ def _iter_items(cat: pystac.Catalog | pystac.ItemCollection) -> Iterator[pystac.
     if isinstance(cat, pystac.ItemCollection):
         yield from cat.items
     else:
-        yield from cat.get_items(recursive=True)
+        yield from _walk(cat, (), set())
+
+
+def _href_of(obj: pystac.STACObject) -> str:
+    return obj.get_self_href() or f"<{obj.id}>"
+
+
+def _walk(cat: pystac.Catalog, ancestors: tuple[str, ...], seen: set[str]) -> Iterator[pystac.Item]:
+    """Items of ``cat`` and its children, depth first; a child link back to ``cat`` or one of its
+    ancestors (a cycle) is a :class:`CatalogError`; a child reached twice by other paths is walked once."""
+    here = _href_of(cat)
+    path = (*ancestors, here)
+    seen.add(here)
+    yield from cat.get_items(recursive=False)
+    root = cat.get_root()
+    for link in cat.get_child_links():
+        child = link.resolve_stac_object(root=root).target
+        if not isinstance(child, pystac.Catalog):
+            continue
+        href = _href_of(child)
+        if href in path:
+            raise CatalogError(
+                f"link cycle in STAC catalogue: {here} links to {href} as a child, but it is "
+                + ("itself" if href == here else "one of its parents")
+                + f" ({' -> '.join([*path, href])}); remove or fix that 'child' link"
+            )
+        if href not in seen:
+            yield from _walk(child, path, seen)
 
 
 def search_static(path: Path, query: SearchQuery) -> list[pystac.Item]:
