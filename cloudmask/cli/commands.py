@@ -427,7 +427,7 @@ def profiles_cmd(name: str | None, as_json: bool) -> None:
     rows = [{"profile": p.name, "aliases": ",".join(p.aliases), "level": p.product_level,
              "red / nir assets": f"{'|'.join(p.assets.get('red', ()))} / {'|'.join(p.assets.get('nir', ()))}",
              "detected by": "; or ".join(describe_rule(r) for r in p.detect)} for p in profs]
-    click.echo(_table(rows, ["profile", "aliases", "level", "red / nir assets", "detected by"], max_width=70))
+    click.echo(_table(rows, ["profile", "aliases", "level", "red / nir assets", "detected by"]))
     note("`cloudmask profiles NAME` shows every band of one profile")
 
 
