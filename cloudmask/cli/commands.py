@@ -309,8 +309,9 @@ def _add_agreement(rows: list[dict[str, Any]], items: Sequence[Any]) -> None:
         if key is None:
             continue
         ref = item.assets[key].get_absolute_href() or item.assets[key].href
+        # a generated truth is three-class even where a scene has no shadow: score all three
         acc = evaluate(row["mask"], ref, reference_classes="0=clear,1=cloud" if key == "ensemble" else
-                       "0=clear,1=cloud,2=shadow").overall_accuracy
+                       "0=clear,1=cloud,2=shadow", unscored=()).overall_accuracy
         row["agree %"] = None if acc is None else round(100.0 * acc, 1)
 
 
