@@ -273,12 +273,15 @@ def card_problems(raw: Mapping[str, Any]) -> tuple[CardFile | None, list[str]]:
 def _problems(err: ValidationError) -> list[str]:
     keys = list(CardFile.model_fields)
     out: list[str] = []
+    missing = [".".join(str(p) for p in e["loc"]) for e in err.errors() if e["type"] == "missing"]
+    if missing:
+        out.append(f"missing field(s) {', '.join(missing)}; a card needs {', '.join(REQUIRED_FIELDS)} (see README, "
+                   "'Bring your own model')")
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         msg = str(e["msg"]).removeprefix("Value error, ")
         if e["type"] == "missing":
-            out.append(f"missing field '{loc}' (a card needs {', '.join(REQUIRED_FIELDS)}; see README, "
-                       "'Bring your own model')")
+            continue
         elif e["type"] == "extra_forbidden":
             out.append(f"unknown key '{loc}'{did_you_mean(str(loc), keys)}; valid keys are {', '.join(keys)}")
         elif not e["loc"]:  # a model validator: its message names the field

@@ -123,8 +123,9 @@ def card_from_dict(raw: Mapping[str, Any], base: Path, source: str = "model card
         except ModelCardError as err:
             problems.append(str(err).removeprefix(f"{source}: "))
     onnx_path = None
-    if isinstance(raw.get("onnx"), str):
-        onnx_path = (base / raw["onnx"]).resolve()
+    onnx = doc.onnx if doc is not None else raw.get("onnx")
+    if isinstance(onnx, str):
+        onnx_path = (base / onnx).resolve()
         if not onnx_path.is_file():
             problems.append(f"ONNX file {onnx_path} does not exist; fix the card's 'onnx' path")
     if problems:
