@@ -244,7 +244,7 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = Non
     buf = io.StringIO()
     out = Console(file=buf, width=width or (shutil.get_terminal_size().columns if terminal else _UNLIMITED),
                   force_terminal=terminal, color_system="standard" if terminal else None, highlight=False,
-                  soft_wrap=False)
+                  soft_wrap=False, force_jupyter=False)
     out.print(t)
     return "\n".join(line.rstrip() for line in buf.getvalue().rstrip("\n").splitlines())
 

@@ -37,6 +37,14 @@ def test_a_terminal_table_fits_the_terminal(monkeypatch):
     assert len(console.table(ROWS, width=40).splitlines()[2]) <= 40  # an explicit width wins
 
 
+def test_in_a_notebook_the_table_is_returned_not_displayed(monkeypatch):
+    """rich displays straight into Jupyter unless told not to: table() must still return the text."""
+    import rich.console
+
+    monkeypatch.setattr(rich.console, "_is_jupyter", lambda: True)
+    assert console.table(ROWS, ["scene", "cloud"]).splitlines()[0].split() == ["scene", "cloud"]
+
+
 def test_profiles_show_every_detection_rule_in_full():
     res = CliRunner().invoke(main, ["profiles"])
     assert res.exit_code == 0, res.output
