@@ -79,3 +79,13 @@ def test_a_new_card_field_is_one_line():
     extras = set(CardFile.model_fields) - set(CardFile.card_arguments())
     assert {"metis_model", "fold", "postprocess"} <= extras
     assert set(CardFile.card_arguments()) <= set(CardFile.model_fields)
+
+
+def test_job_spec_unknown_key_says_did_you_mean(tmp_path):
+    from cloudmask.errors import ConfigError
+    from cloudmask.jobs import load_spec
+
+    path = tmp_path / "job.toml"
+    path.write_text(f'stac = "{demo_catalog()}"\noutput = "o"\nmax_clod = 20\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'max_clod' \(did you mean 'max_cloud'\?\)"):
+        load_spec(path)
