@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench setup stac-api clean
+.PHONY: demo test test-fast lint bench setup stac-api clean notebooks
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,16 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/cloudmask demo --out out/demo
+
+# Run every notebook top to bottom (jupytext -> nbconvert, this venv's kernel) into out/notebooks/*.ipynb,
+# outputs included; a cell that fails stops it. Open the results with `jupyter lab out/notebooks` (not installed).
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
+notebooks: $(STAMP)
+	mkdir -p out/notebooks
+	for nb in $(NOTEBOOKS); do \
+	  CLOUDMASK_NOTEBOOK_OUT=$(CURDIR)/out/notebooks/$$(basename $$nb .py) $(VENV)/bin/jupytext --to ipynb \
+	    --execute --output out/notebooks/$$(basename $$nb .py).ipynb $$nb || exit 1; \
+	done
 
 stac-api: $(STAMP)
 	PYTHON=$(PY) bash scripts/stac-api-setup.sh

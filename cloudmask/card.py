@@ -8,15 +8,18 @@ card files, STAC MLM items) is :mod:`cloudmask.models`; this module imports neit
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from .classes import ClassTable, canonical, class_names, class_value
 from .errors import ModelCardError
@@ -160,8 +163,9 @@ def _validate(card: ModelCard) -> None:
         )
     if card.product_level not in ("l1c", "l2a"):
         raise ModelCardError(f"{where}: product_level must be 'l1c' or 'l2a', got {card.product_level!r}")
-    if not card.resolution or card.resolution <= 0:
-        raise ModelCardError(f"{where}: resolution must be a positive number of metres")
+    if not math.isfinite(card.resolution) or card.resolution <= 0:
+        raise ModelCardError(f"{where}: resolution must be a positive, finite number of metres, "
+                             f"got {card.resolution!r}")
     if card.normalisation is not None:
         card.normalisation.validate(card.n_bands, f"{where}: normalisation")
     if card.kind not in KINDS:
@@ -188,6 +192,138 @@ def _validate(card: ModelCard) -> None:
             )
         if not 0.0 < float(card.threshold) < 1.0:
             raise ModelCardError(f"{where}: threshold must be a probability between 0 and 1, got {card.threshold}")
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'output'?)`` for a misspelt ``word``, or ``""`` when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class CardFile(BaseModel):
+    """The fields a card file (YAML or JSON) may hold, checked all at once; any other key is an error.
+
+    The first block are :class:`ModelCard`'s own arguments; every other field is kept in
+    :attr:`ModelCard.extra` when the card gives it. **A new card field is one line in the second block.**
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, coerce_numbers_to_str=True)
+
+    name: str | None = None
+    onnx: str
+    bands: list[str]
+    product_level: str
+    resolution: float  # metres per pixel, finite and > 0
+    normalisation: Any  # checked by cloudmask.normalisation.from_card
+    patch_size: int = 256  # pixels
+    kind: str = "segmentation"
+    classes: list[str] = ["clear", "cloud", "shadow"]
+    output: str = "logits"
+    version: str = ""
+    description: str = ""
+    threshold: float | None = None  # one-channel models: the class where P > threshold (default 0.5)
+
+    # kept in ModelCard.extra
+    license: str | None = None
+    architecture: str | None = None  # e.g. LightGBM (STAC MLM mlm:architecture)
+    postprocess: dict[str, Any] | None = None  # default post-processing (cloudmask.postprocess options)
+    metis: dict[str, Any] | None = None  # written by `cloudmask metis export`
+    metis_model: str | None = None  # the compiled Metis model the metis backend loads
+    fold: list[int] | None = None  # folded pixel model: [H, W] pixels per call
+    folded_from: dict[str, Any] | None = None  # the pixel model a folded one was exported from
+    quantization: dict[str, Any] | None = None  # written by `cloudmask metis int8-preview`
+    evaluation: dict[str, Any] | None = None  # free-form: how the model was evaluated
+    patches_per_call: int | None = None  # patch classifier exported with k patches stacked per call
+    stacked_from: dict[str, Any] | None = None  # the patch classifier a stacked one was exported from
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, v: list[str]) -> list[str]:
+        unknown = [b for b in v if b not in KNOWN_BANDS]
+        if not v or unknown:
+            raise ValueError(f"must be STAC common names ({', '.join(KNOWN_BANDS)}); got {unknown or v}")
+        return v
+
+    @field_validator("product_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v.lower() not in ("l1c", "l2a"):
+            raise ValueError(f"must be 'l1c' or 'l2a', got {v!r}")
+        return v.lower()
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"must be a positive number of metres, got {v!r}")
+        return v
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in KINDS:
+            raise ValueError(f"must be one of {', '.join(KINDS)}, got {v!r}")
+        return v
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if not _known_class(c)]
+        if bad or not v:
+            raise ValueError(f"must name each output channel as one of {', '.join(class_names())}; got {bad or v}")
+        return v
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, v: str) -> str:
+        if v not in ("logits", "probabilities"):
+            raise ValueError(f"must be 'logits' or 'probabilities', got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _patch(self) -> CardFile:
+        if self.kind != "pixel" and self.patch_size < 16:
+            raise ValueError(f"'patch_size' must be >= 16 pixels, got {self.patch_size}")
+        return self
+
+    @classmethod
+    def card_arguments(cls) -> tuple[str, ...]:
+        """The fields that are :class:`ModelCard` arguments (the rest go to ``extra``)."""
+        return ("name", "onnx", "bands", "product_level", "resolution", "normalisation", "patch_size", "kind",
+                "classes", "output", "version", "description", "threshold")
+
+
+REQUIRED_FIELDS = tuple(k for k, f in CardFile.model_fields.items() if f.is_required())
+
+
+def card_problems(raw: Mapping[str, Any]) -> tuple[CardFile | None, list[str]]:
+    """Validate a card file's mapping: the parsed fields, or every problem, each naming its field."""
+    try:
+        return CardFile.model_validate(dict(raw)), []
+    except ValidationError as err:
+        return None, _problems(err)
+
+
+def _problems(err: ValidationError) -> list[str]:
+    keys = list(CardFile.model_fields)
+    out: list[str] = []
+    missing = [".".join(str(p) for p in e["loc"]) for e in err.errors() if e["type"] == "missing"]
+    if missing:
+        out.append(f"missing field(s) {', '.join(missing)}; a card needs {', '.join(REQUIRED_FIELDS)} (see README, "
+                   "'Bring your own model')")
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        if e["type"] == "missing":
+            continue
+        elif e["type"] == "extra_forbidden":
+            out.append(f"unknown key '{loc}'{did_you_mean(str(loc), keys)}; valid keys are {', '.join(keys)}")
+        elif not e["loc"]:  # a model validator: its message names the field
+            out.append(msg)
+        else:
+            got = "" if e["type"] == "value_error" else f", got {e.get('input')!r}"
+            out.append(f"'{loc}' {msg[0].lower() + msg[1:] if msg else 'is invalid'}{got}")
+    return out
 
 
 def _known_class(name: str) -> bool:

@@ -10,12 +10,15 @@ Two formats (``cloudmask --log-format``):
 
 A warning is shown once per process however many scenes trigger it. The library only logs; this
 module is the CLI's: it also holds the click group class every command group uses
-(:class:`CloudmaskGroup`: errors to one line and their exit code) and plain-text tables.
+(:class:`CloudmaskGroup`: errors to one line and their exit code) and :func:`table`, the one table
+formatter (rich: fits the terminal, plain when piped).
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,6 +29,7 @@ from typing import Any
 import click
 import numpy as np
 from pythonjsonlogger.json import JsonFormatter
+from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (
@@ -36,6 +40,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
 from .atomic import is_no_space, write_error
 from .errors import CloudmaskError
@@ -291,12 +296,47 @@ class CloudmaskGroup(click.Group):
             ctx.exit(wrapped.exit_code)
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], drop_empty: bool = False,
-          max_width: int = 80) -> str:
-    """A plain-text table; ``drop_empty`` leaves out columns with no value in any row."""
-    cols = [c for c in columns if not drop_empty or any(r.get(c) not in (None, "") for r in rows)]
-    cells = [["" if r.get(c) is None else str(r.get(c))[:max_width] for c in cols] for r in rows]
-    widths = [max([len(c)] + [len(row[k]) for row in cells]) for k, c in enumerate(cols)]
-    out = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)), "  ".join("-" * w for w in widths)]
-    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(out)
+#: Plain-text box for piped output: no borders, a dashed rule under the header, columns 2 spaces apart.
+_PLAIN_BOX = box.Box("    \n    \n -  \n    \n    \n    \n    \n    \n", ascii=True)
+#: Width of a table that is not shown on a terminal: wide enough that no cell is ever cut or wrapped.
+_UNLIMITED = 100_000
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, drop_empty: bool = False,
+          width: int | None = None) -> str:
+    """Rows of dicts as a table (rich.Table), columns in ``columns`` order (default: the first row's keys).
+
+    On a terminal (stdout) it fits the terminal's width (cells wrap, never cut) and the header is bold;
+    otherwise (piped, a file, a notebook) it is plain text on one line per row, a header and a dashed rule,
+    whatever the width. ``width`` (characters) forces a width; ``drop_empty`` leaves out columns with no
+    value in any row. Numeric columns are right-aligned.
+    """
+    cols = list(columns) if columns is not None else list(rows[0]) if rows else []
+    cols = [c for c in cols if not drop_empty or any(r.get(c) not in (None, "") for r in rows)]
+    terminal = width is None and sys.stdout.isatty()
+    t = Table(box=box.SIMPLE_HEAD if terminal else _PLAIN_BOX, show_edge=False, pad_edge=False,
+              padding=(0, 1) if terminal else (0, 1, 0, 0), header_style="bold" if terminal else "",
+              collapse_padding=True)
+    for c in cols:
+        numeric = all(_is_number(r.get(c)) for r in rows if r.get(c) not in (None, ""))
+        t.add_column(c, justify="right" if numeric and rows else "left", overflow="fold")
+    for r in rows:
+        t.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in cols))
+    buf = io.StringIO()
+    out = Console(file=buf, width=width or (shutil.get_terminal_size().columns if terminal else _UNLIMITED),
+                  force_terminal=terminal, color_system="standard" if terminal else None, highlight=False,
+                  soft_wrap=False, force_jupyter=False)
+    out.print(t)
+    return "\n".join(line.rstrip() for line in buf.getvalue().rstrip("\n").splitlines())
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float | np.integer | np.floating):
+        return True
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True

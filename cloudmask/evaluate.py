@@ -5,10 +5,14 @@ resolution; :func:`rasterio.warp.reproject`), so a 30 m mask is scored on a 10 m
 that are nodata in either raster, or outside the prediction, are excluded; so are reference values
 that ``reference_classes`` does not name. Both rasters' values are mapped to class names (the mask
 contract of :mod:`cloudmask.classes` for the prediction, its three classes clear/cloud/shadow for
-the reference, by default). The classes scored are those the reference names;
+the reference, by default). The classes scored are those the reference names and has pixels of;
 a predicted class the reference does not have is folded onto it: ``thin_cloud`` counts as ``cloud``,
 everything else (``shadow``, ``snow``) as ``clear`` -- so a two-class cloud/not-cloud reference
-scores "cloud vs not".
+scores "cloud vs not". A class the mapping names but the reference holds no pixel of (``shadow`` of the
+default mapping on a cloud/not-cloud raster; ``clear`` and ``cloud`` excepted) is *not in the
+reference*: it is not scored (no IoU of 0 for a class nobody labelled) and is folded like a missing one;
+:attr:`Scores.not_in_reference` lists it. Over several pairs, a class counts as absent only when it is
+absent from every reference.
 
 ``boundary`` (pixels) ignores a band around reference class edges, as cloud benchmarks do: a pixel is
 left out when its ``(2 N + 1)``-pixel square window holds more than one reference class.
@@ -60,6 +64,8 @@ DEFAULT_REFERENCE_CLASSES: dict[int, str] = {c.value: c.name for c in MASK_CLASS
 REFERENCE_ASSETS = ("truth", "label", "labels", "reference", "ensemble")
 _MASK_SUFFIX = "_cloudmask"
 _FOLD = {"thin_cloud": "cloud"}
+#: Classes scored even when the reference has no pixel of them (a cloud-free reference still scores cloud).
+_ALWAYS_SCORED = ("clear", "cloud")
 
 
 def parse_classes(text: str | Mapping[int, str] | None,
@@ -111,6 +117,8 @@ class Scores:
     boundary: int = 0
     name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: classes the reference classes name but the reference has no pixel of: not scored (folded)
+    not_in_reference: tuple[str, ...] = ()
 
     def __add__(self, other: Scores) -> Scores:
         if self.classes != other.classes:
@@ -118,7 +126,8 @@ class Scores:
         return Scores(self.classes, self.confusion + other.confusion,
                       self.excluded_nodata + other.excluded_nodata,
                       self.excluded_unlabelled + other.excluded_unlabelled,
-                      self.excluded_boundary + other.excluded_boundary, self.boundary, "pooled")
+                      self.excluded_boundary + other.excluded_boundary, self.boundary, "pooled",
+                      not_in_reference=tuple(c for c in self.not_in_reference if c in other.not_in_reference))
 
     @property
     def pixels(self) -> int:
@@ -161,7 +170,10 @@ class Scores:
             "excluded": {"nodata": self.excluded_nodata, "unlabelled": self.excluded_unlabelled,
                          "boundary": self.excluded_boundary},
             "boundary_px": self.boundary,
+            "not_in_reference": list(self.not_in_reference),
         }
+        if self.not_in_reference:
+            d["note"] = not_in_reference_note(self.not_in_reference)
         if self.name:
             d["name"] = self.name
         d.update(self.extra)
@@ -180,7 +192,16 @@ class Scores:
         cm = [{"reference \\ predicted": n, **{p: int(v) for p, v in zip(self.classes, row, strict=True)}}
               for n, row in zip(self.classes, self.confusion, strict=True)]
         text.append("\nconfusion matrix (pixels)\n" + table(cm, ["reference \\ predicted", *self.classes]))
+        if self.not_in_reference:
+            text.append("\n" + not_in_reference_note(self.not_in_reference))
         return "\n".join(text)
+
+
+def not_in_reference_note(classes: Sequence[str]) -> str:
+    """What a class the reference has no pixel of means for the scores."""
+    folded = ", ".join(f"{c} as {_FOLD.get(c, 'clear')}" for c in classes)
+    return (f"not in the reference: {', '.join(classes)} (the reference has no pixel of it): not scored; "
+            f"predicted pixels of it count as the class the reference would use ({folded})")
 
 
 def _ratio(a: int, b: int) -> float | None:
@@ -214,11 +235,14 @@ def score_arrays(
     valid: np.ndarray | None = None,
     boundary: int = 0,
     name: str = "",
+    unscored: Iterable[str] | None = None,
 ) -> Scores:
     """Score two same-shape integer class arrays (already on one grid).
 
     ``valid`` (bool, optional) marks the pixels to consider; nodata values of either array and
-    reference values missing from ``reference_classes`` are left out as well.
+    reference values missing from ``reference_classes`` are left out as well. ``unscored``: the classes
+    not to score (folded); by default those the reference has no pixel of (``clear`` and ``cloud`` are
+    always scored).
     """
     pred = np.asarray(prediction)
     ref = np.asarray(reference)
@@ -230,7 +254,6 @@ def score_arrays(
     ref_map = parse_classes(reference_classes, DEFAULT_REFERENCE_CLASSES)
     pred_map = parse_classes(prediction_classes)
     names = sorted(set(ref_map.values()), key=class_value)
-    classes = tuple(names)
     for arr, what in ((pred, "prediction"), (ref, "reference")):
         if not np.issubdtype(arr.dtype, np.integer) and not np.array_equal(arr, np.round(arr)):
             raise ConfigError(f"the {what} holds non-integer values: pass a class raster, not probabilities")
@@ -241,7 +264,15 @@ def score_arrays(
         ok &= ref != reference_nodata
     excluded_nodata = int(ok.size - ok.sum())
     in_range = (ref >= 0) & (ref <= 65535) & (pred >= 0) & (pred <= 65535)
-    ref_i = np.where(ok & in_range, _lut(ref_map, classes, fold=False)[np.clip(ref, 0, 65535).astype(np.int64)], -1)
+    ref_idx = np.clip(ref, 0, 65535).astype(np.int64)
+    if unscored is None:
+        labelled = _lut(ref_map, names, fold=False)[ref_idx[ok & in_range]]
+        present = np.bincount(labelled[labelled >= 0], minlength=len(names)) > 0
+        absent = [n for n, p in zip(names, present, strict=True) if not p and n not in _ALWAYS_SCORED]
+    else:
+        absent = [n for n in names if n in set(unscored)]
+    classes = tuple(n for n in names if n not in absent)
+    ref_i = np.where(ok & in_range, _lut(ref_map, classes, fold=False)[ref_idx], -1)
     pred_i = np.where(ok & in_range, _lut(pred_map, classes, fold=True)[np.clip(pred, 0, 65535).astype(np.int64)], -1)
     unlabelled = ok & (ref_i < 0)
     unknown_pred = ok & (ref_i >= 0) & (pred_i < 0)
@@ -258,7 +289,7 @@ def score_arrays(
     k = len(classes)
     cm = np.bincount(ref_i[scored].astype(np.int64) * k + pred_i[scored], minlength=k * k).reshape(k, k)
     return Scores(classes, cm.astype(np.int64), excluded_nodata, int(unlabelled.sum() + unknown_pred.sum()),
-                  excluded_boundary, boundary, name)
+                  excluded_boundary, boundary, name, not_in_reference=tuple(absent))
 
 
 def _edge_band(ref_i: np.ndarray, n_classes: int, radius: int) -> np.ndarray:
@@ -318,16 +349,18 @@ def evaluate(
     reference_nodata: float | None = None,
     boundary: int = 0,
     name: str = "",
+    unscored: Iterable[str] | None = None,
 ) -> Scores:
     """Score the mask file ``prediction`` against the raster ``reference`` on the reference's grid.
 
-    ``reference_nodata`` overrides the reference's declared nodata value.
+    ``reference_nodata`` overrides the reference's declared nodata value; ``unscored`` as in
+    :func:`score_arrays`.
     """
     pred, ref, pred_nodata, ref_nodata = read_pair(prediction, reference)
     scores = score_arrays(
         pred, ref, prediction_classes=prediction_classes, reference_classes=reference_classes,
         prediction_nodata=pred_nodata, reference_nodata=ref_nodata if reference_nodata is None else reference_nodata,
-        boundary=boundary, name=name or Path(prediction).name,
+        boundary=boundary, name=name or Path(prediction).name, unscored=unscored,
     )
     scores.extra.update({"prediction": str(prediction), "reference": str(reference)})
     if scores.pixels == 0:
@@ -392,7 +425,11 @@ def evaluate_many(
     if not keys:
         raise ConfigError(f"no mask in {pred_dir} pairs with a reference in {ref} (masks: "
                           f"{', '.join(sorted(preds)) or 'none'}; references: {', '.join(sorted(refs)) or 'none'})")
-    return [evaluate(preds[k], refs[k], name=k, **kw) for k in keys]
+    results = [evaluate(preds[k], refs[k], name=k, **kw) for k in keys]
+    # a class counts as "not in the reference" only when no reference of the set has it
+    absent = set.intersection(*(set(r.not_in_reference) for r in results))
+    return [r if set(r.not_in_reference) == absent else evaluate(preds[k], refs[k], name=k, unscored=absent, **kw)
+            for k, r in zip(keys, results, strict=True)]
 
 
 def summary_rows(results: Iterable[Scores]) -> list[dict[str, Any]]:

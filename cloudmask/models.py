@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,11 @@ from .builtin.s2cloudless import card as s2cloudless_card
 from .card import (  # noqa: F401 - re-exported: the card's own module is cloudmask.card
     KINDS,
     KNOWN_BANDS,
+    CardFile,
     ModelCard,
     ModelKind,
     ProductLevel,
+    card_problems,
     check_graph,
     graph_output_channels,
     graph_output_op,
@@ -102,7 +104,11 @@ def load_card_file(path: Path) -> ModelCard:
     """Read a card file (YAML or JSON); ``onnx`` is resolved relative to the card."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) if path.suffix != ".json" else json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text) if path.suffix != ".json" else json.loads(text)
+    except UnicodeDecodeError as err:
+        raise ModelCardError(f"model card {path} is not text (byte {err.start} is not UTF-8): give the YAML or "
+                             "JSON card file, not the model or another binary file") from err
     except (OSError, yaml.YAMLError, json.JSONDecodeError) as err:
         raise ModelCardError(f"cannot read model card {path}: {err}") from err
     if not isinstance(raw, dict):
@@ -113,54 +119,55 @@ def load_card_file(path: Path) -> ModelCard:
 
 
 def card_from_dict(raw: Mapping[str, Any], base: Path, source: str = "model card") -> ModelCard:
-    """Build a card from its file form; field errors name the field and the fix."""
-    required = ("onnx", "bands", "product_level", "resolution", "normalisation")
-    missing = [k for k in required if k not in raw]
-    if missing:
-        raise ModelCardError(
-            f"{source}: missing field(s) {', '.join(missing)}; a card needs {', '.join(required)} "
-            "(see README, 'Bring your own model')"
-        )
-    norm = from_card(raw["normalisation"], source)
-    onnx_path = (base / str(raw["onnx"])).resolve()
-    if not onnx_path.is_file():
-        raise ModelCardError(f"{source}: ONNX file {onnx_path} does not exist; fix the card's 'onnx' path")
-    known = {"name", "onnx", "bands", "product_level", "resolution", "normalisation", "patch_size", "kind",
-             "classes", "output", "version", "description", "threshold"}
-    classes = tuple(str(c) for c in _seq(raw.get("classes", CLASSES.values()), "classes", source))
+    """Build a card from its file form (:class:`~cloudmask.card.CardFile`): every problem is reported at once,
+    each naming its field and the fix; a misspelt key is an error with a "did you mean"."""
+    doc, problems = card_problems(raw)
+    norm = None
+    if "normalisation" in raw:
+        try:
+            norm = from_card(raw["normalisation"], source)
+            if doc is not None:
+                norm.validate(len(doc.bands), f"{source}: normalisation")
+        except ModelCardError as err:
+            problems.append(str(err).removeprefix(f"{source}: "))
+    onnx_path = None
+    onnx = doc.onnx if doc is not None else raw.get("onnx")
+    if isinstance(onnx, str):
+        onnx_path = (base / onnx).resolve()
+        if not onnx_path.is_file():
+            problems.append(f"ONNX file {onnx_path} does not exist; fix the card's 'onnx' path")
+    if problems:
+        head = f"{source}: " if len(problems) == 1 else f"{source}: {len(problems)} problems: "
+        raise ModelCardError(head + "; ".join(problems))
+    assert doc is not None and norm is not None and onnx_path is not None
+    fields = doc.model_dump(exclude_unset=True)
     # one channel is P(class) unless the card says the graph gives its logit
-    output = str(raw.get("output", "probabilities" if len(classes) == 1 else "logits"))
-    if len(classes) == 1 and output == "logits" and graph_output_op(onnx_path) == "Sigmoid":
+    output = doc.output if "output" in fields else ("probabilities" if len(doc.classes) == 1 else "logits")
+    if len(doc.classes) == 1 and output == "logits" and graph_output_op(onnx_path) == "Sigmoid":
         log.warning("%s: the graph's one output channel comes out of a Sigmoid, so it is P(%s) already: "
-                    "read as output: probabilities (write that in the card)", source, classes[0])
+                    "read as output: probabilities (write that in the card)", source, doc.classes[0])
         output = "probabilities"
     try:
         card = ModelCard(
-            name=str(raw.get("name", onnx_path.stem)),
+            name=doc.name or onnx_path.stem,
             onnx_path=onnx_path,
-            bands=tuple(str(b) for b in _seq(raw["bands"], "bands", source)),
-            product_level=str(raw["product_level"]).lower(),  # type: ignore[arg-type]
-            resolution=float(raw["resolution"]),
+            bands=tuple(doc.bands),
+            product_level=doc.product_level,  # type: ignore[arg-type]  # checked by CardFile
+            resolution=doc.resolution,
             normalisation=norm,
-            patch_size=int(raw.get("patch_size", 256)),
-            classes=classes,
+            patch_size=doc.patch_size,
+            classes=tuple(doc.classes),
             output=output,  # type: ignore[arg-type]
-            kind=str(raw.get("kind", "segmentation")),  # type: ignore[arg-type]
-            version=str(raw.get("version", "")),
-            description=str(raw.get("description", "")),
-            extra={k: v for k, v in raw.items() if k not in known},
-            threshold=None if raw.get("threshold") is None else float(raw["threshold"]),
+            kind=doc.kind,  # type: ignore[arg-type]
+            version=doc.version,
+            description=doc.description,
+            extra={k: v for k, v in fields.items() if k not in CardFile.card_arguments()},
+            threshold=doc.threshold,
         )
     except (TypeError, ValueError) as err:
         raise ModelCardError(f"{source}: {err}") from err
     check_graph(card, source)
     return card
-
-
-def _seq(value: Any, name: str, source: str) -> Sequence[Any]:
-    if isinstance(value, str) or not isinstance(value, Sequence | tuple | list):
-        raise ModelCardError(f"{source}: '{name}' must be a list")
-    return list(value)
 
 
 def load_model(model: str | Path | ModelCard) -> ModelCard:

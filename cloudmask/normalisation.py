@@ -17,6 +17,8 @@ form). An unknown type is a :class:`~cloudmask.errors.ModelCardError` naming the
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -37,14 +39,16 @@ def _values(raw: Any, name: str, where: str, default: float | None = None) -> Va
     """A scalar or a list of numbers as a tuple; ``None`` when absent (and no default)."""
     if raw is None:
         return None if default is None else (float(default),)
+    values: Values | None = None
     if isinstance(raw, int | float) and not isinstance(raw, bool):
-        return (float(raw),)
-    if isinstance(raw, Sequence) and not isinstance(raw, str) and raw:
-        try:
-            return tuple(float(v) for v in raw)
-        except (TypeError, ValueError):
-            pass
-    raise ModelCardError(f"{where}: '{name}' must be a number or a list of numbers (one per band), got {raw!r}")
+        values = (float(raw),)
+    elif isinstance(raw, Sequence) and not isinstance(raw, str) and raw:
+        with contextlib.suppress(TypeError, ValueError):
+            values = tuple(float(v) for v in raw)
+    if values is not None and all(math.isfinite(v) for v in values):
+        return values
+    raise ModelCardError(f"{where}: '{name}' must be a number or a list of numbers (one per band), each finite "
+                         f"(not NaN or infinity), got {raw!r}")
 
 
 def _per_band(values: Values, ndim: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,27 +148,6 @@ def fractions_table(masks: Mapping[str, Any], where: Any = None, digits: int = 2
         fr = class_fractions(mask, where, widest)
         rows.append({"name": str(name), **{k: round(v, digits) for k, v in fr.items()}})
     return rows
-
-
-def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """Rows of dicts as an aligned plain-text table (no pandas needed)."""
-    if not rows:
-        return "(no rows)"
-    cols = list(columns) if columns is not None else list(rows[0])
-    text = [[str(r.get(c, "")) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(t[i]) for t in text)) for i, c in enumerate(cols)]
-    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))
-    out = [line, "-" * len(line)]
-    out += ["  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(t, widths, strict=True)) for t in text]
-    return "\n".join(out)
-
-
-def _numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def mask_agreement(a: Any, b: Any, classes: ClassTable | None = None) -> dict[str, Any]:
@@ -459,7 +438,6 @@ __all__ = [
     "as_rgb",
     "class_fractions",
     "compare_masks",
-    "format_table",
     "fractions_table",
     "legend_labels",
     "mask_agreement",

@@ -34,8 +34,9 @@ from pathlib import Path
 from IPython.display import Image, display
 
 from cloudmask import mask_scene, open_scene, predict, search
+from cloudmask.console import table
 from cloudmask.evaluate import evaluate
-from cloudmask.quicklook import format_table, plot_scene
+from cloudmask.quicklook import plot_scene
 from cloudmask.sample import demo_catalog
 
 OUT = Path(os.environ.get("CLOUDMASK_NOTEBOOK_OUT") or tempfile.mkdtemp(prefix="cloudmask-quickstart-"))
@@ -69,7 +70,7 @@ print([it.id for it in few_clouds])
 # %%
 results = [mask_scene(item, out=OUT) for item in items]
 rows = [{**r.row(), "model": r.model} for r in results]
-print(format_table(rows, ["scene", "model", "clear", "cloud", "shadow", "nodata", "seconds"]))
+print(table(rows, ["scene", "model", "clear", "cloud", "shadow", "nodata", "seconds"]))
 
 # %% [markdown]
 # Class columns are percent of the *valid* pixels. The overcast chip (adxp) comes out almost all

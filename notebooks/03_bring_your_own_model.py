@@ -32,7 +32,8 @@ from pathlib import Path
 import yaml
 
 from cloudmask import load_model, open_scene, predict, search
-from cloudmask.quicklook import compare_masks, format_table, fractions_table, mask_agreement
+from cloudmask.console import table
+from cloudmask.quicklook import compare_masks, fractions_table, mask_agreement
 from cloudmask.sample import default_catalog_dir, make_catalog
 
 SIZE = int(os.environ.get("CLOUDMASK_NOTEBOOK_SIZE", "600"))
@@ -111,7 +112,7 @@ print("model:", mine.attrs["model"], "| agreement with ukis-6b-l2a:",
 # %%
 other = predict(open_scene(items[0], model="ukis-4b-l2a"), model="ukis-4b-l2a")
 fig = compare_masks(mine, other, ds, titles=(card.name, "ukis-4b-l2a"))
-print(format_table(fractions_table({card.name: mine, "ukis-4b-l2a": other})))
+print(table(fractions_table({card.name: mine, "ukis-4b-l2a": other})))
 agreement = mask_agreement(mine, other)
 print("confusion (rows: mine, columns: ukis-4b-l2a;", agreement["classes"], "):", agreement["confusion"])
 

@@ -79,6 +79,46 @@ def test_two_class_reference_folds_shadow_and_thin_cloud_and_skips_unlabelled() 
     assert s2.per_class()["cloud"]["iou"] is None and s2.overall_accuracy == 1.0
 
 
+def test_a_class_absent_from_the_reference_is_not_scored() -> None:
+    """A cloud/not-cloud raster under the default 0=clear,1=cloud,2=shadow mapping: shadow is not scored
+    (no IoU of 0 for a class nobody labelled) and predicted shadow counts as clear, as with 0=clear,1=cloud."""
+    ref = np.array([[0, 0, 1, 1], [0, 0, 1, 1]], np.uint8)
+    pred = np.array([[2, 0, 1, 2], [0, 2, 1, 1]], np.uint8)
+    s = score_arrays(pred, ref)
+    assert s.classes == ("clear", "cloud") and s.not_in_reference == ("shadow",)
+    two = score_arrays(pred, ref, reference_classes="0=clear,1=cloud")
+    assert np.array_equal(s.confusion, two.confusion) and s.overall_accuracy == pytest.approx(7 / 8)
+    assert "shadow" not in s.per_class()
+    d = s.to_dict()
+    assert d["not_in_reference"] == ["shadow"] and "not scored" in d["note"]
+    assert "not in the reference: shadow" in s.table()
+    # clear and cloud are always scored; a class the reference has stays scored
+    clear_only = score_arrays(np.array([[1, 0]], np.uint8), np.array([[0, 0]], np.uint8))
+    assert clear_only.classes == ("clear", "cloud") and clear_only.per_class()["cloud"]["iou"] == 0.0
+    assert score_arrays(pred, ref + (ref == 1)).not_in_reference == ()  # 0 and 2: cloud kept, shadow scored
+
+
+def test_many_pairs_drop_a_class_only_when_every_reference_lacks_it(tmp_path: Path) -> None:
+    masks, refs = tmp_path / "masks", tmp_path / "refs"
+    masks.mkdir()
+    refs.mkdir()
+    pred = np.array([[2, 0, 1, 2], [0, 2, 1, 1]], np.uint8)
+    _write(masks / "a_cloudmask.tif", pred, nodata=255)
+    _write(masks / "b_cloudmask.tif", pred, nodata=255)
+    _write(refs / "a.tif", np.array([[0, 0, 1, 1], [0, 0, 1, 1]], np.uint8))
+    _write(refs / "b.tif", np.array([[2, 0, 1, 1], [0, 0, 1, 1]], np.uint8))  # b has shadow
+    a, b = evaluate_many(masks, refs)
+    assert a.classes == b.classes == ("clear", "cloud", "shadow") and a.not_in_reference == ()
+    assert a.per_class()["shadow"]["iou"] == 0.0  # a's reference has none, b's does: scored in both
+    (refs / "b.tif").unlink()
+    _write(refs / "b.tif", np.array([[0, 0, 1, 1], [0, 0, 1, 1]], np.uint8))
+    res = CliRunner().invoke(main, ["evaluate", str(masks), str(refs)])
+    assert res.exit_code == 0, res.output
+    header = res.output.splitlines()[0].split()
+    assert "shadow" not in header and "not in the reference: shadow" in res.output
+    assert all(float(ln.split()[1]) == 87.5 for ln in res.output.splitlines()[2:6])  # accuracy: a, b, mean, pooled
+
+
 def test_boundary_band_excludes_pixels_near_reference_edges() -> None:
     ref = np.zeros((10, 10), np.uint8)
     ref[:, 5:] = 1  # one vertical edge between columns 4 and 5

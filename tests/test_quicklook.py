@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from cloudmask.console import table
 from cloudmask.quicklook import (
     OVERLAY,
     as_rgb,
     class_fractions,
     compare_masks,
-    format_table,
     fractions_table,
     mask_agreement,
     overlay,
@@ -59,7 +59,7 @@ def test_table_and_agreement(mask):
     other[20:30, 10:20] = 1  # 100 clear -> cloud
     rows = fractions_table({"a": mask, "b": other})
     assert [r["name"] for r in rows] == ["a", "b"]
-    text = format_table(rows)
+    text = table(rows)
     assert text.splitlines()[0].split() == ["name", "clear", "cloud", "shadow", "nodata"]
     agree = mask_agreement(mask, other)
     assert agree["valid_pixels"] == 2000
@@ -128,7 +128,7 @@ def test_classes_beyond_three_in_numbers_legend_and_pictures(tmp_path, rgb, mask
     labels = [label for _, label in legend_labels(four)]
     assert labels == ["cloud 25.0 %", "shadow 12.5 %", "thin cloud 25.0 %", "clear 37.5 %", "nodata 16.7 % of scene"]
     rows = fractions_table({"three": mask, "four": four})
-    assert format_table(rows).splitlines()[0].split() == ["name", "clear", "cloud", "shadow", "thin_cloud", "nodata"]
+    assert table(rows).splitlines()[0].split() == ["name", "clear", "cloud", "shadow", "thin_cloud", "nodata"]
     assert rows[0]["thin_cloud"] == 0.0
     agree = mask_agreement(mask, four)
     assert agree["classes"] == ["clear", "cloud", "shadow", "thin_cloud"] and agree["confusion"][0][3] == 500

@@ -323,8 +323,9 @@ def _add_agreement(rows: list[dict[str, Any]], items: Sequence[Any]) -> None:
         if key is None:
             continue
         ref = item.assets[key].get_absolute_href() or item.assets[key].href
+        # a generated truth is three-class even where a scene has no shadow: score all three
         acc = evaluate(row["mask"], ref, reference_classes="0=clear,1=cloud" if key == "ensemble" else
-                       "0=clear,1=cloud,2=shadow").overall_accuracy
+                       "0=clear,1=cloud,2=shadow", unscored=()).overall_accuracy
         row["agree %"] = None if acc is None else round(100.0 * acc, 1)
 
 
@@ -449,7 +450,7 @@ def profiles_cmd(name: str | None, as_json: bool) -> None:
     rows = [{"profile": p.name, "aliases": ",".join(p.aliases), "level": p.product_level,
              "red / nir assets": f"{'|'.join(p.assets.get('red', ()))} / {'|'.join(p.assets.get('nir', ()))}",
              "detected by": "; or ".join(describe_rule(r) for r in p.detect)} for p in profs]
-    click.echo(_table(rows, ["profile", "aliases", "level", "red / nir assets", "detected by"], max_width=70))
+    click.echo(_table(rows, ["profile", "aliases", "level", "red / nir assets", "detected by"]))
     note("`cloudmask profiles NAME` shows every band of one profile")
 
 
@@ -512,9 +513,11 @@ def evaluate_cmd(predicted: Path, reference: Path, reference_classes: str | None
     reference's grid and nodata in either is left out. With a directory of masks as PREDICTED,
     REFERENCE is a STAC catalogue (masks paired by item id) or a directory of rasters (paired by file
     name, ``X_cloudmask.tif`` with ``X.tif``): one row per pair plus their mean and the pooled pixels.
-    Classes the reference lacks are folded (thin_cloud as cloud, others as clear).
+    Classes the reference lacks are folded (thin_cloud as cloud, others as clear); a class the reference
+    classes name but the reference has no pixel of (shadow in a cloud/not-cloud reference) is not scored
+    and is reported as not in the reference.
     """
-    from ..evaluate import evaluate, evaluate_many, summary_rows
+    from ..evaluate import evaluate, evaluate_many, not_in_reference_note, summary_rows
 
     kw: dict[str, Any] = {"reference_classes": reference_classes, "prediction_classes": prediction_classes,
                           "reference_nodata": reference_nodata, "boundary": boundary}
@@ -522,10 +525,13 @@ def evaluate_cmd(predicted: Path, reference: Path, reference_classes: str | None
         results = evaluate_many(predicted, reference, reference_asset=reference_asset, **kw)
         rows = summary_rows(results)
         if as_json:
-            click.echo(json.dumps({"pairs": [r.to_dict() for r in results], "summary": rows}))
+            click.echo(json.dumps({"pairs": [r.to_dict() for r in results], "summary": rows,
+                                   "not_in_reference": list(results[0].not_in_reference)}))
             return
         click.echo(_table(rows, list(rows[0])))
         note("metrics in percent; mean: of the pairs' metrics; pooled: of all pixels together")
+        if results[0].not_in_reference:
+            note(not_in_reference_note(results[0].not_in_reference))
         return
     scores = evaluate(predicted, reference, **kw)
     click.echo(json.dumps(scores.to_dict()) if as_json else scores.table())

@@ -40,6 +40,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
+from ..card import did_you_mean
 from ..errors import CloudmaskError, ConfigError
 from ..models import BUILTIN_MODELS
 from ..postprocess import PostProcess
@@ -113,7 +114,11 @@ def load_spec(path: str | Path) -> JobSpec:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"job spec {path} does not exist; give the path of a .toml (or .yaml) job spec")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"job spec {path} is not text (byte {err.start} is not UTF-8): give the .toml (or .yaml) "
+                          "job spec, not a binary file") from err
     raw: Any
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
@@ -131,7 +136,7 @@ def load_spec(path: str | Path) -> JobSpec:
 
 
 class _Retries(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     count: int = 2
     backoff: float = 5.0
@@ -165,9 +170,10 @@ def _local(value: str, info: ValidationInfo) -> Path:
 
 
 class _SpecFile(BaseModel):
-    """What a spec file may hold, checked field by field (strict types: ``"5"`` is not a number)."""
+    """What a spec file may hold, checked field by field (strict types: ``"5"`` is not a number; numbers
+    finite: ``nan``/``inf`` are refused)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     stac: str
     output: str | None = None
@@ -367,7 +373,7 @@ def _field_errors(err: ValidationError, keys: list[str]) -> list[str]:
             if parent:
                 out.append(f"'{parent}' has unknown key '{key}'; use count, backoff (seconds), backoff_max")
             else:
-                out.append(f"unknown key '{key}'; valid keys are {', '.join(keys)}")
+                out.append(f"unknown key '{key}'{did_you_mean(str(key), keys)}; valid keys are {', '.join(keys)}")
         else:
             got = "" if e["type"] == "value_error" else f", got {e.get('input')!r}"
             out.append(f"'{loc}' {msg[0].lower() + msg[1:] if msg else 'is invalid'}{got}")
