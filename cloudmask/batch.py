@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic
-from .errors import CloudmaskError, ConfigError, ModelError, SceneFailuresError, WriteError
+from .errors import CloudmaskError, ConfigError, ItemLayoutError, ModelError, SceneFailuresError, WriteError
 from .jobs.state import check_done
 from .output_catalog import update_output_catalog
 from .profiles import scene_spec
 from .scene import SceneSpec
+from .writer import restore_category_names
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,10 @@ def existing_output(out: Path, spec: SceneSpec, model: str, classes: str | None 
     ``classes``, the same class table, e.g. ``0=clear,1=cloud,2=shadow,255=nodata``: a mask made with
     another ``--classes`` mode is not kept), and its mask file has the size and checksum the item records.
     """
-    check = check_done(out, spec.id)
+    try:
+        check = check_done(out, spec.id)
+    except ItemLayoutError:  # an id that gives no file name: the scene fails alone when it is masked
+        return None
     if not check.done or check.item_path is None:
         return None
     doc = json.loads(check.item_path.read_text())
@@ -65,8 +69,9 @@ def existing_output(out: Path, spec: SceneSpec, model: str, classes: str | None 
         return None
     if classes is not None and props.get("cloudmask:classes") not in (None, classes):
         return None
-    return {"scene": spec.id, "status": "skipped", "model": model,
-            "mask": str((check.item_path.parent / doc["assets"]["mask"]["href"]).resolve())}
+    mask = (check.item_path.parent / doc["assets"]["mask"]["href"]).resolve()
+    restore_category_names(mask)  # a kept mask gets its category sidecar back if it was deleted
+    return {"scene": spec.id, "status": "skipped", "model": model, "mask": str(mask)}
 
 
 def mask_many(

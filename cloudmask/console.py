@@ -16,6 +16,8 @@ module is the CLI's: it also holds the click group class every command group use
 from __future__ import annotations
 
 import logging
+import re
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -73,13 +75,37 @@ class _Once(logging.Filter):
         return True
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_control(text: str) -> str:
+    """``text`` with control characters (newline, carriage return, ESC ...) written as escapes (``\\n``),
+    so that a value inside a message (an item id, an error) cannot start a forged line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _escaped_message(record: logging.LogRecord) -> str:
+    """The record's message, escaped; a note logged with ``multiline=True`` keeps its own line breaks."""
+    msg = record.getMessage()
+    if getattr(record, "multiline", False):
+        return "\n".join(escape_control(line) for line in msg.split("\n"))
+    return escape_control(msg)
+
+
 class _PlainFormatter(logging.Formatter):
-    """Notes as bare lines; other levels with level and logger."""
+    """Notes as bare lines; other levels with level and logger; control characters escaped."""
 
     def format(self, record: logging.LogRecord) -> str:
         if record.levelno == NOTE:
-            return record.getMessage()
-        return f"{record.levelname.lower()}: {record.getMessage()} [{record.name}]"
+            return _escaped_message(record)
+        return f"{record.levelname.lower()}: {_escaped_message(record)} [{record.name}]"
+
+
+class _RichFormatter(logging.Formatter):
+    """The message alone (rich adds the level), control characters escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return _escaped_message(record)
 
 
 def console() -> Console:
@@ -107,7 +133,7 @@ def setup_logging(verbose: int = 0, fmt: str = "plain") -> None:
     elif sys.stderr.isatty():
         handler = RichHandler(console=console(), show_path=False, show_time=False, markup=False,
                               rich_tracebacks=False)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(_RichFormatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_PlainFormatter())
@@ -131,7 +157,7 @@ def error(message: str, exit_code: int) -> None:
     if is_json():
         logging.getLogger("cloudmask.cli").error(message, extra={"exit_code": exit_code})
     else:
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        print(f"error: {escape_control(message)}", file=sys.stderr, flush=True)
 
 
 class BatchProgress:
@@ -198,6 +224,12 @@ class CloudmaskGroup(click.Group):
         except CloudmaskError as err:
             error(str(err), err.exit_code)
             ctx.exit(err.exit_code)
+        except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (cloudmask.interrupt): one line, 128 + signal
+            signum = int(getattr(err, "signum", signal.SIGINT))
+            error(f"interrupted by {signal.Signals(signum).name}: the scenes in progress were stopped and their "
+                  "partial files removed; finished masks are kept (run again with --skip-existing, or run the "
+                  "job again, to go on)", 128 + signum)
+            ctx.exit(128 + signum)
         except click.UsageError as err:  # a bad option value: one line, exit 2, the option named
             hint = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
             error(f"{err.format_message()}{hint}", err.exit_code)
@@ -214,7 +246,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], drop_empty: bo
           max_width: int = 80) -> str:
     """A plain-text table; ``drop_empty`` leaves out columns with no value in any row."""
     cols = [c for c in columns if not drop_empty or any(r.get(c) not in (None, "") for r in rows)]
-    cells = [["" if r.get(c) is None else str(r.get(c))[:max_width] for c in cols] for r in rows]
+    cells = [["" if r.get(c) is None else escape_control(str(r.get(c)))[:max_width] for c in cols] for r in rows]
     widths = [max([len(c)] + [len(row[k]) for row in cells]) for k, c in enumerate(cols)]
     out = ["  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)), "  ".join("-" * w for w in widths)]
     out += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]

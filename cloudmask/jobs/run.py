@@ -22,10 +22,11 @@ from typing import Any
 import pystac
 
 from .. import __version__, atomic, retry
-from ..errors import CatalogUnreachableError, JobError, SceneFailuresError, WriteError
-from ..layout import output_stem
+from ..errors import CatalogUnreachableError, ItemLayoutError, JobError, SceneFailuresError, WriteError
+from ..layout import OutputPaths, output_stem
 from ..output_catalog import item_percentages, update_output_catalog, write_item
 from ..stac import search
+from ..writer import restore_category_names
 from .executors import dask_executor, local_executor
 from .push import push_pending
 from .spec import JobSpec
@@ -171,10 +172,16 @@ def run_job(
         pending: list[pystac.Item] = []
         claimed: dict[str, str] = {}
         for it in items:
-            check = check_done(out, it.id)
-            stem = output_stem(it.id)
+            try:
+                check = check_done(out, it.id)
+                stem = output_stem(it.id)
+            except ItemLayoutError as err:  # an id that gives no file name fails alone
+                report.failed.append(SceneOutcome(scene=it.id, ok=False, error=str(err), error_type=type(err).__name__))
+                journal.append("failed", run=run_id, scene=it.id, error=str(err), error_type=type(err).__name__)
+                continue
             if check.done:
                 report.skipped += 1
+                restore_category_names(OutputPaths.for_scene(out, it.id).mask)  # a deleted sidecar comes back
             elif is_collision(check) or stem in claimed:
                 other = claimed.get(stem, "an earlier scene")
                 msg = (f"scene {it.id!r} gives the output name {stem!r} of {other!r}: {check.reason or 'same name'}; "

@@ -27,7 +27,7 @@ from typing import Any
 import filelock
 
 from ..atomic import TEMP_PATTERNS
-from ..errors import JobError, JobLockedError, SceneFailuresError
+from ..errors import ConfigError, JobError, JobLockedError, SceneFailuresError
 from ..layout import OutputPaths, safe_name
 from ..output_catalog import file_checksum, item_percentages, load_items
 
@@ -143,11 +143,18 @@ class Journal:
     def __init__(self, out_dir: Path) -> None:
         self.path = Path(out_dir) / JOURNAL_NAME
 
+    def _not_a_file(self) -> ConfigError:
+        return ConfigError(f"the job journal {self.path} is a directory, not a file; move it away "
+                        f"(mv {self.path} {self.path}.bak) and run again")
+
     def append(self, event: str, **fields: Any) -> None:
         doc = {"time": now_iso(), "event": event, **fields}
         line = (json.dumps(doc, default=str) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except IsADirectoryError:
+            raise self._not_a_file() from None
         try:
             os.write(fd, line)
         finally:
@@ -155,6 +162,8 @@ class Journal:
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Every readable event, oldest first (a torn last line from a killed writer is skipped)."""
+        if self.path.is_dir():
+            raise self._not_a_file()
         if not self.path.exists():
             return
         with open(self.path, encoding="utf-8", errors="replace") as f:

@@ -1,0 +1,198 @@
+"""Hostile input and signals (issue 22, items 9-11 and 14-17): each test failed on the code before its fix.
+
+Signals: SIGTERM left ``.blocks-PID-*.tmp.tif`` temporaries and no message; Ctrl-C on a dask job
+printed worker tracebacks; orphaned dask workers published masks after the job gave up its lock.
+Odd input: a model whose output is smaller than its input failed per scene with a numpy broadcast
+error; non-ASCII ids aborted the run; a WKT item geometry was an AttributeError traceback; a
+directory named ``journal.jsonl`` an IsADirectoryError traceback; a newline in an id forged a log
+line; a deleted ``.aux.xml`` sidecar was never restored.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pystac
+import pytest
+from click.testing import CliRunner
+
+from cloudmask.cli import main
+
+CLI = [sys.executable, "-m", "cloudmask.cli"]
+
+
+def _temporaries(out: Path) -> list[str]:
+    return sorted(p.name for p in out.rglob(".*") if ".tmp" in p.name)
+
+
+def _copy_catalog(sample_catalog: Path, dest: Path) -> list[Path]:
+    """A copy of the sample catalogue; its item files, sorted."""
+    shutil.copytree(sample_catalog.parent, dest)
+    return sorted(p for p in dest.rglob("*.json") if p.parent.parent.name == "sentinel-2-c1-l2a")
+
+
+def _edit_item(path: Path, **changes: Any) -> None:
+    doc = json.loads(path.read_text())
+    doc.update(changes)
+    path.write_text(json.dumps(doc))
+
+
+def _wait_for(pred: Any, timeout: float, proc: subprocess.Popen[str], what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the command ended (rc {proc.returncode}) before {what}: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+# ------------------------------------------------------------------------------ 9. SIGTERM
+
+
+@pytest.mark.slow  # a real run in a subprocess, stopped mid-scene (~5 s)
+def test_sigterm_stops_run_cleanly_with_one_line_and_exit_143(sample_catalog: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        CLI + ["run", "--stac", str(sample_catalog), "--out", str(out), "--no-quicklook", "--no-progress",
+               "--backend", "emulated", "--latency-ms", "150", "--resolution", "10"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for(lambda: any(".blocks-" in n for n in _temporaries(out)), 60, proc, "a scene streaming")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: interrupted by SIGTERM") and "kept" in lines[-1]
+    assert _temporaries(out) == []  # the scene in flight removed its partial files
+
+
+def test_run_skip_existing_sweeps_temporaries_of_dead_processes(sample_catalog: Path, tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    out = tmp_path / "out"
+    (out / "items").mkdir(parents=True)
+    left = [out / f".S_cloudmask.tif.blocks-{dead.pid}-0123abcd.tmp.tif",
+            out / f".S_cloudmask.tif.cog-{dead.pid}-0123abcd.tmp.tif.ovr.tmp",
+            out / "items" / f".S.json.{dead.pid}-0123abcd.tmp"]
+    live = out / f".T_cloudmask.tif.blocks-{alive.pid}-0123abcd.tmp.tif"  # another run still writing it
+    try:
+        for p in [*left, live]:
+            p.write_bytes(b"partial")
+        res = CliRunner().invoke(main, ["run", "--stac", str(sample_catalog), "--out", str(out), "--no-quicklook",
+                                        "--no-progress", "--backend", "emulated", "--limit", "1", "--skip-existing"])
+        assert res.exit_code == 0, res.output
+        assert [p.name for p in left if p.exists()] == []
+        assert live.exists()  # its writer is alive: not swept
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+# ------------------------------------------------------------------------- 15. non-ASCII ids
+
+
+def test_non_ascii_ids_are_masked_and_an_unusable_id_fails_alone(sample_catalog: Path, tmp_path: Path) -> None:
+    items = _copy_catalog(sample_catalog, tmp_path / "cat")
+    for path, new in zip(items, ("Ω", "雲マスク", ""), strict=True):
+        _edit_item(path, id=new)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["run", "--stac", str(tmp_path / "cat" / "catalog.json"), "--out", str(out),
+                                    "--no-quicklook", "--no-progress", "--backend", "emulated"])
+    assert res.exit_code == 8, res.output  # the empty id fails alone; the run goes on
+    summary = json.loads((out / "summary.json").read_text())
+    assert {r["scene"]: r["status"] for r in summary["rows"]} == {"Ω": "done", "雲マスク": "done", "": "failed"}
+    names = sorted(p.name for p in out.glob("*_cloudmask.tif"))
+    assert len(names) == 2 and all(n.isascii() and n.startswith("item-") for n in names)  # hashed apart
+    catalogued = pystac.Catalog.from_file(str(out / "catalog.json")).get_items(recursive=True)
+    assert sorted(it.properties["cloudmask:source_id"] for it in catalogued) == ["Ω", "雲マスク"]
+    again = CliRunner().invoke(main, ["run", "--stac", str(tmp_path / "cat" / "catalog.json"), "--out", str(out),
+                                      "--no-quicklook", "--no-progress", "--backend", "emulated", "--skip-existing"])
+    assert again.exit_code == 8, again.output
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert sorted(r["status"] for r in rows) == ["failed", "skipped", "skipped"]
+
+
+# ----------------------------------------------------------------------- 16. WKT geometry
+
+
+def test_wkt_item_geometry_is_a_clear_catalogue_error(sample_catalog: Path, tmp_path: Path) -> None:
+    items = _copy_catalog(sample_catalog, tmp_path / "cat")
+    _edit_item(items[0], geometry="POLYGON((1 43, 2 43, 2 44, 1 44, 1 43))")
+    res = CliRunner().invoke(main, ["run", "--stac", str(tmp_path / "cat" / "catalog.json"), "--bbox", "0,40,5,50",
+                                    "--out", str(tmp_path / "out"), "--no-progress", "--backend", "emulated"])
+    assert res.exit_code == 4, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)  # no traceback
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("error: item ") and "not a GeoJSON object" in last and "WKT" in last
+
+
+# ---------------------------------------------------- 17. journal directory, log injection, sidecar
+
+
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_journal_that_is_a_directory_is_one_line_naming_the_fix(sample_catalog: Path, tmp_path: Path,
+                                                                command: str) -> None:
+    out = tmp_path / "out"
+    (out / "journal.jsonl").mkdir(parents=True)
+    spec = tmp_path / "job.toml"
+    spec.write_text(f'name = "j"\nstac = "{sample_catalog}"\noutput = "{out}"\nbackend = "emulated"\n')
+    args = ["job", command, str(spec)] + (["--offline"] if command == "status" else [])
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    assert not isinstance(res.exception, IsADirectoryError)
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("error: the job journal ") and "is a directory" in last and "mv " in last
+    assert not list(out.glob("*_cloudmask.tif"))  # nothing was run
+
+
+def test_control_characters_in_an_id_cannot_forge_a_log_line(sample_catalog: Path, tmp_path: Path) -> None:
+    items = _copy_catalog(sample_catalog, tmp_path / "cat")
+    _edit_item(items[0], id="evil\nerror: forged line")
+    _edit_item(items[1], id="bad\r\x1b[2Kwarning: forged too")
+    res = CliRunner().invoke(main, ["run", "--stac", str(tmp_path / "cat" / "catalog.json"), "--out",
+                                    str(tmp_path / "out"), "--no-quicklook", "--no-progress", "--backend", "emulated",
+                                    "--stats"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert not any(ln.startswith(("error: forged", "warning: forged")) for ln in lines), res.output
+    assert not any("\r" in ln or "\x1b" in ln for ln in lines)
+    assert any(r"done evil\nerror: forged line in " in ln for ln in lines)  # escaped, on its own line
+    assert any(ln.startswith(r"evil\nerror: forged line:") for ln in lines)  # the --stats note too
+
+
+def test_deleted_category_sidecar_is_restored_on_rerun(sample_catalog: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    base = ["run", "--stac", str(sample_catalog), "--out", str(out), "--no-quicklook", "--no-progress",
+            "--backend", "emulated", "--limit", "2"]
+    assert CliRunner().invoke(main, base).exit_code == 0
+    sidecars = sorted(out.glob("*_cloudmask.tif.aux.xml"))
+    assert len(sidecars) == 2
+    original = {aux: aux.read_bytes() for aux in sidecars}
+    for aux in sidecars:
+        aux.unlink()
+    res = CliRunner().invoke(main, [*base, "--skip-existing"])
+    assert res.exit_code == 0, res.output
+    assert {aux: aux.read_bytes() for aux in sidecars} == original  # restored as written; masks kept
+    assert json.loads((out / "summary.json").read_text())["skipped"] == 2
+    sidecars[1].unlink()  # a job that keeps the same masks restores it too
+    spec = tmp_path / "job.toml"
+    spec.write_text(f'name = "j"\nstac = "{sample_catalog}"\noutput = "{out}"\nbackend = "emulated"\nlimit = 2\n')
+    job = CliRunner().invoke(main, ["job", "run", str(spec)])
+    assert job.exit_code == 0, job.output
+    assert "2 already done" in job.output and sidecars[1].read_bytes() == original[sidecars[1]]
