@@ -32,6 +32,7 @@ from rasterio.windows import Window
 from .atomic import atomic_path, write_error
 from .classes import NODATA, THREE_CLASSES, ClassTable
 from .errors import WriteError
+from .interrupt import check_publish
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,7 @@ class CogSink:
                 raise write_error(err, final) from err
             verify_cog(cog, final)
             staged.append((cog, final))
+        check_publish()  # a job task whose lease is gone (an orphaned dask worker) publishes nothing
         for tmp, final in staged:  # the sidecar first: a published COG always has its category names
             os.replace(tmp, final)
         self._mask = self._prob = None

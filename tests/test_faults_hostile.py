@@ -11,6 +11,7 @@ line; a deleted ``.aux.xml`` sidecar was never restored.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from typing import Any
 
 import pystac
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from cloudmask.cli import main
@@ -196,3 +198,124 @@ def test_deleted_category_sidecar_is_restored_on_rerun(sample_catalog: Path, tmp
     job = CliRunner().invoke(main, ["job", "run", str(spec)])
     assert job.exit_code == 0, job.output
     assert "2 already done" in job.output and sidecars[1].read_bytes() == original[sidecars[1]]
+
+
+# -------------------------------------------------------------------- 14. output smaller than input
+
+
+def _valid_conv_card(tmp_path: Path, dynamic: bool) -> Path:
+    """A 4-band segmentation model of one 3x3 convolution without padding: 256 x 256 in, 254 x 254 out."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [3, 4, 3, 3], [0.01] * 108)
+    shape_in = ["N", 4, "H", "W"] if dynamic else [1, 4, 256, 256]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[0, 0, 0, 0])], "valid",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape_in)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "v.onnx"))
+    card = {"onnx": "v.onnx", "bands": ["blue", "green", "red", "nir"], "product_level": "l2a", "resolution": 30,
+            "normalisation": {"type": "scale", "multiply": 1}, "patch_size": 256,
+            "classes": ["clear", "cloud", "shadow"]}
+    (tmp_path / "v.yaml").write_text(yaml.safe_dump(card))
+    return tmp_path / "v.yaml"
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_model_with_output_smaller_than_input_is_refused_at_load(sample_catalog: Path, tmp_path: Path,
+                                                                 dynamic: bool) -> None:
+    from cloudmask.errors import ModelCardError
+    from cloudmask.models import load_model
+
+    card = _valid_conv_card(tmp_path, dynamic)
+    with pytest.raises(ModelCardError, match=r"256x256 input into a 254x254 output"):
+        load_model(card)
+    res = CliRunner().invoke(main, ["run", "--stac", str(sample_catalog), "--out", str(tmp_path / "out"),
+                                    "--model", str(card), "--no-progress"])
+    assert res.exit_code == 3, res.output
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "256x256" in last and "254x254" in last
+    assert not (tmp_path / "out" / "items").exists()  # refused before any scene
+
+
+# ------------------------------------------------------------- 10. Ctrl-C on a dask job: one line
+
+
+@pytest.mark.slow  # a local dask cluster in a subprocess, interrupted mid-scene (~30 s)
+def test_ctrl_c_on_a_dask_job_says_one_line(sample_catalog: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    spec = tmp_path / "job.toml"
+    spec.write_text(f'name = "j"\nstac = "{sample_catalog}"\noutput = "{out}"\nbackend = "emulated"\n'
+                    'resolution = 10\nemulated_latency = 0.15\n[retries]\ncount = 0\n')
+    # a session of its own: Ctrl-C at a terminal signals the whole process group (driver and workers)
+    proc = subprocess.Popen(CLI + ["job", "run", str(spec), "--workers", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: any(".blocks-" in n for n in _temporaries(out)), 120, proc, "a scene on a worker")
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted by SIGINT"), err[-3000:]
+    deadline = time.monotonic() + 20  # the worker processes exit with the driver (the last within seconds)
+    while subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "orphaned worker processes"
+        time.sleep(0.2)
+    assert _temporaries(out) == [] and not list(out.glob("*_cloudmask.tif"))  # stopped, nothing published
+
+
+# ------------------------------------------------- 11. an orphaned worker publishes nothing
+
+
+def _slow_job(sample_catalog: Path, out: Path) -> tuple[dict[str, Any], Any]:
+    from cloudmask.jobs.run import _item_payload
+    from cloudmask.jobs.task import TaskSettings
+
+    item = sorted(pystac.Catalog.from_file(str(sample_catalog)).get_items(recursive=True), key=lambda i: i.id)[0]
+    settings = TaskSettings(out_dir=str(out), backend="emulated", resolution=10.0, emulated_latency=0.15,
+                            lease="run-1")
+    return _item_payload(item), settings
+
+
+def test_task_without_its_lease_publishes_nothing(sample_catalog: Path, tmp_path: Path) -> None:
+    from cloudmask.jobs.task import process_scene
+
+    out = tmp_path / "out"
+    payload, settings = _slow_job(sample_catalog, out)
+    outcome = process_scene(payload, settings)  # nobody holds the job's lock for run-1
+    assert not outcome.ok and outcome.error_type == "LeaseLostError", outcome.error
+    assert "not published" in (outcome.error or "")
+    assert not list(out.glob("*_cloudmask.tif*")) and _temporaries(out) == []
+
+
+def test_task_stops_when_its_run_gives_up_the_lock_mid_scene(sample_catalog: Path, tmp_path: Path) -> None:
+    """The driver (or its scheduler) is gone: the lock is released while a worker still streams the scene."""
+    import threading
+
+    from cloudmask.jobs.state import JobLock
+    from cloudmask.jobs.task import process_scene
+
+    out = tmp_path / "out"
+    payload, settings = _slow_job(sample_catalog, out)
+    lock = JobLock(out, "j", run="run-1").acquire()
+    result: list[Any] = []
+    worker = threading.Thread(target=lambda: result.append(process_scene(payload, settings)))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not any(".blocks-" in n for n in _temporaries(out)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.is_alive(), "the scene ended before the lock was released"
+    finally:
+        lock.release()
+    worker.join(60)
+    assert not worker.is_alive()
+    outcome = result[0]
+    assert not outcome.ok and outcome.error_type == "LeaseLostError", outcome.error
+    assert not list(out.glob("*_cloudmask.tif*")) and _temporaries(out) == []

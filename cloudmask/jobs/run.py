@@ -14,7 +14,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -154,10 +154,10 @@ def run_job(
     t0 = time.perf_counter()
     out = Path(spec.output)
     out.mkdir(parents=True, exist_ok=True)
-    lock = JobLock(out, spec.name).acquire(wait=wait, timeout=wait_timeout)
+    run_id = uuid.uuid4().hex[:12]
+    lock = JobLock(out, spec.name, run=run_id).acquire(wait=wait, timeout=wait_timeout)
     journal = Journal(out)
     report = JobReport(job=spec.name, out_dir=out, push_to=spec.push_to, journal=journal.path)
-    run_id = uuid.uuid4().hex[:12]
     try:
         report.removed_temporaries = len(clean_temporaries(out))
         scheduler = scheduler or spec.scheduler
@@ -193,11 +193,12 @@ def run_job(
                 claimed[stem] = it.id
                 pending.append(it)
         log.info("job %s: %d scene(s) found, %d done, %d to do", spec.name, len(items), report.skipped, len(pending))
-        settings = TaskSettings.from_spec(spec)
+        settings = replace(TaskSettings.from_spec(spec), lease=run_id)  # tasks publish only while this run holds the lock
         if pending:
             payloads = [_item_payload(it) for it in pending]
             if scheduler or workers:
-                execute = dask_executor(scheduler=scheduler, workers=workers, threads=spec.concurrency)
+                execute = dask_executor(scheduler=scheduler, workers=workers, threads=spec.concurrency,
+                                        on_abort=lock.revoke)
             else:
                 # a serial device streams one scene at a time (task.py holds its lock only while streaming);
                 # a second scene in flight opens, reads ahead and finishes its outputs meanwhile
@@ -223,6 +224,7 @@ def run_job(
                        processed=len(report.processed), failed=len(report.failed), pushed=report.pushed,
                        seconds=round(report.seconds, 2))
     except BaseException as err:
+        lock.revoke()  # tasks still running somewhere (dask workers) publish nothing more
         journal.append("run-end", run=run_id, error=describe_error(err), error_type=type(err).__name__)
         raise
     finally:

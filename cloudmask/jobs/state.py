@@ -27,7 +27,7 @@ from typing import Any
 import filelock
 
 from ..atomic import TEMP_PATTERNS
-from ..errors import ConfigError, JobError, JobLockedError, SceneFailuresError
+from ..errors import ConfigError, JobError, JobLockedError, LeaseLostError, SceneFailuresError
 from ..layout import OutputPaths, safe_name
 from ..output_catalog import file_checksum, item_percentages, load_items
 
@@ -55,10 +55,11 @@ class JobLock:
     The kernel drops the lock when the holder dies, so a killed run never leaves the job locked.
     """
 
-    def __init__(self, out_dir: Path, job: str = "") -> None:
+    def __init__(self, out_dir: Path, job: str = "", run: str = "") -> None:
         self.path = Path(out_dir) / LOCK_NAME
         self.info_path = Path(out_dir) / HOLDER_NAME
         self.job = job
+        self.run = run  # the run's token: its tasks' lease (check_lease)
         self._lock: filelock.BaseFileLock | None = None
 
     def holder(self) -> dict[str, Any]:
@@ -107,7 +108,7 @@ class JobLock:
         except OSError as err:
             raise JobError(f"cannot lock {self.path}: {err}; is the output directory writable?") from err
         self._lock = lock
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso(), "job": self.job}
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso(), "job": self.job, "run": self.run}
         tmp = self.info_path.with_name(f"{self.info_path.name}.{os.getpid()}.tmp")
         try:
             tmp.write_text(json.dumps(info) + "\n")
@@ -117,6 +118,11 @@ class JobLock:
             self.release()
             raise JobError(f"cannot write {self.info_path}: {err}") from err
         return self
+
+    def revoke(self) -> None:
+        """End the lease of this run's tasks (they publish nothing more) while still holding the lock."""
+        if self._lock is not None:
+            self.info_path.unlink(missing_ok=True)
 
     def release(self) -> None:
         if self._lock is None:
@@ -132,6 +138,19 @@ class JobLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def check_lease(out_dir: Path | str, run: str) -> None:
+    """Raise :class:`LeaseLostError` unless run ``run`` still holds the job's lock on ``out_dir``.
+
+    What a job task checks before publishing (:func:`cloudmask.interrupt.lease`): a dask worker whose
+    driver or scheduler is gone (the lock released, or held by a later run) must not rename a mask
+    into place. The holder file names the run; it is removed when the run ends or gives up.
+    """
+    holder = JobLock(Path(out_dir)).holder()
+    if holder.get("run") != run:
+        raise LeaseLostError(f"run {run} no longer holds the job's lock on {out_dir} (its driver or scheduler is "
+                             "gone): this scene is not published; the next run of the job does it")
 
 
 # --------------------------------------------------------------------------------------------- journal
@@ -321,6 +340,7 @@ __all__ = [
     "SceneFailuresError",
     "catalogue_rows",
     "check_done",
+    "check_lease",
     "clean_temporaries",
     "safe_name",
     "stale_temporaries",
