@@ -319,3 +319,44 @@ def test_task_stops_when_its_run_gives_up_the_lock_mid_scene(sample_catalog: Pat
     outcome = result[0]
     assert not outcome.ok and outcome.error_type == "LeaseLostError", outcome.error
     assert not list(out.glob("*_cloudmask.tif*")) and _temporaries(out) == []
+
+
+@pytest.mark.slow  # a dask scheduler and worker in subprocesses; the scheduler is killed mid-scene (~30 s)
+def test_orphaned_dask_worker_publishes_nothing_after_the_scheduler_dies(sample_catalog: Path,
+                                                                         tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    out, sched_file = tmp_path / "out", tmp_path / "scheduler.json"
+    spec = tmp_path / "job.toml"
+    spec.write_text(f'name = "j"\nstac = "{sample_catalog}"\noutput = "{out}"\nbackend = "emulated"\n'
+                    'resolution = 10\nemulated_latency = 0.3\n[retries]\ncount = 0\n')
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                               "--port", "0", "--no-dashboard", "--scheduler-file", str(sched_file)], **quiet)]
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads",
+                                       "1", "--no-nanny", "--no-dashboard"], **quiet))
+        driver = subprocess.Popen(CLI + ["job", "run", str(spec), "--scheduler", address],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(driver)
+        _wait_for(lambda: any(".blocks-" in n for n in _temporaries(out)), 120, driver, "a scene on the worker")
+        procs[0].kill()  # the scheduler dies; the worker goes on with its scene
+        _, err = driver.communicate(timeout=180)
+        assert driver.returncode == 8, err[-3000:]  # every scene failed; the run ended and released the lock
+        assert "Traceback" not in err and "scheduler-connection-lost" in err
+        deadline = time.monotonic() + 90  # the worker's scene ends (stopped, or finished on the old code)
+        while _temporaries(out) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        published = sorted(p.name.removesuffix("_cloudmask.tif") for p in out.glob("*_cloudmask.tif"))
+        recorded = sorted(p.stem for p in (out / "items").glob("*.json"))
+        assert published == recorded == []  # nothing renamed into place after the run let go of its lock
+        assert _temporaries(out) == []
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()

@@ -14,6 +14,7 @@ and the catalogue.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import signal
@@ -88,7 +89,8 @@ def dask_executor(scheduler: str | None = None, workers: int | None = None, thre
             else:
                 cluster = _local_cluster(distributed, workers or 1, max(1, threads))
                 client = distributed.Client(cluster)
-            with client:
+            # a lost scheduler fails each scene with the reason; the client's reconnect tracebacks add nothing
+            with _quiet("distributed.client"), client:
                 log.info("running %d scene(s) on %s", len(payloads), client.scheduler.address)
                 futures = {
                     client.submit(process_scene, p, settings, pure=False,
@@ -129,6 +131,18 @@ def _local_cluster(distributed: Any, workers: int, threads: int) -> Any:
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Logger ``name`` shows only critical records inside the block."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _main_thread() -> bool:
