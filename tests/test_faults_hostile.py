@@ -130,6 +130,21 @@ def test_non_ascii_ids_are_masked_and_an_unusable_id_fails_alone(sample_catalog:
     assert sorted(r["status"] for r in rows) == ["failed", "skipped", "skipped"]
 
 
+
+def test_job_masks_non_ascii_ids_and_fails_an_empty_id_alone(sample_catalog: Path, tmp_path: Path) -> None:
+    from cloudmask.jobs import load_spec, run_job
+
+    items = _copy_catalog(sample_catalog, tmp_path / "cat")
+    for path, new in zip(items, ("Ω", "雲マスク", ""), strict=True):
+        _edit_item(path, id=new)
+    spec = tmp_path / "job.toml"
+    spec.write_text(f'name = "j"\nstac = "{tmp_path / "cat" / "catalog.json"}"\noutput = "{tmp_path / "out"}"\n'
+                    'backend = "emulated"\n')
+    report = run_job(load_spec(spec), raise_on_failure=False)
+    assert sorted(o.scene for o in report.processed) == ["Ω", "雲マスク"]
+    assert [(o.scene, o.error_type) for o in report.failed] == [("", "ItemLayoutError")]
+    assert run_job(load_spec(spec), raise_on_failure=False).skipped == 2
+
 # ----------------------------------------------------------------------- 16. WKT geometry
 
 
