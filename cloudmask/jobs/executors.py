@@ -80,6 +80,7 @@ def dask_executor(scheduler: str | None = None, workers: int | None = None, thre
 
     def run(payloads: list[dict[str, Any]], settings: TaskSettings) -> Iterator[SceneOutcome]:
         cluster = None
+        interrupted = False
         try:
             if scheduler is not None:
                 try:
@@ -110,11 +111,12 @@ def dask_executor(scheduler: str | None = None, workers: int | None = None, thre
             if on_abort is not None:
                 on_abort()
             if not isinstance(err, Exception):  # interrupted: dask's teardown warnings are noise now
-                logging.getLogger("distributed").setLevel(logging.CRITICAL)
+                interrupted = True
             raise
         finally:
             if cluster is not None:
-                cluster.close()
+                with _quiet("distributed") if interrupted else contextlib.nullcontext():
+                    cluster.close()
 
     return run
 
