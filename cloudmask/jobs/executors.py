@@ -80,45 +80,58 @@ def dask_executor(scheduler: str | None = None, workers: int | None = None, thre
 
     def run(payloads: list[dict[str, Any]], settings: TaskSettings) -> Iterator[SceneOutcome]:
         cluster = None
-        interrupted = False
-        try:
-            if scheduler is not None:
-                try:
-                    client = distributed.Client(scheduler, timeout="30s")
-                except (OSError, TimeoutError) as err:
-                    raise JobError(f"cannot reach the dask scheduler at {scheduler}: {err}; is it running?") from err
-            else:
-                cluster = _local_cluster(distributed, workers or 1, max(1, threads))
-                client = distributed.Client(cluster)
-            # a lost scheduler fails each scene with the reason; the client's reconnect tracebacks add nothing
-            with _quiet("distributed.client"), client:
-                log.info("running %d scene(s) on %s", len(payloads), client.scheduler.address)
-                futures = {
-                    client.submit(process_scene, p, settings, pure=False,
-                                  key=f"cloudmask-scene-{k}-{p['id'][:60]}"): p["id"]
-                    for k, p in enumerate(payloads)
-                }
-                for fut in distributed.as_completed(futures):
-                    scene = futures[fut]
+        with contextlib.ExitStack() as quiet:  # interrupted: dask's teardown chatter is muted until the end
+            try:
+                if scheduler is not None:
                     try:
-                        yield fut.result()
-                    except Exception as err:  # noqa: BLE001 - a lost worker fails one scene, not the job
-                        yield SceneOutcome(scene=scene, ok=False, error=f"dask task failed: {type(err).__name__}: {err}",
-                                           error_type=type(err).__name__)
-                    finally:
-                        fut.release()
-        except BaseException as err:
-            if on_abort is not None:
-                on_abort()
-            if not isinstance(err, Exception):  # interrupted: dask's teardown warnings are noise now
-                interrupted = True
-            raise
-        finally:
-            if cluster is not None:
-                with _quiet("distributed") if interrupted else contextlib.nullcontext():
+                        client = distributed.Client(scheduler, timeout="30s")
+                    except (OSError, TimeoutError) as err:
+                        raise JobError(f"cannot reach the dask scheduler at {scheduler}: {err}; is it running?") from err
+                else:
+                    cluster = _local_cluster(distributed, workers or 1, max(1, threads))
+                    client = distributed.Client(cluster)
+                # a lost scheduler fails each scene with the reason; the client's reconnect tracebacks add nothing
+                with _quiet("distributed.client"), client:
+                    try:
+                        yield from _outcomes(distributed, client, payloads, settings)
+                    except BaseException as err:
+                        if on_abort is not None:
+                            on_abort()  # first: the scenes in flight stop and publish nothing
+                        if not isinstance(err, Exception):  # Ctrl-C/SIGTERM: one line, not dask's teardown
+                            quiet.enter_context(_quiet("distributed"))
+                            if cluster is not None:  # our own workers only (a shared cluster's stay as they are)
+                                with contextlib.suppress(Exception):
+                                    client.run(_mute_dask_logs)
+                        raise
+            finally:
+                if cluster is not None:
                     cluster.close()
 
     return run
+
+
+def _outcomes(distributed: Any, client: Any, payloads: list[dict[str, Any]],
+              settings: TaskSettings) -> Iterator[SceneOutcome]:
+    """Submit one task per scene; yield each outcome as it completes (a lost task fails its scene)."""
+    log.info("running %d scene(s) on %s", len(payloads), client.scheduler.address)
+    futures = {
+        client.submit(process_scene, p, settings, pure=False, key=f"cloudmask-scene-{k}-{p['id'][:60]}"): p["id"]
+        for k, p in enumerate(payloads)
+    }
+    for fut in distributed.as_completed(futures):
+        scene = futures[fut]
+        try:
+            yield fut.result()
+        except Exception as err:  # noqa: BLE001 - a lost worker fails one scene, not the job
+            yield SceneOutcome(scene=scene, ok=False, error=f"dask task failed: {type(err).__name__}: {err}",
+                               error_type=type(err).__name__)
+        finally:
+            fut.release()
+
+
+def _mute_dask_logs() -> None:
+    """Run on each local worker of an interrupted run: its shutdown says nothing."""
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
 def _local_cluster(distributed: Any, workers: int, threads: int) -> Any:
