@@ -164,7 +164,7 @@ class Journal:
 
     def _not_a_file(self) -> ConfigError:
         return ConfigError(f"the job journal {self.path} is a directory, not a file; move it away "
-                        f"(mv {self.path} {self.path}.bak) and run again")
+                           f"(mv {self.path} {self.path}.bak) and run again")
 
     def append(self, event: str, **fields: Any) -> None:
         doc = {"time": now_iso(), "event": event, **fields}
