@@ -14,7 +14,15 @@ from typing import Any
 
 import click
 
-from ..console import BatchProgress, CloudmaskGroup, note, scene_result, setup_logging, task_progress
+from ..console import (
+    BatchProgress,
+    CloudmaskGroup,
+    escape_control,
+    note,
+    scene_result,
+    setup_logging,
+    task_progress,
+)
 from ..console import table as _table
 from ..stac.query import DATETIME_HELP, parse_bbox
 
@@ -29,6 +37,10 @@ log = logging.getLogger("cloudmask")
 def main(verbose: int, log_format: str) -> None:
     """Cloud and cloud-shadow masks for Sentinel-2 scenes from STAC catalogues."""
     setup_logging(verbose, log_format)  # notes and warnings by default; -v info, -vv debug
+    from ..interrupt import install
+
+    # SIGINT/SIGTERM stop the scenes in flight cleanly (one line, exit 130/143); restored when the command ends
+    click.get_current_context().call_on_close(install())
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -152,7 +164,8 @@ def _mask_all(
         scene_stats[spec.id] = {"scene": spec.id, "model": card.name, "turn": None if turn is None else turn.number,
                                 **res.stats.as_dict()}
         if show_stats:
-            note(f"{spec.id}:\n{res.stats.table()}", scene=spec.id, stats=res.stats.as_dict())
+            note(f"{escape_control(spec.id)}:\n{res.stats.table()}", scene=spec.id, stats=res.stats.as_dict(),
+                 multiline=True)
         return {**res.row(), "model": card.name, "res_m": float(resolution or card.resolution)}
 
     def on_row(row: dict[str, Any]) -> None:
@@ -190,6 +203,10 @@ def _mask_all(
     def skip(spec: Any) -> bool:
         return skip_existing and keep(spec) is not None
 
+    if skip_existing:  # resuming: what killed runs left behind goes (writers whose pid is not alive)
+        from ..jobs.state import clean_temporaries
+
+        clean_temporaries(out)
     try:
         with BatchProgress(len(specs), show) as bar, ScenePipeline(specs, mask_one, skip=skip, clock=clock) as scenes:
             report = mask_many(specs, out, scenes, keep=keep if skip_existing else None, failed=failed,

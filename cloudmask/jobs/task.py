@@ -9,6 +9,8 @@ the journal, the catalogue and the summary. Each process loads a model once
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import socket
@@ -20,7 +22,7 @@ from typing import Any
 
 import pystac
 
-from .. import atomic, retry
+from .. import atomic, interrupt, retry
 from ..engine import StreamConfig
 from ..errors import CatalogUnreachableError, CloudmaskError, ReadError, WriteError
 from ..layout import OutputPaths
@@ -34,6 +36,7 @@ from ..retry import RetryPolicy
 from ..runtime.cache import cached_runners, runner_loads, runner_lock
 from ..stac.api import HttpPolicy
 from .spec import JobSpec
+from .state import check_lease
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ class TaskSettings:
     retries: RetryPolicy = field(default_factory=RetryPolicy)
     emulated_latency: float = 0.0
     http: HttpPolicy | None = None  # time limits and retries of remote band reads (the spec's http_timeout)
+    #: the run's token (:func:`~.state.check_lease`): nothing is published once that run lost the job's lock
+    lease: str | None = None
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> TaskSettings:
@@ -114,11 +119,14 @@ def process_scene(item: Mapping[str, Any], settings: TaskSettings) -> SceneOutco
     def note(attempt: int, err: BaseException, delay: float) -> None:
         outcome.attempts.append({"attempt": attempt, "error": describe_error(err), "retry_in_s": delay})
 
+    lease = (interrupt.lease(functools.partial(check_lease, settings.out_dir, settings.lease))
+             if settings.lease else contextlib.nullcontext())
     try:
-        outcome.item, outcome.row = retry.call(
-            lambda: _mask_once(item, settings), settings.retries, lambda e: isinstance(e, TRANSIENT),
-            f"scene {scene}", on_retry=note,
-        )
+        with lease:
+            outcome.item, outcome.row = retry.call(
+                lambda: _mask_once(item, settings), settings.retries, lambda e: isinstance(e, TRANSIENT),
+                f"scene {scene}", on_retry=note,
+            )
         outcome.ok = True
     except Exception as err:  # noqa: BLE001 - a failing scene is isolated, not fatal
         outcome.error, outcome.error_type = describe_error(err), type(err).__name__
