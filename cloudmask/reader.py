@@ -528,7 +528,8 @@ class RowWindows:
     keeps the rows it shares with the previous one (copied, not read again) and reads the rest. While
     the caller works on window ``k``, a background thread reads window ``k + 1`` into the other of two
     preallocated buffers and prepares it: the valid mask (no NaN in any band), ``prepare(data)``
-    in place on the new rows (e.g. the model's normalisation), then ``fill`` at invalid pixels.
+    in place on the new rows (e.g. the model's normalisation), then ``fill`` at invalid pixels (None:
+    left as read, NaN from a :class:`RasterSource`, for callers that never use them).
 
     ``fold`` ``(multiply, add)`` per band: the same as ``prepare`` when that is affine; a source whose
     ``read_rows`` takes ``affine`` (:class:`RasterSource`) applies it while it scales the DN, and
@@ -545,7 +546,7 @@ class RowWindows:
     """
 
     def __init__(self, source: Any, windows: Sequence[tuple[int, int]],
-                 prepare: Callable[[np.ndarray], Any] | None = None, fill: float = 0.0,
+                 prepare: Callable[[np.ndarray], Any] | None = None, fill: float | None = 0.0,
                  ahead: bool = True, first_parts: int = 1,
                  fold: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.source, self.windows, self.prepare, self.fill, self.ahead = source, list(windows), prepare, fill, ahead
@@ -593,7 +594,7 @@ class RowWindows:
             done = self.prepare(new_data)
             if isinstance(done, np.ndarray) and done is not new_data:  # prepared out of place
                 new_data[...] = done
-        if not new_valid.all():
+        if self.fill is not None and not new_valid.all():
             np.copyto(new_data, np.float32(self.fill), where=~new_valid)
 
     def _fill(self, k: int, prev: tuple[int, int, np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:

@@ -149,7 +149,7 @@ class _PixelBlenderAdapter:
         return self.inner.is_done
 
     def cut(self, msg: StripCut) -> list[Block]:
-        self.skipped += msg.rows * self.inner.width - msg.index.size
+        self.skipped += msg.rows * self.inner.width - msg.count
         return self.inner.cut(msg)
 
     def feed(self, tasks: Sequence[Task], scores: np.ndarray, filled: int) -> list[Block]:
@@ -203,6 +203,18 @@ def pixel_strip_rows(block: int, width: int) -> int:
     """Rows per strip for pixel models: two blocks' worth of pixels, clamped to :data:`PIXEL_STRIP_ROWS`."""
     lo, hi = PIXEL_STRIP_ROWS
     return max(lo, min(hi, math.ceil(2 * block / max(1, width))))
+
+
+def first_rows(card: ModelCard, shape: Sequence[int], height: int, width: int, strip_rows: int | None = None) -> int:
+    """Rows ``[0, n)`` the stream reads first (what a prefetch of the scene's first rows should cover):
+    a pixel model's first strip, else the first 256 rows (at least a patch)."""
+    if card.kind == "pixel":
+        try:
+            block, _ = pixel_block(shape, card.n_bands)
+        except ValueError:  # make_strategy reports it
+            block = PIXEL_STRIP_ROWS[0] * width
+        return min(height, strip_rows or pixel_strip_rows(block, width))
+    return min(height, max(256, card.patch_size))
 
 
 def make_strategy(card: ModelCard, shape: Sequence[int], height: int, width: int, margin: int, blend: str,
