@@ -71,12 +71,13 @@ def _sample_pixels(tile: Path, n: int, rows: int = 1024) -> tuple[Any, Any]:
     from cloudmask.profiles import scene_spec
     from cloudmask.reader import RasterSource
 
-    spec = scene_spec(pystac.Item.from_file(str(tile)))
+    item = pystac.Item.from_file(str(tile))
+    spec = scene_spec(item)
     with RasterSource(spec, BANDS, spec.geobox(10.0)) as src:
         refl = src.read_rows(0, rows)
     import rasterio
 
-    with rasterio.open(spec.bands["truth"].href) as ds:
+    with rasterio.open(item.assets["truth"].get_absolute_href()) as ds:
         truth = ds.read(1, window=((0, rows), (0, refl.shape[2])))
     x = refl.reshape(len(BANDS), -1).T
     y = truth.ravel()
@@ -216,7 +217,7 @@ def run_one(items: Path, card: Path, backend: str, latency_ms: float, per_call: 
     prefix: list[str] = []
     if profile is not None:
         py_spy = Path(sys.executable).with_name("py-spy")
-        prefix = [str(py_spy), "record", "--threads", "--idle", "-r", "100", "-f", "raw", "-o", str(profile), "--"]
+        prefix = [str(py_spy), "record", "--threads", "-r", "100", "-f", "raw", "-o", str(profile), "--"]
     with tempfile.TemporaryDirectory(prefix="cloudmask-pixel-") as out:
         return call(__file__, [str(items), str(card), backend, latency_ms, per_call, out], env=env, prefix=prefix)
 
@@ -251,11 +252,16 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--trees", default=None, help="NAME=DIR,...: source trees to compare (the first is the baseline)")
     ap.add_argument("--profile", type=Path, default=None, help="py-spy raw profile of one mlp run (first latency)")
+    ap.add_argument("--prepare", action="store_true", help="only make the tile and the models")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     tile = make_tile(args.work)
     items = item_collection(tile, args.work)
     plain, folded = make_mlp(tile, args.work)
+    if args.prepare:
+        print(json.dumps({"tile": str(tile), "items": str(items), "mlp": str(plain), "folded": str(folded),
+                          "patch_classifier": str(make_patch_classifier(args.work))}))
+        return
     trees: dict[str, Path | None] = {"current": None}
     if args.trees:
         trees = {}

@@ -21,7 +21,7 @@ from cloudmask.engine.stats import StreamStats
 from cloudmask.models import NODATA
 from cloudmask.pipeline import mask_scene_spec
 from cloudmask.profiles import scene_spec
-from cloudmask.reader import RasterSource
+from cloudmask.reader import RasterSource, ReaderConfig
 from cloudmask.runtime import make_runners
 from cloudmask.sample import make_scene
 
@@ -108,3 +108,22 @@ def test_pixel_blender_dense_strips_take_slices_and_two_class_argmax_ties_go_to_
     assert blocks[1].classes.tolist() == [[NODATA, NODATA, 1]]
     with pytest.raises(ValueError, match="count"):
         StripCut(0, 0, 1, None)
+
+
+@pytest.mark.parametrize(("rows", "cols"), [((40, 122), (100, 500)), ((37, 121), (1, 599)), ((0, 200), None)])
+def test_coarser_band_repeated_at_native_size_equals_nearest_upsampling(sample_items, rows, cols):
+    """Aligned strips (even rows and columns of a 20 m band on the 10 m grid) are scaled at native size
+    and repeated; odd ones index each axis: both give each grid pixel its native pixel, NaN at nodata."""
+    spec = scene_spec(sample_items[1])  # the wedge: nodata inside the strips
+    c0, c1 = cols or (0, 600)
+    valid = np.ones((rows[1] - rows[0], c1 - c0), bool)
+    with RasterSource(spec, ("swir16", "blue"), spec.geobox(10.0), ReaderConfig(use_footprint=False)) as src:
+        got = src.read_rows(*rows, cols=cols, valid=valid, affine=(np.array([2.0, 1.0]), np.array([0.5, 0.0])))
+    a = spec.bands["swir16"]
+    with rasterio.open(a.href) as ds:
+        native = ds.read(1)
+    up = np.repeat(np.repeat(native, 2, 0), 2, 1)[rows[0] : rows[1], c0:c1]
+    expected = np.where(up == 0, np.nan, (up * a.scale + a.offset) * 2.0 + 0.5)
+    assert np.isnan(expected).any() and not np.isnan(expected).all()
+    assert np.allclose(got[0], expected, atol=1e-5, equal_nan=True)
+    assert np.array_equal(valid, ~np.isnan(got).any(axis=0))
