@@ -197,6 +197,17 @@ def child(items: str, card: str, backend: str, latency_ms: float, per_call: int,
                 raise
         stats = json.loads(stats_json.read_text())["scenes"][0]
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    peak = vm_hwm_mib()
+    import hashlib
+
+    import numpy as np
+    import rasterio
+
+    mask = next(Path(out_dir).rglob("*_cloudmask.tif"))
+    with rasterio.open(mask) as ds:
+        arr = ds.read(1)
+    digest = hashlib.sha1(arr.tobytes()).hexdigest()[:12]
+    counts = {int(v): int(c) for v, c in enumerate(np.bincount(arr.ravel(), minlength=256)) if c}
     total = stats["seconds"]["total"]
     px = stats.get("pixels") or 0
     return {
@@ -205,7 +216,7 @@ def child(items: str, card: str, backend: str, latency_ms: float, per_call: int,
         "pixels": px, "patches": stats.get("patches"),
         "mpx_per_s": px / total / 1e6 if px and total else None,
         "device_bound_ratio": total / (stats["calls"] * latency_ms / 1000.0) if latency_ms and stats["calls"] else None,
-        "seconds": stats["seconds"], "peak_rss_mib": vm_hwm_mib(),
+        "seconds": stats["seconds"], "peak_rss_mib": peak, "mask_sha1": digest, "mask_counts": counts,
     }
 
 
@@ -231,7 +242,8 @@ def summarise(rs: list[dict[str, Any]]) -> dict[str, Any]:
         "median_peak_rss_mib": round(med(r["peak_rss_mib"] for r in rs)),
         "calls": rs[0]["calls"], "pixels": rs[0]["pixels"], "patches": rs[0]["patches"],
         "seconds_last": {k: round(v, 2) for k, v in rs[-1]["seconds"].items() if isinstance(v, int | float)},
-        "cloudmask": rs[0]["cloudmask"],
+        "cloudmask": rs[0]["cloudmask"], "mask_sha1": sorted({r["mask_sha1"] for r in rs}),
+        "mask_counts": rs[0]["mask_counts"],
     }
     if rs[0]["mpx_per_s"]:
         out["median_mpx_per_s"] = round(med(r["mpx_per_s"] for r in rs), 1)
