@@ -16,7 +16,8 @@ trees, so a drifting machine load hits all alike. Usage::
 
 Cases: ``mlp`` (the folded MLP, emulated device at each ``--latency-ms``), ``ort`` (the unfolded MLP
 on ONNX Runtime, CPU, 65,536 pixels a call, one session of two threads), ``patch`` (an emulated
-64-px patch classifier at ``--patches-per-call``, each ``--latency-ms``). The tile is made by
+64-px patch classifier at each ``--patches-per-call``: 1 plain, k > 1 its ``metis export
+--patches-per-call k`` patch-stacked card; each ``--latency-ms``). The tile is made by
 ``cloudmask.sample.make_scene`` (seed 7, 30 % cloud) when missing, as ``benchmarks/run.py`` makes it.
 Prints one JSON document: per case and tree the runs (``total_s`` = the stream's total, ``wall_s`` =
 the whole ``run`` command, ``cpu_s``, ``mpx_per_s``, ``device_bound_ratio``, ``peak_rss_mib``, stages)
@@ -133,9 +134,17 @@ def make_mlp(tile: Path, work: Path) -> tuple[Path, Path]:
     return plain, folded
 
 
-def make_patch_classifier(work: Path, size: int = 64) -> Path:
-    """A 6-band 64-px patch classifier's card (global average pool -> Gemm -> 2 logits), made once."""
+def make_patch_classifier(work: Path, size: int = 64, per_call: int = 1) -> Path:
+    """A 6-band 64-px patch classifier's card (global average pool -> Gemm -> 2 logits), made once;
+    ``per_call > 1``: its ``cloudmask metis export --patches-per-call`` (patch-stacked) card."""
     path = work / f"patchcls{size}" / "card.yaml"
+    if per_call > 1:
+        stacked = work / f"patchcls{size}-x{per_call}" / "card.yaml"
+        if not stacked.exists():
+            from cloudmask.metis.export import export
+
+            export(make_patch_classifier(work, size), stacked.parent, patches_per_call=per_call)
+        return stacked
     if path.exists():
         return path
     import numpy as np
@@ -163,8 +172,8 @@ def make_patch_classifier(work: Path, size: int = 64) -> Path:
 
 
 def child(items: str, card: str, backend: str, latency_ms: float, per_call: int, out_dir: str) -> dict[str, Any]:
-    """One ``cloudmask run`` of the tile in this process (or, for ``per_call > 1``, the same through the API
-    with batched emulated runners); its stats, CPU seconds and peak RSS."""
+    """One ``cloudmask run`` of the tile in this process; its stats, CPU seconds, peak RSS and mask checksum
+    (``per_call``: patches per call, already in the card; recorded only)."""
     import cloudmask
     from cloudmask.cli import main as cli
 
@@ -176,26 +185,12 @@ def child(items: str, card: str, backend: str, latency_ms: float, per_call: int,
     else:
         args += ["--instances", "1", "--threads", "2"]
     t0, c0 = time.perf_counter(), time.process_time()
-    if per_call > 1:  # the CLI has no batch option for emulated devices: the API, as `run` calls it
-        import pystac
-
-        from cloudmask.models import load_model
-        from cloudmask.pipeline import mask_scene_spec
-        from cloudmask.profiles import scene_spec
-        from cloudmask.runtime import make_runners
-
-        m = load_model(card)
-        spec = scene_spec(pystac.ItemCollection.from_file(items).items[0])
-        res = mask_scene_spec(spec, Path(out_dir), m, runners=make_runners(
-            m, "emulated", instances=1, batch=per_call, latency_s=latency_ms / 1000.0))
-        stats = res.stats.as_dict()
-    else:
-        try:
-            cli.main(args, standalone_mode=False)
-        except SystemExit as err:  # pragma: no cover - a failed scene
-            if err.code:
-                raise
-        stats = json.loads(stats_json.read_text())["scenes"][0]
+    try:
+        cli.main(args, standalone_mode=False)
+    except SystemExit as err:  # pragma: no cover - a failed scene
+        if err.code:
+            raise
+    stats = json.loads(stats_json.read_text())["scenes"][0]
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = vm_hwm_mib()
     import hashlib
@@ -291,8 +286,7 @@ def main() -> None:
         elif case == "ort":
             cases.append(("mlp_onnxruntime_cpu", plain, "onnxruntime", 0.0, 1))
         else:
-            pc = make_patch_classifier(args.work)
-            cases += [(f"patch64_{k}per_call_{lat:g}ms", pc, "emulated", lat, k)
+            cases += [(f"patch64_{k}per_call_{lat:g}ms", make_patch_classifier(args.work, 64, k), "emulated", lat, k)
                       for lat in args.latency_ms for k in args.patches_per_call]
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {c[0]: {t: [] for t in trees} for c in cases}
     for _ in range(max(1, args.repeat)):
