@@ -11,7 +11,7 @@ trees, so a drifting machine load hits all alike. Usage::
 
     python benchmarks/pixel_tile.py --latency-ms 0 2 --repeat 3 --trees base=/tmp/base,cur=.
     python benchmarks/pixel_tile.py --cases ort --repeat 1           # the MLP on ONNX Runtime (CPU)
-    python benchmarks/pixel_tile.py --cases patch --latency-ms 5     # a 64-px patch classifier, 1 patch a call
+    python benchmarks/pixel_tile.py --cases patch --latency-ms 5 --patches-per-call 1 4   # a 64-px patch classifier
     python benchmarks/pixel_tile.py --latency-ms 0 --profile benchmarks/work/pixel.txt   # py-spy of one run
 
 Cases: ``mlp`` (the folded MLP, emulated device at each ``--latency-ms``), ``ort`` (the unfolded MLP
@@ -256,6 +256,8 @@ def main() -> None:
     ap.add_argument("--cases", nargs="+", default=["mlp"], choices=["mlp", "ort", "patch"])
     ap.add_argument("--latency-ms", nargs="+", type=float, default=[0.0])
     ap.add_argument("--patches-per-call", nargs="+", type=int, default=[1])
+    ap.add_argument("--patch-latency-ms", nargs="+", type=float, default=None,
+                    help="latencies of the patch case (default: --latency-ms)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--trees", default=None, help="NAME=DIR,...: source trees to compare (the first is the baseline)")
     ap.add_argument("--profile", type=Path, default=None, help="py-spy raw profile of one mlp run (first latency)")
@@ -287,12 +289,15 @@ def main() -> None:
             cases.append(("mlp_onnxruntime_cpu", plain, "onnxruntime", 0.0, 1))
         else:
             cases += [(f"patch64_{k}per_call_{lat:g}ms", make_patch_classifier(args.work, 64, k), "emulated", lat, k)
-                      for lat in args.latency_ms for k in args.patches_per_call]
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {c[0]: {t: [] for t in trees} for c in cases}
+                      for lat in (args.patch_latency_ms or args.latency_ms) for k in args.patches_per_call]
+    # the patch classifier runs on the last tree only (a patch-stacked card needs a tree that knows it)
+    last = list(trees)[-1]
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        c[0]: {t: [] for t in trees if t == last or not c[0].startswith("patch")} for c in cases}
     for _ in range(max(1, args.repeat)):
         for name, card, backend, lat, k in cases:
-            for tname, tree in trees.items():
-                runs[name][tname].append(run_one(items, card, backend, lat, k, tree))
+            for tname in runs[name]:
+                runs[name][tname].append(run_one(items, card, backend, lat, k, trees[tname]))
     summary: dict[str, Any] = {"tile": str(tile), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for name, by_tree in runs.items():
         summary[name] = {t: summarise(rs) for t, rs in by_tree.items()}
