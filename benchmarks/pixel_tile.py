@@ -215,6 +215,48 @@ def child(items: str, card: str, backend: str, latency_ms: float, per_call: int,
     }
 
 
+def read_child(items: str, card: str, strip_rows: int) -> dict[str, Any]:
+    """CPU seconds and wall of reading the whole tile in pixel strips: GDAL's decode of each band's
+    native window alone (one thread), then ``read_rows`` as the pixel producer calls it (band pool,
+    normalisation folded, valid mask)."""
+    import numpy as np
+    import pystac
+
+    import cloudmask
+    from cloudmask.models import load_model
+    from cloudmask.profiles import scene_spec
+    from cloudmask.reader import RasterSource
+
+    m = load_model(card)
+    spec = scene_spec(pystac.ItemCollection.from_file(items).items[0])
+    fold = m.normalisation.affine(m.n_bands) if m.normalisation is not None else None
+    out: dict[str, Any] = {"cloudmask": str(Path(cloudmask.__file__).parent)}
+    with RasterSource(spec, m.bands, spec.geobox(m.resolution)) as src:
+        h, w = src.shape
+        strips = [(r, min(h, r + strip_rows)) for r in range(0, h, strip_rows)]
+        src.read_rows(0, 1)  # open the bands, find their levels
+        t0, c0 = time.perf_counter(), time.process_time()
+        for r0, r1 in strips:
+            for b in range(m.n_bands):
+                with src._handles.checkout(src.assets[b], src._level(b)) as ds:
+                    f = round(abs(spec.geobox(m.resolution).resolution.x) / ds.res[0]) or 1
+                    k = max(1, round(ds.res[0] / abs(spec.geobox(m.resolution).resolution.x)))
+                    ds.read(1, window=((r0 * f // k, r1 * f // k), (0, w * f // k)))
+        out["decode_s"], out["decode_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+    with RasterSource(spec, m.bands, spec.geobox(m.resolution)) as src:
+        buf = np.empty((m.n_bands, strip_rows, w), np.float32)
+        valid = np.empty((strip_rows, w), bool)
+        src.read_rows(0, 1)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for r0, r1 in strips:
+            try:
+                src.read_rows(r0, r1, out=buf[:, : r1 - r0], affine=fold, valid=valid[: r1 - r0])
+            except TypeError:  # a tree whose read_rows lacks the keywords
+                src.read_rows(r0, r1)
+        out["read_rows_s"], out["read_rows_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+    return out
+
+
 def run_one(items: Path, card: Path, backend: str, latency_ms: float, per_call: int, tree: Path | None,
             profile: Path | None = None) -> dict[str, Any]:
     env = dict(os.environ)
@@ -249,6 +291,9 @@ def summarise(rs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child" and json.loads(sys.argv[2])[0] == "read":
+        print("RESULT " + json.dumps(read_child(*json.loads(sys.argv[2])[1:])), flush=True)
+        return
     if serve(child):
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -262,6 +307,8 @@ def main() -> None:
     ap.add_argument("--trees", default=None, help="NAME=DIR,...: source trees to compare (the first is the baseline)")
     ap.add_argument("--profile", type=Path, default=None, help="py-spy raw profile of one mlp run (first latency)")
     ap.add_argument("--prepare", action="store_true", help="only make the tile and the models")
+    ap.add_argument("--read", action="store_true",
+                    help="only the read limit: GDAL decode alone vs read_rows in 128-row strips, per tree")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     tile = make_tile(args.work)
@@ -280,6 +327,16 @@ def main() -> None:
     if args.profile is not None:
         tree = next(iter(trees.values()))
         print(json.dumps(run_one(items, folded, "emulated", args.latency_ms[0], 1, tree, args.profile), indent=1))
+        return
+    if args.read:
+        res: dict[str, list[dict[str, Any]]] = {t: [] for t in trees}
+        for _ in range(max(1, args.repeat)):
+            for tname, tree in trees.items():
+                env = dict(os.environ)
+                if tree is not None:
+                    env["PYTHONPATH"] = str(tree.resolve()) + os.pathsep + env.get("PYTHONPATH", "")
+                res[tname].append(call(__file__, ["read", str(items), str(folded), 128], env=env))
+        print(json.dumps(res, indent=1))
         return
     cases: list[tuple[str, Path, str, float, int]] = []
     for case in args.cases:
