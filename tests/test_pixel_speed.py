@@ -127,3 +127,13 @@ def test_coarser_band_repeated_at_native_size_equals_nearest_upsampling(sample_i
     assert np.isnan(expected).any() and not np.isnan(expected).all()
     assert np.allclose(got[0], expected, atol=1e-5, equal_nan=True)
     assert np.array_equal(valid, ~np.isnan(got).any(axis=0))
+
+
+def test_pixel_strips_line_up_with_cog_block_rows_within_a_memory_budget():
+    from cloudmask.engine.strategies import PIXEL_STRIP_BYTES, pixel_strip_rows
+
+    assert pixel_strip_rows(65_536, 10_980, 6) == 512  # 4 bands at 10 m + 2 at 20 m: one 512-row block row
+    for bands in (10, 13, 30):
+        rows = pixel_strip_rows(65_536, 10_980, bands)
+        assert rows in (128, 256) and (rows == 128 or bands * rows * 10_980 * 4 <= PIXEL_STRIP_BYTES)
+    assert pixel_strip_rows(1_000, 150, 10) % 128 == 0
