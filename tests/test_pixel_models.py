@@ -344,7 +344,7 @@ def test_jp2_clip_same_mask_original_exported_and_fake_metis(tmp_path, fake_sdk,
     with rasterio.open(mres.mask) as ds, rasterio.open(mres.probabilities) as ps:
         metis, p_metis = ds.read(1), ps.read()
     assert mres.stats.calls == math.ceil(300 * 300 / 65_536) + 2  # two drain calls of the double buffer
-    assert runners[0]._device.conn.instances[0].calls == mres.stats.calls
+    assert runners[0]._conn.instances[0].calls == mres.stats.calls
     # int8 in and out (scales 0.04 / 0.25) against float, with the decision boundary mid-distribution:
     # 98.5 % of the pixels agree, probabilities within 1.7 percentage points on average
     assert (metis != NODATA).all() and (metis == original).mean() >= 0.98

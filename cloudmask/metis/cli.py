@@ -47,6 +47,14 @@ def export_cmd(model: str, out: Path, cores: str, fold: str | None, patches_per_
         sys.exit(1)
 
 
+@metis.command("info")
+def info_cmd() -> None:
+    """Print the Voyager SDK runtime version, the API `run --backend metis` uses, and the Metis devices found."""
+    from ..runtime.metis import sdk_info
+
+    click.echo(sdk_info().format())
+
+
 @metis.command("check")
 @click.argument("onnx_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
