@@ -349,6 +349,8 @@ def test_jp2_clip_same_mask_original_exported_and_fake_metis(tmp_path, fake_sdk,
     # 98.5 % of the pixels agree, probabilities within 1.7 percentage points on average
     assert (metis != NODATA).all() and (metis == original).mean() >= 0.98
     assert np.abs(p_metis.astype(int) - p_original).mean() < 2.0  # int8 in and out: within a few percent
+    for r in runners:
+        r.close()  # releases its connection's core (axruntime-py.md: reserved until released)
     # the same through `cloudmask run --backend metis` (4 instances, round-robin): the same mask
     cli_mask, _ = _run(catalog, card.save(tmp_path / "exp" / "card-metis.yaml"), tmp_path / "o4", "--backend", "metis")
     assert np.array_equal(cli_mask, metis)

@@ -9,6 +9,8 @@ documented interfaces, nothing more:
   instance reserving ``num_sub_devices`` of the device's 4 cores, ``double_buffer`` returning the result
   of two calls back, ``preamble_graph``/``postamble_graph`` properties, every object released with its
   Context.
+- :mod:`.compiler` — ``axelera.compiler`` (``quantize``, ``compile``, ``CompilerConfig``), after
+  ``docs/reference/compiler/compiler-api.md``, writing the emulation's compiled models.
 - :mod:`.op` — SDK 1.8's ``axelera.runtime.op`` (``op.load(<model>.axm).optimized()``, per-sample calls,
   ``.batch(x)``), after voyager-sdk ``docs/reference/pipeline-builder/api/axelera.runtime.op.inference.md``
   and its public client ultralytics ``ultralytics/nn/backends/axelera.py``.
@@ -68,25 +70,32 @@ def write_compiled(
 
 @contextmanager
 def installed(generation: str = "1.8") -> Iterator[types.ModuleType]:
-    """Make ``import axelera.runtime`` (and for ``"1.8"`` ``axelera.runtime.op``) import the emulation.
+    """Make ``import axelera.runtime`` and ``axelera.compiler`` (and for ``"1.8"`` ``axelera.runtime.op``)
+    import the emulation.
 
     Restores ``sys.modules`` on exit. Yields the emulated ``axelera.runtime`` module.
     """
     if generation not in GENERATIONS:
         raise ValueError(f"generation must be one of {GENERATIONS}, got {generation!r}")
+    from . import compiler as fake_compiler
     from . import op as fake_op
     from . import runtime as fake_runtime
 
-    names = ("axelera", "axelera.runtime", "axelera.runtime.op")
+    names = ("axelera", "axelera.runtime", "axelera.runtime.op", "axelera.compiler")
     saved = {n: sys.modules.get(n) for n in names}
     rt = types.ModuleType("axelera.runtime")
     rt.__dict__.update({k: v for k, v in vars(fake_runtime).items() if not k.startswith("__")})
     rt.__version__ = {"1.6": "1.6.0", "1.8": "1.8.0"}[generation]  # type: ignore[attr-defined]
     rt.__doc__ = fake_runtime.__doc__
+    comp = types.ModuleType("axelera.compiler")
+    comp.__dict__.update({k: v for k, v in vars(fake_compiler).items() if not k.startswith("__")})
+    comp.CompilerConfig = fake_compiler.CompilerConfig18 if generation == "1.8" else fake_compiler.CompilerConfig16  # type: ignore[attr-defined]
     pkg = types.ModuleType("axelera")
     pkg.runtime = rt  # type: ignore[attr-defined]
+    pkg.compiler = comp  # type: ignore[attr-defined]
     sys.modules["axelera"] = pkg
     sys.modules["axelera.runtime"] = rt
+    sys.modules["axelera.compiler"] = comp
     if generation == "1.8":
         rt.op = fake_op  # type: ignore[attr-defined]
         sys.modules["axelera.runtime.op"] = fake_op

@@ -129,7 +129,12 @@ class Model(Object):
         """Float NHWC in -> float NHWC out (the emulated device's arithmetic)."""
         if self.session is not None:
             nchw = np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))
-            y = self.session.run(None, {self.session.get_inputs()[0].name: nchw})[0]
+            inp = self.session.get_inputs()[0]
+            if inp.shape and inp.shape[0] == 1 and nchw.shape[0] > 1:  # a batch-1 graph compiled for batch B
+                y = np.concatenate([self.session.run(None, {inp.name: nchw[k : k + 1]})[0]
+                                    for k in range(nchw.shape[0])])
+            else:
+                y = self.session.run(None, {inp.name: nchw})[0]
             return y.reshape(self._out.unpadded_shape[0], -1, 1, 1).transpose(0, 2, 3, 1) if y.ndim == 2 \
                 else y.transpose(0, 2, 3, 1)
         logits = np.zeros(self._out.unpadded_shape, np.float32)
