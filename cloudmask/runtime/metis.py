@@ -400,7 +400,7 @@ def make_metis_runners(
     rt = _import_runtime()
     op = _import_op()
     kind, path = _pick(compiled_model_path(card, model_path), op is not None)
-    if kind == "op":
+    if kind == "op" and op is not None:
         samples = samples_per_call or (1 if card.kind == "pixel" else DEVICE_CORES)
         try:
             model = op.load(str(path)).optimized()  # op.inference.md load(); ultralytics axelera.py .optimized()

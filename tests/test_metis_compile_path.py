@@ -1,0 +1,136 @@
+"""Part of the Metis path between export and run: --cores, the memory estimate and --fold auto, the
+generated compile.py under the emulated SDK 1.6 and 1.8 compilers, and the card it writes for `run`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cloudmask
+from cloudmask.errors import ConfigError
+from cloudmask.metis import memory
+from cloudmask.metis.calibration import CalibrationPatch, calibration_set
+from cloudmask.metis.export import export, folded_model
+from cloudmask.models import load_model
+from cloudmask.runtime import make_runners
+from cloudmask.stream import ArraySink, ArraySource, StreamConfig, stream_scene
+
+from .conftest import shared_dir
+
+MLP = Path(cloudmask.__file__).parent / "data" / "models" / "spectral-mlp" / "card.yaml"
+MIB = 2**20
+#: s2cloudless all-band indices of the MLP's 10 bands
+MLP_BANDS = [0, 1, 3, 4, 7, 8, 9, 10, 11, 12]
+
+
+def test_memory_estimate_of_the_folded_mlp_by_hand():
+    """10 -> 32 -> 32 -> 2 MLP: int8 weights 10*32 + 32*32 + 32*2, int32 biases 32 + 32 + 2; per pixel the
+    largest pair of live activations is a 32 -> 32 layer (32 + 32 bytes)."""
+    card = load_model(MLP)
+    model, _, _ = folded_model(card, (1, 1))
+    est = memory.estimate(model)
+    assert est.weights == (10 * 32 + 32 * 32 + 32 * 2) + 4 * (32 + 32 + 2)
+    assert est.activations == 64
+    big = memory.fold_estimate(card, (256, 256))
+    assert big.activations == 64 * 65_536 and big.weights == est.weights
+    assert memory.fold_estimate(card, (256, 256), batch=4, cores=4).per_core == -(-(est.weights + 4 * 64 * 65_536) // 4)
+
+
+def test_budget_follows_the_documented_defaults():
+    # compiler-config-ref.md: L1 4 MiB/core less 512 KiB, L2 32 MiB less 1,245,184 B, less 1 MiB tasklist per core
+    assert memory.budget_bytes(1) == int(3.5 * MIB + 0.25 * (32 * MIB - 1_245_184) - MIB)
+    assert memory.budget_bytes(4) == int(4 * 3.5 * MIB + (32 * MIB - 1_245_184) - 4 * MIB)
+
+
+@pytest.mark.parametrize(("cores", "memory_mb", "fold"), [(1, None, (256, 512)), (4, None, (512, 1024)),
+                                                         (1, 1.0, (64, 128))])
+def test_fold_auto_picks_the_largest_fold_that_fits(cores, memory_mb, fold):
+    got, est, budget = memory.auto_fold(MLP, cores=cores, memory_mb=memory_mb)
+    assert got == fold and est.total <= budget
+    bigger = [f for f in memory.candidate_folds() if f[0] * f[1] > fold[0] * fold[1]]
+    assert all(memory.fold_estimate(MLP, f).total > budget for f in bigger)
+
+
+def test_fold_auto_refuses_when_nothing_fits():
+    with pytest.raises(ConfigError, match="no fold fits"):
+        memory.auto_fold(MLP, memory_mb=0.001)
+
+
+def test_export_cli_fold_auto_and_cores(tmp_path):
+    from click.testing import CliRunner
+
+    from cloudmask.cli import main
+
+    r = CliRunner().invoke(main, ["metis", "export", "--model", str(MLP), "--out", str(tmp_path / "a"),
+                                  "--fold", "auto", "--memory-mb", "1", "--cores", "4"])
+    assert r.exit_code == 0, r.output
+    assert "[1, 10, 64, 128]" in r.output and "memory estimate" in r.output
+    cfg = json.loads((tmp_path / "a" / "compiler_config.json").read_text())
+    assert cfg["compiler"] == {"aipu_cores_used": 4, "resources_used": 1.0, "multicore_mode": "cooperative"}
+    assert cfg["compiler_sdk18"]["aipu_cores"] == 4 and cfg["aipu_cores"] == 4
+    assert load_model(tmp_path / "a" / "card.yaml").extra["metis"]["aipu_cores"] == 4
+    r = CliRunner().invoke(main, ["metis", "export", "--model", str(MLP), "--out", str(tmp_path / "b"),
+                                  "--memory-mb", "1"])
+    assert r.exit_code == 2 and "--fold auto" in r.output
+
+
+def _load_script(path: Path):
+    spec = importlib.util.spec_from_file_location("metis_compile_script_t", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compile_script_picks_the_installed_sdks_keywords(tmp_path):
+    from cloudmask.metis.fake_sdk.compiler import CompilerConfig16, CompilerConfig18
+
+    res = export(MLP, tmp_path / "e", "4", fold=(16, 16))
+    mod = _load_script(res.compile_script)
+    cfg = mod.load_config(res.config_path)
+    assert mod.compiler_settings(cfg, mod.declared_fields(CompilerConfig16)) == (
+        "compiler", {"aipu_cores_used": 4, "resources_used": 1.0, "multicore_mode": "cooperative"})
+    assert mod.compiler_settings(cfg, mod.declared_fields(CompilerConfig18)) == (
+        "compiler_sdk18", {"aipu_cores": 4, "resources": 1.0, "multicore_mode": "cooperative"})
+    assert mod.compiler_settings(cfg, {"aipu_cores", "resources"})[1] == {"aipu_cores": 4, "resources": 1.0}
+
+
+@pytest.mark.parametrize(("generation", "cores", "axm"), [("1.6", "single", False), ("1.8", "4", False),
+                                                           ("1.8", "batch4", False), ("1.8", "single", True)])
+def test_export_compile_run_through_the_emulated_sdk(tmp_path, generation, cores, axm):
+    """export -> calibration set -> compile.py (emulated compiler of that SDK) -> card-metis.json -> metis runners:
+    the mask of the compiled model equals the CPU mask of the original card."""
+    from cloudmask.metis.fake_sdk import installed
+    from cloudmask.metis.fake_sdk import runtime as fake_runtime
+
+    card = load_model(MLP)
+    res = export(MLP, tmp_path / "e", cores, fold=(32, 32))
+    arrays = np.load(shared_dir("data", "real", "s2cloudless-l1c-arrays", "input_arrays.npz"))["s2_im"][0]
+    h, w = 120, 96  # real L1C pixels of the s2cloudless test arrays, held-out rows of the MLP's training
+    refl = np.ascontiguousarray(arrays[650 : 650 + h, 100 : 100 + w, MLP_BANDS].transpose(2, 0, 1))
+    norm = card.normalise(refl)
+    patches = [CalibrationPatch("s", (i, j), np.ascontiguousarray(norm[:, i : i + 32, j : j + 32]), 0.0)
+               for i in range(0, 88, 8) for j in (0, 64)]
+    calibration_set(patches, tmp_path / "calib", res.card, samples=len(patches))
+    fake_runtime.reset()
+    with installed(generation):
+        mod = _load_script(res.compile_script)
+        argv = ["--calibration", str(tmp_path / "calib")] + (["--axm"] if axm else [])
+        assert mod.main(argv) == 0
+        metis_card = load_model(tmp_path / "e" / "card-metis.json")
+        assert Path(metis_card.extra["metis_model"]).suffix == (".axm" if axm else ".json")
+        runners = make_runners(metis_card, "metis")
+        assert len(runners) == {"single": 1 if axm else 4, "4": 1, "batch4": 1}[cores]
+        sink = ArraySink(h, w)
+        stream_scene(ArraySource(refl), metis_card, runners, sink, StreamConfig())
+        for r in runners:
+            r.close()
+    cpu = ArraySink(h, w)
+    stream_scene(ArraySource(refl), card, make_runners(card, "onnxruntime", instances=1), cpu, StreamConfig())
+    agree = (sink.classes == cpu.classes).mean()
+    assert agree >= 0.98, agree  # int8 in and out against float
+    assert 0.2 < (cpu.classes == 1).mean() < 0.8
