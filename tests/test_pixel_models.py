@@ -213,8 +213,8 @@ def test_fold_size_and_refusals(tmp_path):
 
     res = export(_mlp_card(), tmp_path / "a", fold=(128, 512))
     assert res.input_shape == (1, 10, 128, 512)
-    with pytest.raises(ConfigError, match="--cores single"):
-        export(_mlp_card(), tmp_path / "d", cores="batch4")
+    # every cores mode for every model kind (issue 20): a batch-4 fold is one instance over four cores
+    assert export(_mlp_card(), tmp_path / "d", cores="batch4").card.extra["metis"]["aipu_cores"] == 4
     with pytest.raises(ConfigError, match="--fold is for pixel models"):
         export("ukis-4b-l2a", tmp_path / "b", fold=(8, 8))
     # an op batch folding cannot rewrite (a Transpose between the layers)
