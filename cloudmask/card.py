@@ -60,6 +60,9 @@ class ModelCard:
     description: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
     normalisation: Normalisation | None = None
+    #: One-channel models only: the channel is P(class) (``output: probabilities``; ``logits``: sigmoid of
+    #: it) and a pixel takes the class where P > ``threshold``, else clear. ``None`` means 0.5.
+    threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.normalisation is None:
@@ -77,6 +80,16 @@ class ModelCard:
     @property
     def n_bands(self) -> int:
         return len(self.bands)
+
+    @property
+    def one_channel(self) -> bool:
+        """One output channel: P(class) against ``threshold`` (the other class is clear)."""
+        return len(self.classes) == 1
+
+    @property
+    def decision_threshold(self) -> float:
+        """The one-channel model's threshold on P(class) (default 0.5)."""
+        return 0.5 if self.threshold is None else float(self.threshold)
 
     @property
     def class_index(self) -> np.ndarray:
@@ -121,6 +134,8 @@ class ModelCard:
             d["version"] = self.version
         if self.description:
             d["description"] = self.description
+        if self.threshold is not None:
+            d["threshold"] = self.threshold
         extra = dict(self.extra)
         if relative_to is not None and isinstance(extra.get("metis_model"), str):  # like onnx: relative to the card
             compiled = Path(extra["metis_model"])
@@ -164,6 +179,19 @@ def _validate(card: ModelCard) -> None:
         )
     if card.output not in ("logits", "probabilities"):
         raise ModelCardError(f"{where}: output must be 'logits' or 'probabilities', got {card.output!r}")
+    if card.one_channel and canonical(card.classes[0]) == "clear":
+        raise ModelCardError(
+            f"{where}: a one-channel model gives P(class) of a class other than clear (e.g. classes: [cloud]); "
+            f"got classes {list(card.classes)}"
+        )
+    if card.threshold is not None:
+        if not card.one_channel:
+            raise ModelCardError(
+                f"{where}: 'threshold' is for one-channel models (classes: [cloud]: cloud where P > threshold); "
+                f"this card has {len(card.classes)} channels: drop it and use the --threshold post-processing option"
+            )
+        if not 0.0 < float(card.threshold) < 1.0:
+            raise ModelCardError(f"{where}: threshold must be a probability between 0 and 1, got {card.threshold}")
 
 
 def _known_class(name: str) -> bool:
@@ -195,9 +223,26 @@ def graph_output_channels(onnx_path: Path) -> int | None:
     return int(dims[1].dim_value) if len(dims) >= 2 and dims[1].dim_value else None
 
 
+def graph_output_op(onnx_path: Path) -> str | None:
+    """The op type of the node that makes the graph's first output (``None`` when unreadable)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - the card's other checks report an unreadable file
+        return None
+    if not model.graph.output:
+        return None
+    out = model.graph.output[0].name
+    return next((n.op_type for n in model.graph.node if out in n.output), None)
+
+
 def check_graph(card: ModelCard, source: str | None = None) -> None:
     """Refuse a card whose ``classes`` do not name every output channel of its ONNX graph."""
     channels = graph_output_channels(card.onnx_path)
+    stack = card.extra.get("patches_per_call") if card.kind == "patch-classifier" else None
+    if channels is not None and isinstance(stack, int) and stack > 1:  # patch-stacked: [1, k*K, 1, 1]
+        channels = channels // stack if channels % stack == 0 else channels
     if channels is not None and channels != len(card.classes):
         raise ModelCardError(
             f"{source or f'model card {card.name!r}'}: the ONNX output has {channels} channels but the card "

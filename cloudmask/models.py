@@ -27,6 +27,7 @@ from .card import (  # noqa: F401 - re-exported: the card's own module is cloudm
     ProductLevel,
     check_graph,
     graph_output_channels,
+    graph_output_op,
 )
 from .classes import CLASSES, NODATA, ClassTable, canonical, class_names, class_value  # noqa: F401 - re-exported
 from .errors import ModelCardError, UnknownModelError
@@ -118,7 +119,14 @@ def card_from_dict(raw: Mapping[str, Any], base: Path, source: str = "model card
     if not onnx_path.is_file():
         raise ModelCardError(f"{source}: ONNX file {onnx_path} does not exist; fix the card's 'onnx' path")
     known = {"name", "onnx", "bands", "product_level", "resolution", "normalisation", "patch_size", "kind",
-             "classes", "output", "version", "description"}
+             "classes", "output", "version", "description", "threshold"}
+    classes = tuple(str(c) for c in _seq(raw.get("classes", CLASSES.values()), "classes", source))
+    # one channel is P(class) unless the card says the graph gives its logit
+    output = str(raw.get("output", "probabilities" if len(classes) == 1 else "logits"))
+    if len(classes) == 1 and output == "logits" and graph_output_op(onnx_path) == "Sigmoid":
+        log.warning("%s: the graph's one output channel comes out of a Sigmoid, so it is P(%s) already: "
+                    "read as output: probabilities (write that in the card)", source, classes[0])
+        output = "probabilities"
     try:
         card = ModelCard(
             name=str(raw.get("name", onnx_path.stem)),
@@ -128,12 +136,13 @@ def card_from_dict(raw: Mapping[str, Any], base: Path, source: str = "model card
             resolution=float(raw["resolution"]),
             normalisation=norm,
             patch_size=int(raw.get("patch_size", 256)),
-            classes=tuple(str(c) for c in _seq(raw.get("classes", CLASSES.values()), "classes", source)),
-            output=str(raw.get("output", "logits")),  # type: ignore[arg-type]
+            classes=classes,
+            output=output,  # type: ignore[arg-type]
             kind=str(raw.get("kind", "segmentation")),  # type: ignore[arg-type]
             version=str(raw.get("version", "")),
             description=str(raw.get("description", "")),
             extra=_resolve_paths({k: v for k, v in raw.items() if k not in known}, base),
+            threshold=None if raw.get("threshold") is None else float(raw["threshold"]),
         )
     except (TypeError, ValueError) as err:
         raise ModelCardError(f"{source}: {err}") from err

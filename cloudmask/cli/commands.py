@@ -37,8 +37,10 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--model", default="auto", show_default=True,
                      help="Built-in model name (see `cloudmask models`), a model card, or an ONNX file with a card."),
-        click.option("--backend", type=click.Choice(["onnxruntime", "emulated", "metis"]), default="onnxruntime",
-                     show_default=True, help="Inference backend."),
+        click.option("--backend", type=click.Choice(["onnxruntime", "onnx", "emulated", "metis"]),
+                     default="onnxruntime", show_default=True,
+                     help="Inference backend (onnx is short for onnxruntime).",
+                     callback=lambda _ctx, _p, v: "onnxruntime" if v == "onnx" else v),
         click.option("--latency-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
                      help="With --backend emulated: milliseconds per device call (an emulated accelerator that "
                           "computes nothing: measures whether this host keeps such a device busy)."),

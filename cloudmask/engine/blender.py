@@ -46,17 +46,42 @@ class Block:
     probabilities: np.ndarray | None
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function in float32."""
+    out = np.negative(x, dtype=np.float32)
+    np.exp(out, out=out)
+    out += 1.0
+    np.reciprocal(out, out=out)
+    return out
+
+
 class _ClassMerge:
-    """Output channels -> mask classes: softmax (for logits) and the card's channel -> class sum."""
+    """Output channels -> mask classes: softmax (for logits) and the card's channel -> class sum.
+
+    A one-channel model's channel is P(class) (sigmoid of it for ``output: logits``): its class where
+    P > the card's threshold (default 0.5), else clear; the probabilities are ``1 - P`` (clear) and ``P``.
+    """
 
     def __init__(self, card: ModelCard) -> None:
         self.index = card.class_index
         self.n = len(card.class_table)
         self.identity = len(self.index) == self.n and bool(np.array_equal(self.index, np.arange(self.n)))
         self.logits = card.output != "probabilities"
+        self.single = card.one_channel
+        self.threshold = np.float32(card.decision_threshold)
 
     def probabilities(self, scores: np.ndarray, axis: int) -> np.ndarray:
         """Class probabilities along ``axis`` (channels -> ``self.n`` classes)."""
+        if self.single:
+            p = _along(scores, axis, 0).astype(np.float32)
+            if self.logits:
+                p = sigmoid(p)
+            shape = list(scores.shape)
+            shape[axis] = self.n
+            out = np.zeros(shape, np.float32)
+            _along(out, axis, int(self.index[0]))[...] = p
+            _along(out, axis, 0)[...] = 1.0 - p
+            return out
         probs = softmax(scores, axis) if self.logits else scores
         if self.identity:
             return probs
@@ -66,6 +91,18 @@ class _ClassMerge:
         for ch, cls in enumerate(self.index):
             _along(out, axis, int(cls))[...] += _along(probs, axis, ch)
         return out
+
+
+    def decide(self, probs: np.ndarray, axis: int) -> np.ndarray:
+        """Mask classes (uint8) from :meth:`probabilities` (or weighted sums of them) along ``axis``:
+        argmax, or for a one-channel model its class where P > threshold x (P + clear), else clear."""
+        if not self.single:
+            if axis == 0:
+                return argmax0(probs)
+            return np.argmax(probs, axis=axis).astype(np.uint8)
+        cls = int(self.index[0])
+        p, clear = _along(probs, axis, cls), _along(probs, axis, 0)
+        return np.where(p > self.threshold * (p + clear), np.uint8(cls), np.uint8(0)).astype(np.uint8)
 
 
 def _along(a: np.ndarray, axis: int, i: int) -> np.ndarray:
@@ -170,7 +207,7 @@ class PatchBlender:
             probs = np.zeros((n, rows, lay.width), np.uint8) if self.want_probs else None
         else:
             a = accumulated[:, :rows, : lay.width]
-            classes = argmax0(a[:n])
+            classes = self.merge.decide(a[:n], 0)
             classes[~valid] = NODATA
             probs = None
             if self.want_probs:
@@ -236,7 +273,7 @@ class PixelBlender:
         t0 = time.perf_counter()
         cf = self.to_cf(scores)[:, :filled]
         probs = self.merge.probabilities(cf, axis=0)
-        cls = np.argmax(probs, axis=0).astype(np.uint8)
+        cls = self.merge.decide(probs, 0)
         pct = np.rint(100.0 * probs).astype(np.uint8) if self.want_probs else None
         for run in tasks:
             assert isinstance(run, PixelRun)
@@ -273,6 +310,7 @@ class PatchClassBlender:
     def __init__(self, layout: PatchLayout, card: ModelCard, probabilities: bool, stats: StreamStats) -> None:
         self.layout, self.want_probs, self.stats = layout, probabilities, stats
         self.merge = _ClassMerge(card)
+        self.channels = len(card.classes)
         self.rows: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         self.expected: dict[int, int] = {}
         self.fed: dict[int, int] = {}
@@ -295,15 +333,15 @@ class PatchClassBlender:
         return self._ready()
 
     def feed(self, tasks: Sequence[Task], scores: np.ndarray) -> list[Block]:
-        """Classes of patches from ``[>= len(tasks), K]`` (or ``[B, K, 1, 1]``) scores."""
+        """Classes of patches from ``[>= len(tasks), K]`` (or ``[B, K, 1, 1]``) scores, or a patch-stacked
+        classifier's ``[1, k*K, 1, 1]`` (patch ``i``'s scores in channels ``i*K .. (i+1)*K - 1``)."""
         t0 = time.perf_counter()
-        sc = scores[: len(tasks)]
-        if sc.ndim == 4 and sc.shape[2:] == (1, 1):
-            sc = sc[:, :, 0, 0]
-        if sc.ndim != 2:
-            raise CloudmaskError(f"a patch classifier must output [B, K] scores, got {scores.shape}")
+        if scores.ndim not in (2, 4) or scores.shape[2:] not in ((), (1, 1)) or scores.size % self.channels:
+            raise CloudmaskError(f"a patch classifier must output [B, K] scores (K = {self.channels}), got "
+                                 f"{scores.shape}")
+        sc = scores.reshape(-1, self.channels)[: len(tasks)]
         probs = self.merge.probabilities(sc, axis=1)
-        cls = np.argmax(probs, axis=1).astype(np.uint8)
+        cls = self.merge.decide(probs, 1)
         for k, task in enumerate(tasks):
             assert isinstance(task, PatchTask)
             classes, p = self._row(task.row)

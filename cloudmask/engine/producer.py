@@ -162,10 +162,12 @@ class PatchProducer(Producer):
     def _emit(self, tasks: list[tuple[PatchTask, np.ndarray]]) -> None:
         arr = self.pool.take()
         t0 = time.perf_counter()
+        # [B, C, p, p], or a patch-stacked classifier's [1, k*C, p, p]: the same memory as [k, C, p, p]
+        view = arr.reshape(self.batch, -1, *arr.shape[2:])
         for k, (_, patch) in enumerate(tasks):
-            arr[k] = patch
-        if len(tasks) < arr.shape[0]:
-            arr[len(tasks) :] = 0.0
+            view[k] = patch
+        if len(tasks) < self.batch:
+            view[len(tasks) :] = 0.0
         self.stats.add("cut", time.perf_counter() - t0)
         self.control.put(self.in_q, Batch([t for t, _ in tasks], arr, len(tasks)))
 

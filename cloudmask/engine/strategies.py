@@ -65,7 +65,19 @@ class Strategy(Protocol):
 
 
 def _check_patch_shape(card: ModelCard, shape: Sequence[int]) -> int:
+    """Patches per call of a patch runner's input ``shape``: its batch, or ``k`` for a patch-stacked
+    classifier's ``[1, k*C, p, p]`` (card field ``patches_per_call``)."""
+    from ..runtime.shapes import stack_of
+
     dims = tuple(int(v) for v in shape)
+    stack = stack_of(card) if card.kind == "patch-classifier" else None
+    if stack is not None:
+        if dims != (1, stack * card.n_bands, card.patch_size, card.patch_size):
+            raise CloudmaskError(
+                f"runner shape {dims} does not match patch-stacked model card '{card.name}' "
+                f"([1, {stack} x {card.n_bands} bands, {card.patch_size}, {card.patch_size}])"
+            )
+        return stack
     if len(dims) != 4 or dims[1:] != (card.n_bands, card.patch_size, card.patch_size):
         raise CloudmaskError(
             f"runner shape {dims} does not match model card '{card.name}' "

@@ -32,13 +32,16 @@ def metis() -> None:
               help="with --fold auto: MiB one instance may use (default: the on-chip L1 + L2 share of --cores, "
                    "see docs/metis.md)")
 @click.option("--patches-per-call", "patches_per_call", type=int, default=1, show_default=True,
-              help="segmentation models: compile at a k x k patch input (4 = 2 x 2, 9 = 3 x 3)")
+              help="segmentation models: compile at a k x k patch input (4 = 2 x 2, 9 = 3 x 3); patch "
+                   "classifiers: k patches stacked in one [1, k*C, p, p] call, scores [1, k*K, 1, 1]")
 def export_cmd(model: str, out: Path, cores: str, fold: str | None, memory_mb: float | None,
                patches_per_call: int) -> None:
     """Write a static batch-1 float32 ONNX, its card, compiler config and compile.py to OUT.
 
-    Pixel models ([N, C] -> [N, K]) are batch-folded: every Gemm / MatMul+Add becomes a 1x1 Conv over
-    [1, C, H, W], so one call classifies H x W pixels.
+    Every graph is converted to opset <= 17 and its in-graph pre-processing (per-channel Sub/Div/Mul/Add,
+    BatchNormalization before the first layer) is folded into that layer. Pixel models ([N, C] -> [N, K])
+    are batch-folded: every Gemm / MatMul+Add becomes a 1x1 Conv over [1, C, H, W], so one call
+    classifies H x W pixels. Patch classifiers with --patches-per-call k take k patches per call.
     """
     from ..errors import ConfigError
     from .check import check

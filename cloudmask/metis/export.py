@@ -13,6 +13,11 @@ call), so one batch-1 call classifies ``H * W`` pixels with the same weights. Th
 ``kind: pixel`` and adds ``fold: [H, W]`` and ``folded_from``; the engine packs valid pixels into
 ``[1, C, H, W]`` blocks (pixel ``i`` at row ``i // W``, column ``i % W``).
 
+Patch classifiers (``kind: patch-classifier``, ``[B, C, p, p] -> [B, K]``) exported with
+``patches_per_call`` = k are **patch-stacked** (:func:`cloudmask.metis.fold.stack_patch_classifier`):
+one batch-1 call takes ``[1, k*C, p, p]`` (patch ``i`` in channels ``i*C .. (i+1)*C - 1``, the memory
+layout of a ``[k, C, p, p]`` batch) and returns ``[1, k*K, 1, 1]``; the card says ``patches_per_call: k``.
+
 Segmentation models can be exported for ``patches_per_call`` = 4 (or 9) patches per call (spatial
 batching): the graph is compiled at a 2 x 2 (3 x 3) patch input and the card's ``patch_size`` grows
 accordingly, so the engine cuts patches of that size.
@@ -30,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, ModelError
 from ..models import ModelCard, load_model
+from . import fold as F
 from . import graph as G
 
 if TYPE_CHECKING:  # onnx is imported where used: importing it takes about a second
@@ -85,10 +91,15 @@ class ExportResult:
     passes: dict[str, int] = field(default_factory=dict)
 
 
-def _simplify(model: onnx.ModelProto, name: str, shape: list[int]) -> onnx.ModelProto:
+def _simplify(model: onnx.ModelProto, name: str, shape: list[int], required: bool = True) -> onnx.ModelProto:
+    """Constant folding with onnxsim at a static input shape (without onnxsim: an error, or the model as
+    it is when not ``required``)."""
     try:
         import onnxsim
     except ImportError as err:
+        if not required:
+            log.info("onnxsim is not installed: exporting without constant folding")
+            return model
         raise ModelError(
             "exporting for Metis needs onnxsim to fold constants: pip install onnxsim "
             "(or pip install 's2-cloudmask[metis]')"
@@ -111,22 +122,7 @@ def static_model(
     batching of a fully convolutional model; the shapes are inferred again and the export fails when
     a node pins the old size).
     """
-    import onnx
-
-    try:
-        model = onnx.load(str(card.onnx_path))
-    except Exception as err:
-        raise ModelError(f"cannot load ONNX model {card.onnx_path}: {err}") from err
-    if G.opset(model) > MAX_OPSET:
-        from onnx import version_converter
-
-        try:
-            model = version_converter.convert_version(model, MAX_OPSET)
-        except Exception as err:
-            raise ModelError(
-                f"{card.onnx_path} uses opset {G.opset(model)}; Metis takes <= {MAX_OPSET} and conversion "
-                f"failed ({err}): re-export the model with opset {MAX_OPSET}"
-            ) from err
+    model = load_converted(card)
     try:
         inp = G.image_input(model)
     except ValueError as err:
@@ -155,12 +151,31 @@ def static_model(
     passes["constants_to_initializers"] = G.constants_to_initializers(model)
     passes["identity_casts_removed"] = G.remove_identity_casts(model)
     passes["pads_folded_into_convs"] = G.fold_pads_into_convs(model)
+    passes.update(F.fold_input_affine(model))
+    passes["divisions_to_multiplications"] = F.divisions_to_multiplications(model)
     passes["unused_initializers_removed"] = G.remove_unused_initializers(model)
     model = _checked(model, f"exported graph of '{card.name}'")
     for out in model.graph.output:
         if not all(isinstance(v, int) and v > 0 for v in G.dims(out)):
             raise ModelError(f"output {out.name} of '{card.name}' is not static after export: {G.dims(out)}")
     return model, passes, softmax
+
+
+def load_converted(card: ModelCard) -> onnx.ModelProto:
+    """The card's graph, converted to opset :data:`MAX_OPSET` when it is newer (``onnx.version_converter``).
+
+    Raises :class:`ModelError` naming the operator that stops the conversion.
+    """
+    import onnx
+
+    try:
+        model = onnx.load(str(card.onnx_path))
+    except Exception as err:
+        raise ModelError(f"cannot load ONNX model {card.onnx_path}: {err}") from err
+    try:
+        return F.convert_opset(model, MAX_OPSET)
+    except ValueError as err:
+        raise ModelError(f"{card.onnx_path} uses opset {G.opset(model)}; Metis takes <= {MAX_OPSET}: {err}") from err
 
 
 def _checked(model: onnx.ModelProto, what: str) -> onnx.ModelProto:
@@ -199,23 +214,33 @@ def compiler_config(card: ModelCard, cores: str, input_shape: list[int]) -> dict
 
 def folded_model(card: ModelCard, fold: tuple[int, int] = DEFAULT_FOLD) -> tuple[onnx.ModelProto, dict[str, int], bool]:
     """A pixel model's graph batch-folded to ``[1, C, H, W]``; returns (model, pass counts, softmax removed)."""
-    import onnx
 
     h, w = fold
     if h < 1 or w < 1:
         raise ConfigError(f"fold must be positive, got {h}x{w}")
-    try:
-        model = onnx.load(str(card.onnx_path))
-    except Exception as err:
-        raise ModelError(f"cannot load ONNX model {card.onnx_path}: {err}") from err
+    model = load_converted(card)
     passes = {"float16_to_float32": G.float16_to_float32(model)}
     softmax = G.strip_trailing_softmax(model)
+    try:
+        inp = G.image_input(model)
+    except ValueError as err:
+        raise ModelError(f"{card.onnx_path}: {err}") from err
+    d = G.dims(inp)
+    if len(d) in (2, 4) and (len(d) == 2 or d[2:] == [1, 1]):
+        # pin one sample and fold constants, so that exporter-made Shape/Gather/Reshape chains become constants
+        c = d[1] if isinstance(d[1], int) and d[1] > 0 else card.n_bands
+        G.set_dims(inp, [1, c] + [1] * (len(d) - 2))
+        for out in model.graph.output:
+            G.set_dims(out, [None] * len(G.dims(out)))
+        model = _simplify(model, inp.name, [1, c] + [1] * (len(d) - 2), required=False)
+        passes.update(F.fold_input_affine(model))
     try:
         model, counts = G.fold_pixel_model(model, h, w)
     except ValueError as err:
         raise ModelError(f"cannot fold pixel model '{card.name}' for Metis: {err}") from err
     passes.update(counts)
     passes["identity_casts_removed"] = G.remove_identity_casts(model)
+    passes["divisions_to_multiplications"] = F.divisions_to_multiplications(model)
     model = _checked(model, f"folded graph of '{card.name}'")
     c = int(G.dims(G.image_input(model))[1] or 0)  # type: ignore[arg-type]
     if c != card.n_bands:
@@ -248,6 +273,12 @@ def export(
     card = load_model(model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if card.kind == "patch-classifier" and patches_per_call != 1:
+        if fold is not None:
+            raise ConfigError(f"--fold is for pixel models; '{card.name}' is a patch classifier")
+        if patches_per_call < 1:
+            raise ConfigError(f"patches per call must be >= 1, got {patches_per_call}")
+        return _export_stacked(card, out, cores, patches_per_call)
     side = int(round(patches_per_call**0.5))
     if patches_per_call < 1 or side * side != patches_per_call:
         raise ConfigError(f"patches per call must be a square (1, 4, 9, ...), got {patches_per_call}")
@@ -267,7 +298,8 @@ def export(
         raise ConfigError(f"--fold is for pixel models; '{card.name}' is a {card.kind} model")
     if patches_per_call > 1:
         if card.kind != "segmentation":
-            raise ConfigError("--patches-per-call needs a fully convolutional segmentation model")
+            raise ConfigError("--patches-per-call needs a fully convolutional segmentation model or a patch "
+                              "classifier")
         patch_size = (patch_size or card.patch_size) * side
     static, passes, softmax = static_model(card, patch_size, resize=patches_per_call > 1)
     shape = [int(v) for v in G.dims(G.image_input(static))]  # type: ignore[arg-type]
@@ -351,6 +383,52 @@ def _export_folded(card: ModelCard, out: Path, cores: str, fold: tuple[int, int]
         log.info("removed the graph's final Softmax: the host applies it (card output: logits)")
     card_path, config_path, script = _write_bundle(out, card, new_card, cores, shape)
     log.info("exported pixel model %s folded to %s (passes %s)", card.name, shape, passes)
+    return ExportResult(out_dir=out, onnx_path=onnx_path, card_path=card_path, config_path=config_path,
+                        compile_script=script, card=new_card, input_shape=(shape[0], shape[1], shape[2], shape[3]),
+                        passes=passes)
+
+
+def _export_stacked(card: ModelCard, out: Path, cores: str, k: int) -> ExportResult:
+    """A patch classifier exported patch-stacked: ``k`` patches per batch-1 call (see the module doc)."""
+    import onnx
+
+    from .check import check_model
+
+    static, passes, softmax = static_model(card)
+    c, p = card.n_bands, card.patch_size
+    try:
+        stacked, counts = F.stack_patch_classifier(static, k)
+    except ValueError as err:
+        raise ModelError(f"cannot export patch classifier '{card.name}' with {k} patches per call: {err}") from err
+    passes.update(counts)
+    stacked = _checked(stacked, f"patch-stacked graph of '{card.name}'")
+    report = check_model(stacked)
+    if not report.ok:
+        bad = "; ".join(f"{n.op} {n.name!r}: {n.violations[0].detail}" for n in report.violations[:3])
+        bad = bad or "; ".join(f"{v.rule}: {v.detail}" for v in report.model_violations[:3])
+        raise ModelError(f"patch classifier '{card.name}' stacked {k} patches per call uses operators the Metis "
+                         f"compiler does not accelerate ({bad}); export it with --patches-per-call 1")
+    shape = [int(v) for v in G.dims(G.image_input(stacked))]  # type: ignore[arg-type]
+    onnx_path = out / "model.onnx"
+    onnx.save(stacked, str(onnx_path))
+    meta = {
+        "cores": cores,
+        "aipu_cores": AIPU_CORES[cores],
+        "exported_from": str(card.onnx_path),
+        "input_shape": shape,
+        "opset": G.opset(stacked),
+        "patches_per_call": k,
+        "host_preprocess": (f"normalised patches [k, C, p, p] = [{k}, {c}, {p}, {p}] given as [1, k*C, p, p] "
+                            "(the same memory: patch i in channels i*C .. (i+1)*C - 1)"),
+        "host_postprocess": "scores [1, k*K, 1, 1] read as [k, K]; softmax and argmax per patch",
+        "graph_passes": passes,
+    }
+    extra = {key: v for key, v in card.extra.items() if key not in ("metis", "patches_per_call", "stacked_from")}
+    extra.update({"patches_per_call": k, "stacked_from": {"onnx": str(card.onnx_path)}, "metis": meta})
+    output = "logits" if softmax else card.output
+    new_card = card.with_onnx(onnx_path, output=output, extra=extra)
+    card_path, config_path, script = _write_bundle(out, card, new_card, cores, shape)
+    log.info("exported patch classifier %s stacked %d per call to %s (passes %s)", card.name, k, shape, passes)
     return ExportResult(out_dir=out, onnx_path=onnx_path, card_path=card_path, config_path=config_path,
                         compile_script=script, card=new_card, input_shape=(shape[0], shape[1], shape[2], shape[3]),
                         passes=passes)

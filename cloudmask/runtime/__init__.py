@@ -10,13 +10,13 @@ from ..models import ModelCard
 from .base import Runner
 from .emulated import EmulatedRunner
 from .onnx import OnnxRunner, OrtConfig
-from .shapes import PIXEL_BLOCK, fold_of, runner_shapes
+from .shapes import PIXEL_BLOCK, fold_of, runner_shapes, stack_of
 
 Backend = Literal["onnxruntime", "emulated", "metis"]
 BACKENDS: tuple[str, ...] = ("onnxruntime", "emulated", "metis")
 
 __all__ = ["BACKENDS", "PIXEL_BLOCK", "EmulatedRunner", "OnnxRunner", "OrtConfig", "Runner", "fold_of", "make_runners",
-           "runner_shapes"]
+           "runner_shapes", "stack_of"]
 
 
 def make_runners(
@@ -40,6 +40,8 @@ def make_runners(
     """
     if instances is not None and instances < 1:
         raise ConfigError("instances must be >= 1")
+    if backend == "onnx":  # short for onnxruntime (as on the command line)
+        backend = "onnxruntime"
     if backend == "onnxruntime":
         import os
 

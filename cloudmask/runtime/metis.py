@@ -41,7 +41,7 @@ import numpy as np
 
 from ..errors import ModelCardError, RuntimeBackendError
 from ..models import ModelCard
-from .shapes import fold_of, runner_shapes
+from .shapes import fold_of, runner_shapes, stack_of
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,12 @@ class _Layout:
 
     def from_device(self, y: np.ndarray) -> np.ndarray:
         k = len(self.card.classes)
+        stack = stack_of(self.card)
+        if stack is not None:  # a patch-stacked classifier: [1, k*K, 1, 1] (cloudmask.runtime.shapes.stack_of)
+            if y.size != stack * k:
+                raise RuntimeBackendError(f"compiled model returns {y.size} scores per call; card '{self.card.name}' "
+                                          f"stacks {stack} patches of {k} classes")
+            return np.ascontiguousarray(y.reshape(1, stack * k, 1, 1))
         if self.card.kind == "patch-classifier":
             y = y.reshape(self.batch, -1)
             if y.shape[1] != k:
@@ -401,7 +407,7 @@ def make_metis_runners(
     op = _import_op()
     kind, path = _pick(compiled_model_path(card, model_path), op is not None)
     if kind == "op" and op is not None:
-        samples = samples_per_call or (1 if card.kind == "pixel" else DEVICE_CORES)
+        samples = samples_per_call or (1 if card.kind == "pixel" or stack_of(card) else DEVICE_CORES)
         try:
             model = op.load(str(path)).optimized()  # op.inference.md load(); ultralytics axelera.py .optimized()
         except Exception as err:  # noqa: BLE001 - the SDK raises its own types

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import ModelError, RuntimeBackendError
 from ..models import ModelCard
 from . import graph_cache
-from .shapes import PIXEL_BLOCK, fold_of
+from .shapes import PIXEL_BLOCK, fold_of, stack_of
 
 if TYPE_CHECKING:
     import onnx
@@ -65,7 +65,7 @@ def static_graph(onnx_path: Path, batch: int, height: int, width: int) -> onnx.M
         odims = out.type.tensor_type.shape.dim
         if len(odims) == 4:
             for dim, value in zip(odims, (batch, odims[1].dim_value, height, width), strict=True):
-                if value:
+                if value and not dim.dim_value:  # a static dim stays (a stacked classifier's [1, k*K, 1, 1])
                     dim.ClearField("dim_param")
                     dim.dim_value = value
     return model
@@ -121,6 +121,9 @@ class OnnxRunner:
 
         cfg = config or OrtConfig()
         self.card = card
+        self._stack = stack_of(card) or 1  # patches per call of a patch-stacked classifier: batch 1
+        if self._stack > 1:
+            batch = 1
         p = card.patch_size
         request: tuple[object, ...] = ("pixel", block or PIXEL_BLOCK) if card.kind == "pixel" else ("patch", batch, p, p)
         key = graph_cache.graph_key(card.onnx_path, request) if graph_cache.enabled() else None
@@ -149,7 +152,7 @@ class OnnxRunner:
             model, shape = pixel_graph(card.onnx_path, block or PIXEL_BLOCK)
         else:
             model = static_graph(card.onnx_path, batch, p, p)
-            shape = (batch, card.n_bands, p, p)
+            shape = (batch, card.n_bands * self._stack, p, p)
         self._check(shape, model.graph.input[0].type.tensor_type.shape.dim[1].dim_value)
         return model.SerializeToString(), shape
 
@@ -161,10 +164,11 @@ class OnnxRunner:
             if fold is not None and tuple(shape[2:]) != fold:
                 raise ModelError(f"model '{card.name}': the card's fold {list(fold)} does not match the "
                                  f"ONNX input {list(shape)}; re-export or fix the card's 'fold'")
-        if channels and channels != card.n_bands:
+        if channels and channels != card.n_bands * self._stack:
+            stacked = f" x {self._stack} patches per call" if self._stack > 1 else ""
             raise ModelError(
                 f"model '{card.name}': the ONNX input has {channels} channels but the card lists "
-                f"{card.n_bands} bands; fix the card's 'bands'"
+                f"{card.n_bands} bands{stacked}; fix the card's 'bands' (or 'patches_per_call')"
             )
 
     def _from_cache(self, ort: Any, cfg: OrtConfig, data: bytes, batch: int,
@@ -180,7 +184,7 @@ class OnnxRunner:
             shape = tuple(d if isinstance(d, int) else 0 for d in dims)
             ok = len(shape) in (2, 4) and shape[0] > 0
         else:
-            shape = (batch, self.card.n_bands, p, p)
+            shape = (batch, self.card.n_bands * self._stack, p, p)
             ok = len(dims) == 4 and [dims[0], dims[2], dims[3]] == [batch, p, p]
         if not ok:
             log.debug("graph cache entry for %s has input %s, rebuilding", self.card.name, dims)

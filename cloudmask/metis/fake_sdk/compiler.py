@@ -58,7 +58,7 @@ class QuantizedModel:
     classes: int
     in_scale: float
     out_scale: float
-    out_ndim: int
+    out_shape: tuple[int, ...]
     samples: int
 
 
@@ -81,7 +81,7 @@ def quantize(model: str, calibration_dataset: Iterable[Any], config: Any,
     if n == 0 or out is None:
         raise ValueError("calibration_dataset is empty")
     return QuantizedModel(str(Path(model).resolve()), tuple(int(v) for v in shape), int(out.shape[1]),  # type: ignore[arg-type]
-                          in_max / 127, out_max / 127, out.ndim, n)
+                          in_max / 127, out_max / 127, tuple(int(v) for v in out.shape), n)
 
 
 def compile(model: QuantizedModel, config: Any, output_dir: Path | str) -> None:  # noqa: A001 - the SDK's name
@@ -90,6 +90,7 @@ def compile(model: QuantizedModel, config: Any, output_dir: Path | str) -> None:
     cores = int(config.cores)
     batch = cores if config.multicore_mode == "batch" else 1
     target = out / f"{config.model_name or 'model'}.axm" if config.output_axm_format else out / "compiled_model" / "model.json"
-    out_shape = (batch, 1, 1, model.classes) if model.out_ndim == 2 else None
+    o = model.out_shape  # NCHW (or [N, K]) of the float graph -> the device's NHWC
+    out_shape = (batch, 1, 1, o[1]) if len(o) == 2 else (batch, o[2], o[3], o[1])
     write_compiled(target, onnx=model.onnx, input_shape=model.input_shape, classes=model.classes, batch=batch,
                    cores=cores, in_scale=model.in_scale, out_scale=model.out_scale, out_shape=out_shape)
