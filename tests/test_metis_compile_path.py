@@ -134,3 +134,45 @@ def test_export_compile_run_through_the_emulated_sdk(tmp_path, generation, cores
     agree = (sink.classes == cpu.classes).mean()
     assert agree >= 0.98, agree  # int8 in and out against float
     assert 0.2 < (cpu.classes == 1).mean() < 0.8
+
+
+def _calibration_dir(d: Path, arrays: list[np.ndarray]) -> Path:
+    """A calibration directory as compile.py reads it: float32 batch-1 .npy files listed in manifest.json."""
+    d.mkdir(parents=True)
+    for k, a in enumerate(arrays):
+        np.save(d / f"calib_{k:04d}.npy", np.ascontiguousarray(a, np.float32))
+    (d / "manifest.json").write_text(json.dumps({"items": [{"file": f"calib_{k:04d}.npy"} for k in range(len(arrays))]}))
+    return d
+
+
+@pytest.mark.parametrize(("generation", "cores", "axm"), [("1.6", "single", False), ("1.8", "4", True)])
+def test_stacked_scene_filter_compiled_and_run(tmp_path, generation, cores, axm):
+    """The 64-px scene filter exported with --patches-per-call 4 (metis-export), compiled by the emulated SDK and
+    run through the metis runtime: the original's patch mask in at most ceil(patches / 4) + 8 calls."""
+    from cloudmask.inference import predict_array
+    from cloudmask.metis.fake_sdk import installed
+    from cloudmask.metis.fake_sdk import runtime as fake_runtime
+
+    from . import user_models as um
+
+    rng = np.random.default_rng(2)
+    refl = rng.uniform(0.0, 0.2, (13, 576, 640)).astype(np.float32)
+    refl[:, 288:] += rng.uniform(0.3, 0.5, (13, 1, 1)).astype(np.float32)
+    src = um.patch_classifier(tmp_path / "pc.onnx")
+    patches = refl.reshape(13, 9, 64, 10, 64).transpose(1, 3, 0, 2, 4).reshape(-1, 13, 64, 64)
+    um.recentre(src, patches.copy(), "fb")
+    original = load_model(um.card(src, kind="patch-classifier"))
+    res = export(original, tmp_path / "out", cores, patches_per_call=4)
+    calib = _calibration_dir(tmp_path / "calib", [patches[k : k + 4].reshape(1, 52, 64, 64) for k in range(0, 88, 4)])
+    want, _, _ = predict_array(refl, original)
+    fake_runtime.reset()
+    with installed(generation):
+        assert _load_script(res.compile_script).main(["--calibration", str(calib)] + (["--axm"] if axm else [])) == 0
+        card = load_model(res.out_dir / "card-metis.json")
+        runners = make_runners(card, "metis")
+        got, _, stats = predict_array(refl, card, runners=runners)
+        for r in runners:
+            r.close()
+    assert want.shape == (9, 10) and set(np.unique(want)) == {0, 1}
+    assert (got == want).mean() >= 0.95  # int8 in and out; per patch
+    assert stats.calls <= -(-stats.patches // 4) + 8 and stats.per_call == 4

@@ -45,6 +45,7 @@ def write_compiled(
     in_zero_point: int = 0,
     out_scale: float = 0.1,
     out_shape: tuple[int, ...] | None = None,
+    flat_output: bool = False,
     preamble_graph: str = "",
     postamble_graph: str = "",
 ) -> Path:
@@ -60,8 +61,10 @@ def write_compiled(
         "in_scale": in_scale, "in_zero_point": in_zero_point, "out_scale": out_scale,
         "preamble_graph": preamble_graph, "postamble_graph": postamble_graph,
     }
-    if out_shape is not None:
+    if out_shape is not None:  # the device's NHWC output, when it is not [batch, H, W, classes]
         spec["out_shape"] = list(out_shape)
+    if flat_output:  # the float graph returns [N, K] (a classifier): the op API hands that back
+        spec["flat_output"] = True
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(spec, indent=1))

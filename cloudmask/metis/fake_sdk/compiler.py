@@ -93,4 +93,5 @@ def compile(model: QuantizedModel, config: Any, output_dir: Path | str) -> None:
     o = model.out_shape  # NCHW (or [N, K]) of the float graph -> the device's NHWC
     out_shape = (batch, 1, 1, o[1]) if len(o) == 2 else (batch, o[2], o[3], o[1])
     write_compiled(target, onnx=model.onnx, input_shape=model.input_shape, classes=model.classes, batch=batch,
-                   cores=cores, in_scale=model.in_scale, out_scale=model.out_scale, out_shape=out_shape)
+                   cores=cores, in_scale=model.in_scale, out_scale=model.out_scale, out_shape=out_shape,
+                   flat_output=len(o) == 2)

@@ -41,7 +41,7 @@ class Operator:
         y = self._model.compute(np.ascontiguousarray(xq.transpose(0, 2, 3, 1)))
         yq = ((np.clip(np.rint(y / oi.scale + oi.zero_point), -128, 127) - oi.zero_point) * oi.scale).astype(np.float32)
         yq = yq.transpose(0, 3, 1, 2)  # NHWC -> NCHW, as the ONNX graph gives it
-        return yq.reshape(yq.shape[0], -1) if self._model.spec.get("out_shape") else np.ascontiguousarray(yq)
+        return yq.reshape(yq.shape[0], -1) if self._model.spec.get("flat_output") else np.ascontiguousarray(yq)
 
     def __call__(self, *inputs: Any) -> np.ndarray:
         x = np.asarray(inputs[0], np.float32)
