@@ -170,13 +170,17 @@ for card in (mlp, scene_filter):
 # H × W pixels with the same weights. `fold="auto"` picks the largest fold whose memory estimate (int8
 # weights + the largest pair of live activations, `cloudmask.metis.memory`) fits the budget given; here a
 # deliberately small 0.75 MiB, to show the choice. `cores="4"` compiles one batch-1 instance over all four
-# cores (for a model that fits only once); the filter runs as four one-core replicas (`cores="single"`).
+# cores (for a model that fits only once). The filter takes **four patches per call**
+# (`patches_per_call=4`): they are stacked along the channels of one `[1, 16, 64, 64]` input, its global
+# pooling becomes per-patch pooling and its Gemm a grouped 1 × 1 Conv, so one call returns the four patches'
+# scores, each what the patch gets alone; it runs as four one-core replicas (`cores="single"`).
 # On the command line: `cloudmask metis export --model my-mlp/card.yaml --out exp-mlp --fold auto
-# --memory-mb 0.75 --cores 4`.
+# --memory-mb 0.75 --cores 4` and `cloudmask metis export --model my-filter/card.yaml --out exp-filter
+# --cores 1 --patches-per-call 4`.
 
 # %%
 exp_mlp = export(mlp_dir / "card.yaml", work / "exp-mlp", "4", fold="auto", memory_mb=0.75)
-exp_filter = export(filter_dir / "card.yaml", work / "exp-filter", "single")
+exp_filter = export(filter_dir / "card.yaml", work / "exp-filter", "single", patches_per_call=4)
 fold = tuple(exp_mlp.card.extra["fold"])
 print("MLP exported:", list(exp_mlp.input_shape), "fold", fold, "|", fold_estimate(mlp, fold, cores=4).format())
 print("filter exported:", list(exp_filter.input_shape))
@@ -186,13 +190,15 @@ for res in (exp_mlp, exp_filter):
 # %% [markdown]
 # ## 5. `metis calibration` on the real chips
 #
-# INT8 post-training quantization needs 100–400 representative inputs, normalised float32 NCHW batch 1,
-# in the exported input shape: windows of the real chips, stratified by what the model predicts. (CLI:
-# `cloudmask metis calibration --stac CATALOG --model exp-mlp/card.yaml --out calib-mlp --samples 40`.)
+# INT8 post-training quantization needs 100–400 representative inputs, normalised float32 NCHW batch 1:
+# windows of the real chips, stratified by what the model predicts. (CLI: `cloudmask metis calibration
+# --stac CATALOG --model exp-mlp/card.yaml --out calib-mlp --samples 40`.) The folded MLP's windows are its
+# fold; the stacked filter's set is made with the original card (64-px patches), and `compile.py` stacks
+# four of them per input.
 
 # %%
 calib_mlp = calibration_set_from_stac(str(catalog), work / "calib-mlp", exp_mlp.card_path, samples=40)
-calib_filter = calibration_set_from_stac(str(catalog), work / "calib-filter", exp_filter.card_path, samples=40)
+calib_filter = calibration_set_from_stac(str(catalog), work / "calib-filter", filter_dir / "card.yaml", samples=40)
 print(calib_mlp, "\n", calib_filter)
 
 # %% [markdown]
@@ -227,7 +233,7 @@ print(mlp_metis.extra["metis_model"], "\n", filter_metis.extra["metis_model"])
 # masked twice: by your original ONNX on the CPU (ONNX Runtime) and by the compiled model through the
 # (emulated) Metis runtime: the MLP through the low-level API (one `Connection` + `ModelInstance` over all
 # four cores, int8 NHWC tensors quantized and padded on the host), the filter through SDK 1.8's
-# `op.load(<model>.axm).optimized()` with `.batch()` calls of four patches.
+# `op.load(<model>.axm).optimized()`, one call per four stacked patches.
 
 # %%
 with fake_sdk.installed("1.6"):
@@ -241,8 +247,8 @@ for card_cpu, card_metis, generation in ((mlp, mlp_metis, "1.6"), (scene_filter,
         m_cpu, m_dev = open_mask(cpu), open_mask(dev)
         a = mask_agreement(m_cpu, m_dev)
         agree[(card_cpu.name, name)] = (m_cpu, m_dev, a["agreement"])
-        print(f"{card_cpu.name} on {name}: {dev.stats.calls} device calls, "
-              f"metis vs CPU agreement {a['agreement']:.2f} %")
+        print(f"{card_cpu.name} on {name}: {dev.stats.calls} device calls ({dev.stats.per_call} per call; "
+              f"the original on the CPU: {cpu.stats.calls}), metis vs CPU agreement {a['agreement']:.2f} %")
 
 # %%
 cpu_mask, metis_mask, _ = agree[("my-mlp", "adwp")]

@@ -163,7 +163,8 @@ def test_stacked_scene_filter_compiled_and_run(tmp_path, generation, cores, axm)
     um.recentre(src, patches.copy(), "fb")
     original = load_model(um.card(src, kind="patch-classifier"))
     res = export(original, tmp_path / "out", cores, patches_per_call=4)
-    calib = _calibration_dir(tmp_path / "calib", [patches[k : k + 4].reshape(1, 52, 64, 64) for k in range(0, 88, 4)])
+    # calibration patches of the card's patch ([1, 13, 64, 64]): compile.py stacks four per exported input
+    calib = _calibration_dir(tmp_path / "calib", [patches[k : k + 1] for k in range(88)])
     want, _, _ = predict_array(refl, original)
     fake_runtime.reset()
     with installed(generation):

@@ -30,24 +30,46 @@ HERE = Path(__file__).resolve().parent
 
 
 class CalibrationSet:
-    """Re-iterable float32 ``(1, C, H, W)`` patches of a calibration directory (one file in memory at a time)."""
+    """Re-iterable float32 ``(1, C, H, W)`` samples of a calibration directory (one file in memory at a time).
 
-    def __init__(self, directory: Path, shape: list[int] | None = None, limit: int | None = None) -> None:
+    Samples already in ``shape`` are used as they are. For a patch-stacked classifier (``regroup="stack"``,
+    input ``[1, k*c, p, p]``) samples of the original card's patch (``[1, c, p, p]``: a calibration set made
+    with the original card) are stacked ``k`` at a time along the channels, as the engine stacks patches.
+    """
+
+    def __init__(self, directory: Path, shape: list[int] | None = None, limit: int | None = None,
+                 regroup: str | None = None) -> None:
         manifest = json.loads((Path(directory) / "manifest.json").read_text())
         self.files = [Path(directory) / item["file"] for item in manifest["items"]][:limit]
         self.shape = tuple(shape) if shape else None
+        self.regroup = regroup
         if not self.files:
             raise SystemExit(f"no calibration patches listed in {directory}/manifest.json")
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(list(iter(self))) if self.regroup else len(self.files)
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def _raw(self) -> Iterator[np.ndarray]:
         for f in self.files:
             x = np.load(f)
-            if x.dtype != np.float32 or (self.shape and tuple(x.shape) != self.shape):
-                raise SystemExit(f"{f}: expected float32 {self.shape}, got {x.dtype} {x.shape}")
+            if x.dtype != np.float32:
+                raise SystemExit(f"{f}: expected float32, got {x.dtype}")
             yield x
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        want = self.shape
+        pending: list[np.ndarray] = []
+        for x in self._raw():
+            if want is None or tuple(x.shape) == want:
+                yield x
+                continue
+            if self.regroup == "stack" and x.ndim == 4 and want[1] % x.shape[1] == 0 and x.shape[2:] == want[2:]:
+                pending.append(x)
+                if len(pending) * x.shape[1] == want[1]:
+                    yield np.concatenate(pending, axis=1)
+                    pending = []
+            else:
+                raise SystemExit(f"calibration sample of shape {x.shape} does not fit the exported input {want}")
 
 
 def load_config(path: Path = HERE / "compiler_config.json") -> dict[str, Any]:
@@ -128,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=400, help="use at most this many calibration patches")
     args = parser.parse_args(argv)
     config = load_config()
-    data = CalibrationSet(args.calibration.resolve(), config.get("input_shape"), args.limit)
+    card = config.get("card") or {}
+    regroup = "stack" if card.get("patches_per_call") else None
+    data = CalibrationSet(args.calibration.resolve(), config.get("input_shape"), args.limit, regroup)
     if len(data) < 100:
         print(f"warning: {len(data)} calibration patches; the SDK docs suggest 100-400", file=sys.stderr)
     try:
