@@ -43,9 +43,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cloudmask import load_model, mask_scene, open_scene, search
 from cloudmask.api import open_mask
-from cloudmask.metis import calibration_set_from_stac, check, export
-from cloudmask.metis import fake_sdk
-from cloudmask.metis.memory import fold_estimate
+from cloudmask.metis import calibration_set_from_stac, check, export, fake_sdk
+from cloudmask.metis.memory import auto_fold
 from cloudmask.quicklook import compare_masks, mask_agreement
 from cloudmask.runtime.metis import sdk_info
 from cloudmask.sample import demo_catalog
@@ -167,7 +166,7 @@ for card in (mlp, scene_filter):
 # ## 4. `metis export`: fold and cores
 #
 # The MLP is **batch-folded**: every Gemm becomes a 1 × 1 Conv over `[1, 4, H, W]`, so one call classifies
-# H × W pixels with the same weights. `fold="auto"` picks the largest fold whose memory estimate (int8
+# H × W pixels with the same weights. `auto_fold` picks the largest fold whose memory estimate (int8
 # weights + the largest pair of live activations, `cloudmask.metis.memory`) fits the budget given; here a
 # deliberately small 0.75 MiB, to show the choice. `cores="4"` compiles one batch-1 instance over all four
 # cores (for a model that fits only once). The filter takes **four patches per call**
@@ -179,10 +178,10 @@ for card in (mlp, scene_filter):
 # --cores 1 --patches-per-call 4`.
 
 # %%
-exp_mlp = export(mlp_dir / "card.yaml", work / "exp-mlp", "4", fold="auto", memory_mb=0.75)
+fold, estimate, budget = auto_fold(mlp, cores=4, memory_mb=0.75)  # what --fold auto --memory-mb 0.75 does
+exp_mlp = export(mlp_dir / "card.yaml", work / "exp-mlp", "4", fold=fold)
 exp_filter = export(filter_dir / "card.yaml", work / "exp-filter", "single", patches_per_call=4)
-fold = tuple(exp_mlp.card.extra["fold"])
-print("MLP exported:", list(exp_mlp.input_shape), "fold", fold, "|", fold_estimate(mlp, fold, cores=4).format())
+print("MLP exported:", list(exp_mlp.input_shape), "fold", fold, "|", estimate.format())
 print("filter exported:", list(exp_filter.input_shape))
 for res in (exp_mlp, exp_filter):
     print(f"{res.card.name}: compilable after export: {check(res.onnx_path).compilable}")

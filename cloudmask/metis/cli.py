@@ -49,9 +49,15 @@ def export_cmd(model: str, out: Path, cores: str, fold: str | None, memory_mb: f
 
     if memory_mb is not None and fold != "auto":
         raise ConfigError("--memory-mb goes with --fold auto")
-    parsed = fold if fold == "auto" else (_parse_fold(fold) if fold else None)
-    result = export(model, out, {"1": "single"}.get(cores, cores), fold=parsed, patches_per_call=patches_per_call,
-                    memory_mb=memory_mb)
+    mode = {"1": "single"}.get(cores, cores)
+    parsed = _parse_fold(fold) if fold and fold != "auto" else None
+    if fold == "auto":
+        from .memory import auto_fold
+
+        parsed, est, budget = auto_fold(model, cores=AIPU_CORES[mode], memory_mb=memory_mb,
+                                        batch=RUNTIME_LAYOUT[mode]["batch_per_call"])
+        click.echo(f"--fold auto: {parsed[0]}x{parsed[1]} fits {budget / 2**20:.2f} MiB ({est.format()})")
+    result = export(model, out, mode, fold=parsed, patches_per_call=patches_per_call)
     click.echo(f"exported {result.card.name} -> {result.onnx_path} (input {list(result.input_shape)})")
     click.echo(f"card {result.card_path}; compiler config {result.config_path}; script {result.compile_script}")
     if result.card.kind == "pixel" and "fold" in result.card.extra:

@@ -254,14 +254,13 @@ def export(
     cores: str = "single",
     *,
     patch_size: int | None = None,
-    fold: tuple[int, int] | str | None = None,
+    fold: tuple[int, int] | None = None,
     patches_per_call: int = 1,
-    memory_mb: float | None = None,
 ) -> ExportResult:
     """Export ``model`` (built-in name, card, or ONNX with card) for Metis into ``out_dir``.
 
-    Pixel models are batch-folded to ``fold`` = ``(H, W)`` pixels per call (default 256 x 256); ``"auto"``
-    picks the largest fold whose memory estimate fits ``memory_mb`` MiB (:mod:`cloudmask.metis.memory`).
+    Pixel models are batch-folded to ``fold`` = ``(H, W)`` pixels per call (default 256 x 256;
+    :func:`cloudmask.metis.memory.auto_fold` picks the largest that fits a memory budget).
     ``patches_per_call`` (1, 4, 9, ...: a square) exports a segmentation model at a ``k x k`` patch input.
     Raises :class:`ModelError` when the graph cannot be made static or folding fails, and
     :class:`ConfigError` for a bad ``cores``, ``fold`` or ``patches_per_call``.
@@ -285,14 +284,6 @@ def export(
     if card.kind == "pixel":
         if patches_per_call != 1:
             raise ConfigError("--patches-per-call is for segmentation models; pixel models take --fold HxW")
-        if fold == "auto":
-            from .memory import auto_fold
-
-            fold, est, budget = auto_fold(card, cores=AIPU_CORES[cores], memory_mb=memory_mb,
-                                          batch=RUNTIME_LAYOUT[cores]["batch_per_call"])
-            log.info("--fold auto: %dx%d (%s; budget %.2f MiB)", fold[0], fold[1], est.format(), budget / 2**20)
-        elif isinstance(fold, str):
-            raise ConfigError(f"fold must be (H, W) or 'auto', got {fold!r}")
         return _export_folded(card, out, cores, fold or DEFAULT_FOLD)
     if fold is not None:
         raise ConfigError(f"--fold is for pixel models; '{card.name}' is a {card.kind} model")

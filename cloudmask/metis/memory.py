@@ -24,6 +24,7 @@ parameter: measure on the device and pass what fits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, ModelError
@@ -103,7 +104,8 @@ def estimate(model: onnx.ModelProto, *, batch: int = 1, cores: int = 1) -> Memor
     return MemoryEstimate(weights=weights, activations=batch * pair, cores=cores)
 
 
-def fold_estimate(card: ModelCard | str, fold: tuple[int, int], *, batch: int = 1, cores: int = 1) -> MemoryEstimate:
+def fold_estimate(card: ModelCard | str | Path, fold: tuple[int, int], *, batch: int = 1,
+                  cores: int = 1) -> MemoryEstimate:
     """The estimate of a pixel model folded to ``fold`` = (H, W) pixels per call."""
     per_pixel = _per_pixel(load_model(card))
     return MemoryEstimate(per_pixel.weights, per_pixel.activations * fold[0] * fold[1] * batch, cores)
@@ -130,10 +132,11 @@ def candidate_folds() -> list[tuple[int, int]]:
     return out
 
 
-def auto_fold(card: ModelCard | str, *, cores: int = 1, batch: int = 1,
+def auto_fold(card: ModelCard | str | Path, *, cores: int = 1, batch: int = 1,
               memory_mb: float | None = None) -> tuple[tuple[int, int], MemoryEstimate, int]:
     """The largest candidate fold whose estimate fits ``memory_mb`` MiB per instance (default: the on-chip
     budget of ``cores`` cores, :func:`budget_bytes`); returns (fold, its estimate, budget in bytes).
+    ``cloudmask metis export --fold auto --memory-mb M`` exports the model at that fold.
 
     Raises :class:`ConfigError` when not even the smallest fold fits.
     """

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import write_compiled
+from .runtime import write_compiled
 
 
 @dataclasses.dataclass

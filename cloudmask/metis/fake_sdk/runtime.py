@@ -239,3 +239,41 @@ class Context(Object):
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def write_compiled(
+    path: str | Path,
+    *,
+    onnx: str | Path | None,
+    input_shape: tuple[int, int, int, int],
+    classes: int,
+    batch: int = 1,
+    cores: int | None = None,
+    in_scale: float = 0.05,
+    in_zero_point: int = 0,
+    out_scale: float = 0.1,
+    out_shape: tuple[int, ...] | None = None,
+    flat_output: bool = False,
+    preamble_graph: str = "",
+    postamble_graph: str = "",
+) -> Path:
+    """Write an emulated compiled model (``model.json`` or ``*.axm``) for the float graph ``onnx``.
+
+    ``input_shape`` is the exported graph's ``[1, C, H, W]``; ``batch`` the compiled runtime batch (4 for
+    ``multicore_mode=batch``); ``cores`` the AIPU cores one instance uses (default ``batch``).
+    """
+    _, c, h, w = input_shape
+    spec: dict[str, Any] = {
+        "batch": batch, "channels": c, "height": h, "width": w, "classes": classes,
+        "cores": cores or batch, "onnx": str(Path(onnx).resolve()) if onnx else "",
+        "in_scale": in_scale, "in_zero_point": in_zero_point, "out_scale": out_scale,
+        "preamble_graph": preamble_graph, "postamble_graph": postamble_graph,
+    }
+    if out_shape is not None:  # the device's NHWC output, when it is not [batch, H, W, classes]
+        spec["out_shape"] = list(out_shape)
+    if flat_output:  # the float graph returns [N, K] (a classifier): the op API hands that back
+        spec["flat_output"] = True
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spec, indent=1))
+    return path
