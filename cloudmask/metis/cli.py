@@ -60,7 +60,7 @@ def export_cmd(model: str, out: Path, cores: str, fold: str | None, memory_mb: f
     result = export(model, out, mode, fold=parsed, patches_per_call=patches_per_call)
     click.echo(f"exported {result.card.name} -> {result.onnx_path} (input {list(result.input_shape)})")
     click.echo(f"card {result.card_path}; compiler config {result.config_path}; script {result.compile_script}")
-    if result.card.kind == "pixel" and "fold" in result.card.extra:
+    if result.card.kind == "pixel" and "fold" in result.card.extra and fold != "auto":
         from .memory import fold_estimate
 
         h, w = result.card.extra["fold"]
