@@ -68,7 +68,7 @@ def test_export_cli_fold_auto_and_cores(tmp_path):
     r = CliRunner().invoke(main, ["metis", "export", "--model", str(MLP), "--out", str(tmp_path / "a"),
                                   "--fold", "auto", "--memory-mb", "1", "--cores", "4"])
     assert r.exit_code == 0, r.output
-    assert "[1, 10, 64, 128]" in r.output and "memory estimate" in r.output
+    assert "--fold auto: 64x128 fits 1.00 MiB" in r.output and "[1, 10, 64, 128]" in r.output
     cfg = json.loads((tmp_path / "a" / "compiler_config.json").read_text())
     assert cfg["compiler"] == {"aipu_cores_used": 4, "resources_used": 1.0, "multicore_mode": "cooperative"}
     assert cfg["compiler_sdk18"]["aipu_cores"] == 4 and cfg["aipu_cores"] == 4
