@@ -56,10 +56,12 @@ def _conv_onnx(path: Path, weight: np.ndarray, op: str | None = None, hw: tuple[
     return path
 
 
-def _graph(path: Path, op: str, channels: int) -> Path:
-    """A one-node host graph ``op`` over [N, channels, H, W] (a preamble or postamble)."""
-    x = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", channels, "h", "w"])
-    y = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", channels, "h", "w"])
+def _graph(path: Path, op: str, channels: int, nhwc: tuple[int, int, int] | None = None) -> Path:
+    """A one-node host graph ``op`` over [N, channels, H, W] (a preamble or postamble), or over a static
+    NHWC ``[1, *nhwc]``."""
+    shape = [1, *nhwc] if nhwc else ["n", channels, "h", "w"]
+    x = helper.make_tensor_value_info("a", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("b", TensorProto.FLOAT, shape)
     g = helper.make_graph([helper.make_node(op, ["a"], ["b"])], op, [x], [y])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
@@ -198,6 +200,28 @@ def test_preamble_and_postamble_run_on_the_host(fake_sdk, tmp_path):
     assert np.array_equal(masks["pre"], 1 - expected)  # the preamble ran: its sign flip reached the device
     # Neg(Conv(-x)) = Conv(x) for a bias-free conv: both graphs ran, in order
     assert np.array_equal(masks["both"], expected)
+
+
+def test_host_graphs_declared_nhwc_get_nhwc(fake_sdk, tmp_path):
+    """A preamble/postamble whose declared input is NHWC (the AIPU's layout) is fed NHWC, its output read back."""
+    wt = np.zeros((2, 4), np.float32)
+    wt[1, 0] = 4.0
+    core = _conv_onnx(tmp_path / "core.onnx", wt)
+    base = _pixel_card(tmp_path, (16, 16))
+    d = tmp_path / "compiled"
+    d.mkdir()
+    _graph(d / "pre.onnx", "Neg", 4, nhwc=(16, 16, 4))
+    _graph(d / "post.onnx", "Neg", 2, nhwc=(16, 16, 2))
+    masks = []
+    for name, post in (("pre", ""), ("both", "post.onnx")):
+        path = write_compiled(d / f"{name}.json", onnx=core, input_shape=(1, 4, 16, 16), classes=2,
+                              preamble_graph="pre.onnx", postamble_graph=post)
+        card = replace(base, extra={**base.extra, "metis_model": str(path)})
+        (runner,) = make_metis_runners(card, instances=1, double_buffer=False)
+        mask, expected, _ = _stream(card, [runner])
+        masks.append(mask)
+        runner.close()
+    assert np.array_equal(masks[0], 1 - expected) and np.array_equal(masks[1], expected)
 
 
 def test_missing_preamble_file_names_it(fake_sdk, tmp_path):

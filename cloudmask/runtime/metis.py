@@ -231,10 +231,28 @@ def _host_graph(model_dir: Path, rel: str, what: str) -> Any | None:
 
 
 def _run_host(session: Any | None, x: np.ndarray) -> np.ndarray:
+    """Run a preamble/postamble graph on NCHW ``x``; NHWC when the graph's declared input says so (the docs
+    call the AIPU side NHWC and leave the host graphs' layout to the graphs themselves)."""
     if session is None:
         return x
-    out = session.run(None, {session.get_inputs()[0].name: x})[0]
+    inp = session.get_inputs()[0]
+    dims = list(inp.shape)
+    nhwc = False
+    if x.ndim == 4 and len(dims) == 4 and all(isinstance(d, int) for d in dims[1:]):
+        _, c, h, w = x.shape
+        nhwc = dims[1:] == [h, w, c] and dims[1:] != [c, h, w]
+    out = session.run(None, {inp.name: np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if nhwc else x})[0]
+    if nhwc and out.ndim == 4:  # back to NCHW, as the engine and the card's graph have it
+        out = out.transpose(0, 3, 1, 2)
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _as_nchw(x: np.ndarray, info: Any) -> np.ndarray:
+    """A preamble's output as NCHW for :func:`quantize_input` (it may already be the device's NHWC)."""
+    nhwc = tuple(int(v) for v in info.unpadded_shape)
+    if x.ndim == 4 and tuple(x.shape) == nhwc and nhwc != (nhwc[0], nhwc[3], nhwc[1], nhwc[2]):
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return x
 
 
 # ------------------------------------------------------------------------------ low-level runner
@@ -299,7 +317,9 @@ class MetisRunner:
         return self._layout.batch
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        x = _run_host(self._pre, self._layout.to_device(batch))
+        x = self._layout.to_device(batch)
+        if self._pre is not None:
+            x = _as_nchw(_run_host(self._pre, x), self._in_info)
         self._inputs[0][...] = quantize_input(x, self._in_info)
         self._inst.run(self._inputs, self._outputs)  # axruntime-py.md: blocking; outputs written in place
         y = _run_host(self._post, dequantize_output(self._outputs[0], self._out_info))  # a copy: buffers reused
