@@ -428,13 +428,15 @@ def make_metis_runners(
     kind, path = _pick(compiled_model_path(card, model_path), op is not None)
     if kind == "op" and op is not None:
         samples = samples_per_call or (1 if card.kind == "pixel" or stack_of(card) else DEVICE_CORES)
-        try:
-            model = op.load(str(path)).optimized()  # op.inference.md load(); ultralytics axelera.py .optimized()
-        except Exception as err:  # noqa: BLE001 - the SDK raises its own types
-            raise RuntimeBackendError(f"the SDK could not load {path}: {err}; compile it with this SDK release "
-                                      "(the .axm format is versioned)") from err
+        models = []
+        for _ in range(instances or 1):  # one model object per runner thread (the docs say nothing of sharing)
+            try:
+                models.append(op.load(str(path)).optimized())  # op.inference.md load(); ultralytics .optimized()
+            except Exception as err:  # noqa: BLE001 - the SDK raises its own types
+                raise RuntimeBackendError(f"the SDK could not load {path}: {err}; compile it with this SDK "
+                                          "release (the .axm format is versioned)") from err
         log.info("metis: %s via %s, %d sample(s) per call", path, API_OP, samples)
-        return [MetisOpRunner(model, card, samples) for _ in range(instances or 1)]
+        return [MetisOpRunner(m, card, samples) for m in models]
     ctx = rt.Context()
     ctx.__enter__()  # axruntime-py.md: Context is a context manager; _Session exits it after the last close
     session = _Session(ctx)
