@@ -9,6 +9,7 @@ card files, STAC MLM items) is :mod:`cloudmask.models`; this module imports neit
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +21,8 @@ import yaml
 from .classes import ClassTable, canonical, class_names, class_value
 from .errors import ModelCardError
 from .normalisation import Normalisation, standardize
+
+log = logging.getLogger(__name__)
 
 #: STAC common names a card may ask for.
 KNOWN_BANDS = (
@@ -243,6 +246,11 @@ def check_graph(card: ModelCard, source: str | None = None) -> None:
     stack = card.extra.get("patches_per_call") if card.kind == "patch-classifier" else None
     if channels is not None and isinstance(stack, int) and stack > 1:  # patch-stacked: [1, k*K, 1, 1]
         channels = channels // stack if channels % stack == 0 else channels
+    if channels is not None and channels != len(card.classes) and graph_output_op(card.onnx_path) == "ArgMax":
+        # class indices, not scores: `cloudmask metis export` removes the ArgMax (the host takes it)
+        log.warning("%s: the graph ends in ArgMax (class indices); cloudmask runs on the scores before it: "
+                    "export it with `cloudmask metis export` or remove the ArgMax", source or card.name)
+        return
     if channels is not None and channels != len(card.classes):
         raise ModelCardError(
             f"{source or f'model card {card.name!r}'}: the ONNX output has {channels} channels but the card "

@@ -83,6 +83,25 @@ def test_opset18_mlp_with_normalisation_in_graph_exports_compile_ready_and_equal
     assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
 
 
+def test_trailing_softmax_and_argmax_run_on_the_host(tmp_path):
+    src = um.pixel_mlp(tmp_path / "mlp.onnx", softmax=True)
+    um.recentre(src, _pixels(), "b3")
+    m = onnx.load(str(src))
+    m.graph.node.append(helper.make_node("ArgMax", ["y"], ["cls"], axis=1, keepdims=0))
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info("cls", onnx.TensorProto.INT64, ["N"]))
+    onnx.save(m, str(tmp_path / "argmax.onnx"))
+    res = export(load_model(um.card(tmp_path / "argmax.onnx", kind="pixel")), tmp_path / "out")
+    _assert_compile_ready(res.onnx_path)
+    assert {n.op_type for n in onnx.load(str(res.onnx_path)).graph.node} == {"Conv", "Relu"}
+    assert res.card.output == "logits"
+    refl = _scene(100, 80)
+    valid = ~np.isnan(refl).any(axis=0)
+    want = _session(tmp_path / "argmax.onnx").run(None, {"x": refl[:, valid].T.copy()})[0]
+    classes, _, _ = predict_array(refl, load_model(res.card_path))
+    assert 0.05 < want.mean() < 0.95 and (classes[valid] == want).mean() >= 0.9999
+
+
 def test_exported_mlp_masks_equal_the_original(tmp_path):
     src = um.pixel_mlp(tmp_path / "mlp.onnx", nc11=True)
     refl = _scene()
@@ -115,6 +134,30 @@ def test_batchnorm_before_the_first_layer_is_folded(tmp_path):
     assert [n.op_type for n in onnx.load(str(res.onnx_path)).graph.node] == ["Conv"]
     x = _pixels(4096)
     want = _session(tmp_path / "bn.onnx").run(None, {"x": x.reshape(-1, 13, 1, 1)})[0]
+    got = _session(res.onnx_path).run(None, {"x": x.T.reshape(1, 13, 64, 64).copy()})[0].reshape(2, -1).T
+    assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
+
+
+def test_pixel_model_of_1x1_convs_with_a_final_flatten(tmp_path):
+    """[N, 13, 1, 1] -> Sub/Div -> 1x1 Conv -> Relu -> 1x1 Conv -> Flatten: the Convs stay, the Flatten goes."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in {
+        "m": um.MEAN.reshape(1, 13, 1, 1), "s": um.STD.reshape(1, 13, 1, 1), "w1": rng.normal(0, 0.5, (16, 13, 1, 1)),
+        "b1": rng.normal(0, 0.1, 16), "w2": rng.normal(0, 0.5, (2, 16, 1, 1))}.items()]
+    nodes = [helper.make_node("Sub", ["x", "m"], ["a"]), helper.make_node("Div", ["a", "s"], ["n"]),
+             helper.make_node("Conv", ["n", "w1", "b1"], ["h"], kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["h"], ["r"]), helper.make_node("Conv", ["r", "w2"], ["o"], kernel_shape=[1, 1]),
+             helper.make_node("Flatten", ["o"], ["y"])]
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", 1, ["N", 13, 1, 1])],
+                              [helper.make_tensor_value_info("y", 1, ["N", 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "convs.onnx"))
+    res = export(load_model(um.card(tmp_path / "convs.onnx", kind="pixel")), tmp_path / "out", fold=(64, 64))
+    _assert_compile_ready(res.onnx_path)
+    assert [n.op_type for n in onnx.load(str(res.onnx_path)).graph.node] == ["Conv", "Relu", "Conv"]
+    x = _pixels(4096)
+    want = _session(tmp_path / "convs.onnx").run(None, {"x": x.reshape(-1, 13, 1, 1)})[0]
     got = _session(res.onnx_path).run(None, {"x": x.T.reshape(1, 13, 64, 64).copy()})[0].reshape(2, -1).T
     assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
 
@@ -234,6 +277,44 @@ def test_stacked_classifier_through_the_engine_same_mask_in_fewer_calls(tmp_path
     assert np.array_equal(a, b)
     assert sa.calls == sa.patches and sb.patches == sa.patches
     assert sb.calls == math.ceil(sb.patches / 4) and sb.per_call == 4
+
+
+class _DoubleBuffered:
+    """A runner that answers two calls late, as a double-buffered Metis instance does (``lag = 2``)."""
+
+    lag = 2
+
+    def __init__(self, inner) -> None:  # noqa: ANN001 - any Runner
+        self.inner, self.queue, self.calls = inner, [], 0
+
+    @property
+    def input_shape(self):  # noqa: ANN201
+        return self.inner.input_shape
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        self.queue.append(self.inner.run(batch))
+        return self.queue.pop(0) if len(self.queue) > self.lag else np.zeros_like(self.queue[0])
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_stacked_classifier_on_four_double_buffered_instances(tmp_path):
+    """Four instances, each two calls late: ceil(patches / 4) calls plus at most 2 drain calls each."""
+    from cloudmask.runtime import OnnxRunner
+
+    refl = _scene(400, 520)
+    src = um.patch_classifier(tmp_path / "pc.onnx")
+    patches = np.nan_to_num(refl[:, :384, :512]).reshape(13, 6, 64, 8, 64).transpose(1, 3, 0, 2, 4)
+    um.recentre(src, patches.reshape(-1, 13, 64, 64).copy(), "fb")
+    original = load_model(um.card(src, kind="patch-classifier"))
+    exported = load_model(export(original, tmp_path / "out", patches_per_call=4).card_path)
+    runners = [_DoubleBuffered(OnnxRunner(exported)) for _ in range(4)]
+    a, _, sa = predict_array(refl, original)
+    b, _, sb = predict_array(refl, exported, runners=runners)
+    assert np.array_equal(a, b) and set(np.unique(a)) == {0, 1, NODATA}
+    assert sb.calls == sum(r.calls for r in runners) <= math.ceil(sa.patches / 4) + 8
 
 
 def _classifier_with(tmp_path: Path, edit: str) -> Path:

@@ -105,6 +105,14 @@ class _ClassMerge:
         return np.where(p > self.threshold * (p + clear), np.uint8(cls), np.uint8(0)).astype(np.uint8)
 
 
+def class_scores(card: ModelCard, scores: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A model's raw output along ``axis`` -> (mask classes uint8, class probabilities along ``axis``), as the
+    blenders decide (softmax or sigmoid, channels summed per class, one-channel threshold)."""
+    merge = _ClassMerge(card)
+    probs = merge.probabilities(np.asarray(scores, np.float32), axis)
+    return merge.decide(probs, axis), probs
+
+
 def _along(a: np.ndarray, axis: int, i: int) -> np.ndarray:
     sl: list[slice | int] = [slice(None)] * a.ndim
     sl[axis] = i

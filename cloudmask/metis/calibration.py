@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..engine import softmax
+from ..engine.blender import class_scores
 from ..errors import ConfigError
 from ..models import ModelCard, load_model
 from ..profiles import scene_spec
@@ -75,9 +75,8 @@ def class_mix(
 
     ``patch`` is the normalised ``(C, H, W)`` input, ``scores`` the model's ``(K, H, W)`` output.
     """
-    probs = softmax(scores.astype(np.float32), 0) if card.output == "logits" else scores.astype(np.float32)
-    cls = card.class_index[np.argmax(probs, axis=0)]
-    p_cloud = probs[card.class_index == 1].sum(axis=0)
+    cls, probs = class_scores(card, scores, 0)
+    p_cloud = probs[1] if probs.shape[0] > 1 else np.zeros(cls.shape, np.float32)
     refl = patch * np.asarray(card.std, np.float32)[:, None, None] + np.asarray(card.mean, np.float32)[:, None, None]
     band = {b: i for i, b in enumerate(card.bands)}
     cloud, clear = cls == 1, cls == 0

@@ -146,7 +146,8 @@ def static_model(
     G.set_dims(inp, shape)
     for out in model.graph.output:
         G.set_dims(out, [None] * len(G.dims(out)))
-    softmax = G.strip_trailing_softmax(model)
+    argmax = _strip_argmax(model, card)
+    softmax = G.strip_trailing_softmax(model) or argmax
     model = _simplify(model, inp.name, shape)
     passes["constants_to_initializers"] = G.constants_to_initializers(model)
     passes["identity_casts_removed"] = G.remove_identity_casts(model)
@@ -159,6 +160,18 @@ def static_model(
         if not all(isinstance(v, int) and v > 0 for v in G.dims(out)):
             raise ModelError(f"output {out.name} of '{card.name}' is not static after export: {G.dims(out)}")
     return model, passes, softmax
+
+
+def _strip_argmax(model: onnx.ModelProto, card: ModelCard) -> bool:
+    """Drop a final ArgMax (the host takes it); True when the graph now ends in scores."""
+    try:
+        stripped = F.strip_trailing_argmax(model)
+    except ValueError as err:
+        raise ModelError(f"{card.onnx_path}: {err}") from err
+    if stripped:
+        log.info("removed the graph's final ArgMax: the host takes the argmax of the scores")
+        G.strip_trailing_softmax(model)
+    return stripped
 
 
 def load_converted(card: ModelCard) -> onnx.ModelProto:
@@ -213,14 +226,19 @@ def compiler_config(card: ModelCard, cores: str, input_shape: list[int]) -> dict
 
 
 def folded_model(card: ModelCard, fold: tuple[int, int] = DEFAULT_FOLD) -> tuple[onnx.ModelProto, dict[str, int], bool]:
-    """A pixel model's graph batch-folded to ``[1, C, H, W]``; returns (model, pass counts, softmax removed)."""
+    """A pixel model's graph batch-folded to ``[1, C, H, W]``; returns (model, pass counts, softmax removed).
 
+    The graph is converted to opset <= 17, pinned to one sample and constant-folded (so exporter-made
+    ``Shape -> Gather -> Reshape`` chains become constants), and its in-graph pre-processing is folded
+    into the first layer before every ``Gemm``/``MatMul`` becomes a 1x1 ``Conv``.
+    """
     h, w = fold
     if h < 1 or w < 1:
         raise ConfigError(f"fold must be positive, got {h}x{w}")
     model = load_converted(card)
     passes = {"float16_to_float32": G.float16_to_float32(model)}
-    softmax = G.strip_trailing_softmax(model)
+    argmax = _strip_argmax(model, card)
+    softmax = G.strip_trailing_softmax(model) or argmax
     try:
         inp = G.image_input(model)
     except ValueError as err:
@@ -232,7 +250,10 @@ def folded_model(card: ModelCard, fold: tuple[int, int] = DEFAULT_FOLD) -> tuple
         G.set_dims(inp, [1, c] + [1] * (len(d) - 2))
         for out in model.graph.output:
             G.set_dims(out, [None] * len(G.dims(out)))
-        model = _simplify(model, inp.name, [1, c] + [1] * (len(d) - 2), required=False)
+        try:
+            model = _simplify(model, inp.name, [1, c] + [1] * (len(d) - 2), required=False)
+        except ModelError as err:  # folding works on most graphs without it: go on, say why
+            log.warning("constant folding of '%s' skipped: %s", card.name, err)
         passes.update(F.fold_input_affine(model))
     try:
         model, counts = G.fold_pixel_model(model, h, w)

@@ -468,3 +468,31 @@ def stack_patch_classifier(model: onnx.ModelProto, k: int) -> tuple[onnx.ModelPr
     del g.value_info[:]
     G.remove_unused_initializers(model)
     return model, counts
+
+
+def strip_trailing_argmax(model: onnx.ModelProto) -> bool:
+    """Remove an ``ArgMax`` over the channels that makes the (single) graph output: the host takes the argmax
+    of the scores (the graph then outputs float scores, one channel per class)."""
+    from onnx import TensorProto, helper
+
+    g = model.graph
+    if len(g.output) != 1:
+        return False
+    out = g.output[0]
+    node = next((n for n in g.node if out.name in n.output), None)
+    if node is None or node.op_type != "ArgMax":
+        return False
+    axis = next((int(helper.get_attribute_value(a)) for a in node.attribute if a.name == "axis"), 0)
+    if axis != 1:
+        raise ValueError(f"the graph's final ArgMax (node {node.name!r}) is over axis {axis}, not the channels (1)")
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    scores = next((v for v in list(inferred.value_info) + list(inferred.input) if v.name == node.input[0]), None)
+    rank = len(G.dims(scores)) if scores is not None and scores.type.tensor_type.HasField("shape") else 2
+    if not G.bypass(model, node):
+        return False
+    out.type.tensor_type.elem_type = TensorProto.FLOAT
+    G.set_dims(out, [None] * rank)
+    del g.value_info[:]
+    return True

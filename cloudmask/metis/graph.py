@@ -410,6 +410,17 @@ def fold_pixel_model(model: onnx.ModelProto, height: int, width: int) -> tuple[o
                 else:
                     ins.append(src(name))
             new_nodes.append(helper.make_node(op, ins, list(node.output), name=node.name))
+        elif op == "Conv":  # a 1x1 Conv over [N, C, 1, 1] acts per pixel: it stays as it is
+            cw = consts.get(node.input[1])
+            if (cw is None or cw.ndim != 4 or tuple(cw.shape[2:]) != (1, 1) or int(attrs.get("group", 1)) != 1
+                    or any(int(v) for v in attrs.get("pads", [])) or any(int(v) != 1 for v in attrs.get("strides", []))):
+                raise ValueError(f"Conv node {node.name!r} is not a 1x1 Conv without padding or stride")
+            new = onnx.NodeProto()
+            new.CopyFrom(node)
+            for i, name in enumerate(new.input):
+                new.input[i] = src(name)
+            new_nodes.append(new)
+            counts["convs_kept"] = counts.get("convs_kept", 0) + 1
         elif op in ("Softmax", "LogSoftmax"):
             axis = int(attrs.get("axis", -1))
             rank = len(shapes.get(node.input[0], [0, 0]))
@@ -436,8 +447,17 @@ def fold_pixel_model(model: onnx.ModelProto, height: int, width: int) -> tuple[o
                              f"element-wise activations, Softmax and 1x1 reshapes")
     outputs = list(g.output)
     for o in outputs:
-        if o.name in alias:
-            raise ValueError(f"graph output {o.name} is a removed reshape")
+        if o.name in alias:  # a final Flatten/Reshape went: its input takes the output's name
+            target = src(o.name)
+            if target == inp.name or target in {x.name for x in outputs}:
+                raise ValueError(f"graph output {o.name} is a removed reshape")
+            for n in new_nodes:
+                for i, name in enumerate(n.output):
+                    if name == target:
+                        n.output[i] = o.name
+                for i, name in enumerate(n.input):
+                    if name == target:
+                        n.input[i] = o.name
     k_out = {o.name: shapes.get(o.name) for o in outputs}
     del g.node[:]
     g.node.extend(new_nodes)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.blender import class_scores
 from ..errors import ConfigError, ModelError
 from ..models import CLASSES, NODATA, ModelCard, load_model
 from .calibration import MANIFEST, load_calibration
@@ -210,7 +211,7 @@ def int8_preview(
         y32, y8 = (np.asarray(s.run(None, {name: x4})[0], np.float32)[0] for s in sessions)
         diff = np.abs(y32 - y8)
         max_diff, sum_diff, n_diff = max(max_diff, float(diff.max())), sum_diff + float(diff.sum()), n_diff + diff.size
-        c32, c8 = card.class_index[y32.argmax(0)], card.class_index[y8.argmax(0)]
+        c32, c8 = class_scores(card, y32, 0)[0], class_scores(card, y8, 0)[0]
         agree += int((c32 == c8).sum())
         total += c32.size
         fp_all.append(c32)
