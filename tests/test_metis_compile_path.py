@@ -177,3 +177,17 @@ def test_stacked_scene_filter_compiled_and_run(tmp_path, generation, cores, axm)
     assert want.shape == (9, 10) and set(np.unique(want)) == {0, 1}
     assert (got == want).mean() >= 0.95  # int8 in and out; per patch
     assert stats.calls <= -(-stats.patches // 4) + 8 and stats.per_call == 4
+
+
+def test_calibration_class_mix_of_a_patch_classifier():
+    """A scene filter's [K] scores label the whole patch (calibration of a patch classifier)."""
+    from dataclasses import replace
+
+    from cloudmask.metis.calibration import class_mix
+
+    card = replace(load_model("ukis-4b-l2a"), kind="patch-classifier", classes=("clear", "cloud"), patch_size=16)
+    patch = np.zeros((4, 16, 16), np.float32)
+    mix = class_mix(patch, np.array([0.0, 5.0], np.float32), card)
+    assert mix["thick_cloud"] + mix["thin_cloud"] == 1.0 and mix["clear_land"] + mix["water"] == 0.0
+    mix = class_mix(patch, np.array([5.0, 0.0], np.float32), card)
+    assert mix["clear_land"] + mix["water"] == 1.0
