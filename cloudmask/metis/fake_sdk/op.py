@@ -27,7 +27,7 @@ class Operator:
         self.core_allocation = core_allocation
         self.calls = 0
         self.samples = 0
-        self._model = _rt.Model(path, _rt.Context())
+        self._model = _rt.Model(path)
         if self._model.batch != 1:
             raise ValueError("an .axm for the op API is compiled at batch 1")
 

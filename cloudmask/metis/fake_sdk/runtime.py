@@ -91,7 +91,7 @@ class Object:
 class Model(Object):
     """A compiled model (``model.json`` of the emulation): ``inputs()``, ``outputs()``, pre/postamble graphs."""
 
-    def __init__(self, path: str, context: Context) -> None:
+    def __init__(self, path: str, context: Context | None = None) -> None:
         super().__init__(context)
         self.path = Path(path)
         spec = json.loads(self.path.read_text())
