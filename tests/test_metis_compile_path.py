@@ -76,6 +76,11 @@ def test_export_cli_fold_auto_and_cores(tmp_path):
     r = CliRunner().invoke(main, ["metis", "export", "--model", str(MLP), "--out", str(tmp_path / "b"),
                                   "--memory-mb", "1"])
     assert r.exit_code == 2 and "--fold auto" in r.output
+    r = CliRunner().invoke(main, ["metis", "export", "--model", str(MLP), "--out", str(tmp_path / "c"),
+                                  "--fold", "64x64"])
+    assert r.exit_code == 0, r.output
+    est = memory.fold_estimate(MLP, (64, 64))
+    assert f"memory estimate: {est.format()}; on-chip budget of 1 core(s) 10.20 MiB" in r.output
 
 
 def _load_script(path: Path):

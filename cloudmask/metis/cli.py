@@ -60,13 +60,15 @@ def export_cmd(model: str, out: Path, cores: str, fold: str | None, memory_mb: f
     result = export(model, out, mode, fold=parsed, patches_per_call=patches_per_call)
     click.echo(f"exported {result.card.name} -> {result.onnx_path} (input {list(result.input_shape)})")
     click.echo(f"card {result.card_path}; compiler config {result.config_path}; script {result.compile_script}")
-    if result.card.kind == "pixel" and "fold" in result.card.extra and fold != "auto":
-        from .memory import fold_estimate
+    if fold != "auto":
+        import onnx
 
-        h, w = result.card.extra["fold"]
-        mode = result.card.extra.get("metis", {}).get("cores", "single")
-        est = fold_estimate(model, (h, w), cores=AIPU_CORES[mode], batch=RUNTIME_LAYOUT[mode]["batch_per_call"])
-        click.echo(f"fold {h}x{w}: memory estimate {est.format()}")
+        from .memory import budget_bytes, estimate
+
+        est = estimate(onnx.load(str(result.onnx_path)), batch=RUNTIME_LAYOUT[mode]["batch_per_call"],
+                       cores=AIPU_CORES[mode])
+        click.echo(f"memory estimate: {est.format()}; on-chip budget of {AIPU_CORES[mode]} core(s) "
+                   f"{budget_bytes(AIPU_CORES[mode]) / 2**20:.2f} MiB (docs/metis.md)")
     report = check(result.onnx_path)
     click.echo(report.format())
     if not report.compilable:
