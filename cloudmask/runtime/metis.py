@@ -25,7 +25,8 @@ importable; a ``model.json`` through the low-level API.
 
 A folded pixel model compiled with runtime batch ``B`` > 1 takes ``B`` folds per call: the runner's
 input is ``[1, C, B*H, W]`` (the engine packs pixels row-major, so rows ``b*H .. (b+1)*H`` are fold ``b``)
-and is split into ``[B, C, H, W]`` for the device; per-pixel models make this exact.
+and is split into ``[B, C, H, W]`` for the device; per-pixel models make this exact. A patch-stacked
+scene filter (card ``patches_per_call: k``) runs at batch 1 and returns ``[1, k*K, 1, 1]``.
 """
 
 from __future__ import annotations
