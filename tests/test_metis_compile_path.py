@@ -196,3 +196,24 @@ def test_calibration_class_mix_of_a_patch_classifier():
     assert mix["thick_cloud"] + mix["thin_cloud"] == 1.0 and mix["clear_land"] + mix["water"] == 0.0
     mix = class_mix(patch, np.array([5.0, 0.0], np.float32), card)
     assert mix["clear_land"] + mix["water"] == 1.0
+
+
+def test_compile_script_reads_declared_fields_of_any_config_class(tmp_path):
+    res = export(MLP, tmp_path / "e", "batch4", fold=(16, 16))
+    mod = _load_script(res.compile_script)
+
+    class Pydantic2:  # pydantic v2 declares model_fields
+        model_fields = {"aipu_cores": None, "resources": None, "multicore_mode": None}
+
+    class Kwargs:
+        def __init__(self, **settings):
+            pass
+
+    assert mod.declared_fields(Pydantic2) == {"aipu_cores", "resources", "multicore_mode"}
+    assert mod.declared_fields(Kwargs) is None  # unknown: the 1.6 names
+    cfg = mod.load_config(res.config_path)
+    assert mod.compiler_settings(cfg, None)[0] == "compiler"
+    assert mod.compiler_settings(cfg, mod.declared_fields(Pydantic2)) == (
+        "compiler_sdk18", {"aipu_cores": 4, "resources": 1.0, "multicore_mode": "batch"})
+    card = mod.write_card(cfg, res.out_dir / "compiled" / "compiled_model" / "model.json", res.out_dir)
+    assert json.loads(card.read_text())["metis_model"] == "compiled/compiled_model/model.json"
