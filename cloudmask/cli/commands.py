@@ -61,7 +61,8 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "device_idle; the device's idle gap before the scene) to this JSON file."),
         click.option("--instances", type=click.IntRange(min=1), default=None,
                      help="Model instances fed round-robin, one device thread each (default: 2 ONNX Runtime "
-                          "sessions on a multi-core CPU, else 1; for metis: 4 // compiled batch)."),
+                          "sessions on a multi-core CPU, else 1; for metis: 4 // the cores one instance was compiled "
+                          "for, or one SDK 1.8 .axm model)."),
         click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
                      help="ONNX Runtime threads per instance (0: ONNX Runtime decides)."),
         click.option("--margin", type=click.IntRange(min=0), default=None, help="Patch halo in pixels each side (default 26: neighbours overlap by 52 px)."),
