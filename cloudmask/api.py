@@ -262,6 +262,8 @@ def mask_scene(
     classes: str = "all",
     postprocess: Any = None,
     device: Any = None,
+    precision: str = "auto",
+    calibration: str | Path | None = None,
 ) -> MaskResult:
     """Mask one scene into ``out`` exactly as ``cloudmask run`` does; returns the :class:`MaskResult`.
 
@@ -273,6 +275,8 @@ def mask_scene(
     ``postprocess``: post-processing options (:mod:`cloudmask.postprocess`: ``threshold``, ``buffer``,
     ``min_region``, ``scl``, ...), recorded in the item's ``cloudmask:postprocess`` and lineage.
     ``device``: a context manager held only while the scene streams (see :mod:`cloudmask.overlap`).
+    ``backend="openvino"`` takes ``precision`` (auto, f32, bf16, int8) and, for int8, ``calibration`` (a
+    calibration-set directory; default the real demo chips); ``result.extra["precision"]`` is what ran.
     """
     spec = scene_of(item, profile)
     out_dir = Path(out)
@@ -284,6 +288,7 @@ def mask_scene(
     result = mask_scene_spec(
         spec, out_dir, card, runners=runners, backend=backend, stream=cfg, reader=reader, cog=cog,
         resolution=resolution, progress=progress, classes=classes, postprocess=postprocess, device=device,
+        precision=precision, calibration=calibration,
     )
     if quicklook:
         result.extra["quicklook"] = quicklook_for_result(spec, result)
