@@ -168,6 +168,7 @@ def test_auto_precision_follows_the_cpu(tmp_path, caplog):
     assert has_bf16 or "reports no BF16" in caplog.text  # asked bf16 on a CPU without it: said so
 
 
+@pytest.mark.slow
 def test_int8_is_accepted_or_refused_by_its_agreement_and_cached(tmp_path, caplog, monkeypatch):
     """int8 on the real demo chips: kept when its masks agree with f32, refused loudly when not; the
     quantised model and its agreement are cached on disk (no second quantisation)."""
@@ -214,6 +215,7 @@ def test_compiled_once_per_process_and_cached_on_disk(tmp_path):
 
 # ------------------------------------------------------------------------------------- reported
 
+@pytest.mark.slow
 def test_item_and_stats_record_backend_and_precision(tmp_path):
     from click.testing import CliRunner
 
