@@ -162,13 +162,15 @@ def _pin(model: Any, card: ModelCard, batch: int, block: int | None) -> tuple[in
 # ------------------------------------------------------------------------------------------ calibration
 
 def _demo_patches(card: ModelCard) -> list[np.ndarray]:
-    """Normalised ``(C, P, P)`` patches of the real demo chips (at their 10 m), in the card's band order."""
+    """Normalised ``(C, P, P)`` patches of the real demo chips (at their 10 m), in the card's band order:
+    the windows of a ``P`` grid (the last row and column touching the far edges), at most half nodata."""
     import pystac
 
-    from ..metis.calibration import scene_patches
     from ..profiles import scene_spec
+    from ..reader import RasterSource
     from ..sample import demo_catalog
 
+    p = card.patch_size
     out: list[np.ndarray] = []
     for item in pystac.Catalog.from_file(str(demo_catalog())).get_items(recursive=True):
         spec = scene_spec(item)
@@ -178,9 +180,33 @@ def _demo_patches(card: ModelCard) -> list[np.ndarray]:
                 f"--precision int8 calibrates on real patches of model '{card.name}''s bands; the demo chips lack "
                 f"{', '.join(missing)}: build a calibration set (cloudmask metis calibration --model {card.name} "
                 "...) and pass it with --calibration DIR (job key calibration, API keyword calibration)")
-        out.extend(p.patch for p in scene_patches(spec, card, stride=card.patch_size, resolution=10.0)
-                   if p.nodata_fraction < 0.5)
+        geobox = spec.geobox(10.0)
+        h, w = geobox.shape
+        src = RasterSource(spec, card.bands, geobox)
+        try:
+            strip = src.read_rows(0, h)
+        finally:
+            src.close()
+        valid = ~np.isnan(strip).any(axis=0)
+        card.normalise(strip, out=strip)
+        strip[:, ~valid] = 0.0  # nodata as the engine feeds it
+        for r in sorted({*range(0, h - p + 1, p), h - p} if h >= p else ()):
+            for c in sorted({*range(0, w - p + 1, p), w - p} if w >= p else ()):
+                if valid[r:r + p, c:c + p].mean() >= 0.5:
+                    out.append(np.ascontiguousarray(strip[:, r:r + p, c:c + p]))
     return out
+
+
+def _load_set(directory: str | Path) -> list[np.ndarray]:
+    """The ``(1, C, H, W)`` arrays of a calibration set (``manifest.json`` + ``calib_*.npy``, as written by
+    :func:`cloudmask.metis.calibration.calibration_set`)."""
+    d = Path(directory)
+    try:
+        manifest = json.loads((d / "manifest.json").read_text())
+        return [np.load(d / item["file"]) for item in manifest["items"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{d} is not a readable calibration set ({err}); build one with "
+                          "cloudmask metis calibration") from err
 
 
 def calibration_patches(card: ModelCard, calibration: str | Path | None) -> tuple[list[np.ndarray], str]:
@@ -189,9 +215,7 @@ def calibration_patches(card: ModelCard, calibration: str | Path | None) -> tupl
         patches = _demo_patches(card)
         where = f"{len(patches)} patches of the real demo chips"
     else:
-        from ..metis.calibration import load_calibration
-
-        patches = [x[0] for _, x in load_calibration(calibration)]
+        patches = [x[0] for x in _load_set(calibration)]
         where = f"{len(patches)} patches of the calibration set {calibration}"
     if not patches:
         raise ConfigError(f"no calibration patches for model '{card.name}' ({where})")
