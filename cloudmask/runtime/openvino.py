@@ -121,8 +121,9 @@ def _read(card: ModelCard) -> Any:
     """The card's ONNX graph as an ``openvino.Model``; :class:`UnsupportedModel` when OpenVINO cannot read it."""
     if not Path(card.onnx_path).is_file():
         raise ModelError(f"model '{card.name}': no ONNX file at {card.onnx_path}")
+    c = core()  # a missing or broken openvino install is not the model's fault
     try:
-        return core().read_model(str(card.onnx_path))
+        return c.read_model(str(card.onnx_path))
     except Exception as err:  # openvino raises RuntimeError for unconverted ops
         first = str(err).strip().splitlines()
         why = next((ln.strip("- ") for ln in first if "No conversion rule" in ln), first[-1] if first else "")

@@ -9,9 +9,9 @@ patch's 256² windows; a first step quantises each model once (timed; cached on 
 ``int8`` is the shipped gate (refused below 99.5 % agreement with f32); ``int8-forced`` runs the quantised
 model whatever its agreement, to show what int8 would give. Usage::
 
-    flock /work/coord/bench.lock .venv/bin/python benchmarks/openvino.py --work benchmarks/work --res 30 10
+    flock /work/coord/bench.lock .venv/bin/python benchmarks/ov_backend.py --work benchmarks/work --res 30 10
 
-Writes ``--json`` (default ``benchmarks/openvino.json``) and prints a Markdown table.
+Writes ``--json`` (default ``benchmarks/ov_backend.json``) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def main() -> None:
     ap.add_argument("--cases-10m", default=None, help="cases at 10 m (default: --cases)")
     ap.add_argument("--repeat", type=int, default=2, help="rounds at 30 m (cases alternate); 1 at 10 m")
     ap.add_argument("--shared", type=Path, default=HERE.parents[1] / "shared")
-    ap.add_argument("--json", type=Path, default=HERE / "openvino.json")
+    ap.add_argument("--json", type=Path, default=HERE / "ov_backend.json")
     args = ap.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
