@@ -49,10 +49,19 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--model", default="auto", show_default=True,
                      help="Built-in model name (see `cloudmask models`), a model card, or an ONNX file with a card."),
-        click.option("--backend", type=click.Choice(["onnxruntime", "onnx", "emulated", "metis"]),
+        click.option("--backend", type=click.Choice(["onnxruntime", "onnx", "openvino", "emulated", "metis"]),
                      default="onnxruntime", show_default=True,
-                     help="Inference backend (onnx is short for onnxruntime).",
+                     help="Inference backend (onnx is short for onnxruntime; openvino: the CPU backend of "
+                          "s2-cloudmask[openvino], see --precision).",
                      callback=lambda _ctx, _p, v: "onnxruntime" if v == "onnx" else v),
+        click.option("--precision", type=click.Choice(["auto", "f32", "bf16", "int8"]), default="auto",
+                     show_default=True,
+                     help="With --backend openvino: auto (bf16 where the CPU has it, else f32), f32, bf16, or int8 "
+                          "(quantised on real patches; refused, with a warning, unless its masks agree with f32 "
+                          "on >= 99.5 %% of the calibration pixels)."),
+        click.option("--calibration", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+                     help="With --precision int8: a calibration set (`cloudmask metis calibration`); default: "
+                          "the real demo chips (4-band models)."),
         click.option("--latency-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
                      help="With --backend emulated: milliseconds per device call (an emulated accelerator that "
                           "computes nothing: measures whether this host keeps such a device busy)."),
@@ -64,7 +73,8 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "sessions on a multi-core CPU, else 1; for metis: 4 // the cores one instance was compiled "
                           "for, or one SDK 1.8 .axm model)."),
         click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="ONNX Runtime threads per instance (0: ONNX Runtime decides)."),
+                     help="ONNX Runtime or OpenVINO threads per instance (0: ONNX Runtime decides; OpenVINO: "
+                          "cores / instances)."),
         click.option("--margin", type=click.IntRange(min=0), default=None, help="Patch halo in pixels each side (default 26: neighbours overlap by 52 px)."),
         click.option("--blend", type=click.Choice(["tukey", "linear", "hard"]), default="tukey", show_default=True,
                      help="How overlapping patch predictions are merged across the halo: tukey (a cosine-tapered "
@@ -108,6 +118,7 @@ def _mask_all(
     average_over: int | None = None, dilation_size: int | None = None, buffer_m: float | None = None,
     min_region: int | None = None, scl: str | None = None, latency_ms: float = 0.0, stats_json: Path | None = None,
     reader: Any = None,
+    precision: str = "auto", calibration: Path | None = None,
 ) -> Any:
     """Mask ``specs`` into ``out`` (failures isolated, catalogue and summary always written).
 
@@ -119,7 +130,7 @@ def _mask_all(
     from ..errors import ConfigError
     from ..grid import max_margin
     from ..models import choose_model, load_model
-    from ..runtime import OrtConfig, make_runners
+    from ..runtime import OrtConfig, make_runners, ov_config
     from ..stream import StreamConfig
 
     cfg = StreamConfig(margin=StreamConfig.margin if margin is None else margin, blend=blend,  # type: ignore[arg-type]
@@ -133,6 +144,9 @@ def _mask_all(
     if latency_ms and backend != "emulated":
         raise ConfigError("--latency-ms applies to --backend emulated (an emulated device); drop it or add "
                           "--backend emulated")
+    if (precision != "auto" or calibration is not None) and backend != "openvino":
+        raise ConfigError("--precision and --calibration apply to --backend openvino; drop them or add "
+                          "--backend openvino")
     from ..batch import existing_output
     from ..overlap import DeviceClock, ScenePipeline
 
@@ -156,13 +170,20 @@ def _mask_all(
             if card.name not in runners_by_model:
                 runners_by_model[card.name] = clock.wrap(make_runners(
                     card, backend, instances=instances, latency_s=latency_ms / 1000.0,
-                    ort=OrtConfig(intra_op_threads=threads) if threads else None,
+                    ort=OrtConfig(intra_op_threads=threads) if threads and backend == "onnxruntime" else None,
+                    ov=ov_config(precision, calibration, threads) if backend == "openvino" else None,
                 ))
+                made = runners_by_model[card.name][0]
+                if backend == "openvino":  # the precision that runs (auto's choice, or int8 refused)
+                    note(f"model {card.name} runs on {getattr(made, 'backend', backend)} at "
+                         f"{getattr(made, 'precision', 'f32')} (asked {precision})", model=card.name,
+                         precision=getattr(made, "precision", None))
         with bar.scene(spec.id[:40]) as cb:
             res = mask_scene(spec, out, card, runners=runners_by_model[card.name], stream=cfg,
                              resolution=resolution, progress=cb, quicklook=quicklook, catalog=False, classes=classes,
                              postprocess=post, device=turn, reader=reader)
         scene_stats[spec.id] = {"scene": spec.id, "model": card.name, "turn": None if turn is None else turn.number,
+                                "backend": res.extra.get("backend", backend), "precision": res.extra.get("precision"),
                                 **res.stats.as_dict()}
         if show_stats:
             note(f"{escape_control(spec.id)}:\n{res.stats.table()}", scene=spec.id, stats=res.stats.as_dict(),

@@ -33,6 +33,7 @@ from ..profiles import scene_spec
 from ..quicklook import quicklook_for_result
 from ..reader import ReaderConfig
 from ..retry import RetryPolicy
+from ..runtime import ov_config
 from ..runtime.cache import cached_runners, runner_loads, runner_lock
 from ..stac.api import HttpPolicy
 from .spec import JobSpec
@@ -67,6 +68,8 @@ class TaskSettings:
     http: HttpPolicy | None = None  # time limits and retries of remote band reads (the spec's http_timeout)
     #: the run's token (:func:`~.state.check_lease`): nothing is published once that run lost the job's lock
     lease: str | None = None
+    precision: str = "auto"
+    calibration: str | None = None
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> TaskSettings:
@@ -74,7 +77,8 @@ class TaskSettings:
             out_dir=str(spec.output), model=spec.model, backend=spec.backend, resolution=spec.resolution,
             profile=spec.profile, margin=spec.margin, probabilities=spec.probabilities,
             quicklook=spec.quicklook, classes=spec.classes, postprocess=spec.postprocess, retries=spec.retries,
-            emulated_latency=spec.emulated_latency, http=spec.http_policy(),
+            emulated_latency=spec.emulated_latency, http=spec.http_policy(), precision=spec.precision,
+            calibration=None if spec.calibration is None else str(spec.calibration),
         )
 
 
@@ -96,14 +100,12 @@ class SceneOutcome:
 
 
 def _backend_version(backend: str) -> str:
-    if backend == "onnxruntime":
-        try:
-            import onnxruntime
+    from importlib import metadata
 
-            return str(onnxruntime.__version__)
-        except ImportError:  # pragma: no cover - declared dependency
-            return ""
-    return ""
+    try:
+        return metadata.version(backend) if backend in ("onnxruntime", "openvino") else ""
+    except metadata.PackageNotFoundError:  # pragma: no cover - declared dependency
+        return ""
 
 
 # ------------------------------------------------------------------------------------ one scene
@@ -141,15 +143,17 @@ def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[st
     """One attempt at one scene: the mask item (dict) and the summary row."""
     spec = scene_spec(pystac.Item.from_dict(dict(item)), settings.profile)
     card = choose_model(settings.model, spec)
-    runs = cached_runners(card, settings.backend, settings.emulated_latency)
+    ov = ov_config(settings.precision, settings.calibration)
+    runs = cached_runners(card, settings.backend, settings.emulated_latency, ov)
     stream = StreamConfig(margin=settings.margin, probabilities=settings.probabilities)
-    serial = runner_lock(card, settings.backend, settings.emulated_latency)
+    serial = runner_lock(card, settings.backend, settings.emulated_latency, ov)
     # a serial device is held only while the scene streams (not while its COG is finished)
     res = mask_scene_spec(spec, Path(settings.out_dir), card, runners=runs, stream=stream,
                           resolution=settings.resolution, classes=settings.classes,
                           postprocess=settings.postprocess, reader=ReaderConfig(http=settings.http),
                           device=serial if settings.backend in SERIAL_BACKENDS else None)
-    res.extra.update(backend=settings.backend, backend_version=_backend_version(settings.backend))
+    res.extra.setdefault("backend", settings.backend)  # what ran (a fallback to ONNX Runtime says so)
+    res.extra["backend_version"] = _backend_version(res.extra["backend"])
     if settings.quicklook:
         try:
             quicklook_for_result(spec, res)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..card import ModelCard
-from . import make_runners
+from . import OvConfig, make_runners
 from .base import Runner
 
 log = logging.getLogger(__name__)
@@ -26,18 +26,18 @@ _CACHE_LOCK = threading.Lock()
 LOADS: dict[str, int] = {}
 
 
-def _key(card: ModelCard, backend: str, latency: float) -> tuple[Any, ...]:
-    return (card.name, str(card.onnx_path), backend, float(latency))
+def _key(card: ModelCard, backend: str, latency: float, ov: OvConfig | None = None) -> tuple[Any, ...]:
+    return (card.name, str(card.onnx_path), backend, float(latency), ov)
 
 
-def cached_runners(card: ModelCard, backend: str, latency: float = 0.0) -> Sequence[Runner]:
-    """This process's runners for ``card`` on ``backend`` (``latency`` s for the emulated one), made on first
-    use (one model load per process). Thread-safe."""
-    key = _key(card, backend, latency)
+def cached_runners(card: ModelCard, backend: str, latency: float = 0.0, ov: OvConfig | None = None) -> Sequence[Runner]:
+    """This process's runners for ``card`` on ``backend`` (``latency`` s for the emulated one; ``ov``: OpenVINO's
+    precision and calibration), made on first use (one model load per process). Thread-safe."""
+    key = _key(card, backend, latency, ov)
     with _CACHE_LOCK:
         runs = _RUNNERS.get(key)
         if runs is None:
-            runs = make_runners(card, backend, latency_s=latency)
+            runs = make_runners(card, backend, latency_s=latency, ov=ov)
             _RUNNERS[key] = runs
             _RUNNER_LOCKS[key] = threading.Lock()
             name = f"{card.name}@{backend}"
@@ -46,9 +46,9 @@ def cached_runners(card: ModelCard, backend: str, latency: float = 0.0) -> Seque
         return runs
 
 
-def runner_lock(card: ModelCard, backend: str, latency: float = 0.0) -> threading.Lock:
+def runner_lock(card: ModelCard, backend: str, latency: float = 0.0, ov: OvConfig | None = None) -> threading.Lock:
     """The lock of the runners :func:`cached_runners` made for these arguments (call that first)."""
-    return _RUNNER_LOCKS[_key(card, backend, latency)]
+    return _RUNNER_LOCKS[_key(card, backend, latency, ov)]
 
 
 def runner_loads() -> dict[str, int]:
