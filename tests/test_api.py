@@ -98,6 +98,7 @@ def test_open_scene_bands_and_resolution(item):
     assert ds.rio.resolution() == (60.0, -60.0) and ds.sizes == {"y": 100, "x": 100}
 
 
+@pytest.mark.slow  # > 2 s in-process: CI runs it, `make test-fast` does not
 def test_predict_matches_the_pipeline_raster(predicted, reference, item, tmp_path):
     mask = predicted
     assert isinstance(mask, xr.DataArray) and mask.dtype == np.uint8 and mask.dims == ("y", "x")
@@ -114,6 +115,7 @@ def test_predict_matches_the_pipeline_raster(predicted, reference, item, tmp_pat
     assert set(np.unique(mask.values)) <= {0, 1, 2, 255} and (mask.values == 255).any()
 
 
+@pytest.mark.slow  # > 2 s in-process: CI runs it, `make test-fast` does not
 def test_predict_dataarray_with_band_dim_and_probabilities(item, predicted):
     ds = open_scene(item)
     arr = ds.to_dataarray("band")[::-1]  # band labels, in another order
@@ -129,6 +131,7 @@ def test_predict_dataarray_with_band_dim_and_probabilities(item, predicted):
     assert out["mask"].rio.transform() == ds.rio.transform()
 
 
+@pytest.mark.slow  # > 2 s in-process: CI runs it, `make test-fast` does not
 def test_predict_numpy_backed_and_time_stack(item, sample_items, predicted):
     ds = open_scene(item).load()  # numpy-backed
     np.testing.assert_array_equal(predict(ds).values, predicted.values)

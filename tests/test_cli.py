@@ -24,6 +24,7 @@ def test_models_lists_builtins(cli):
         assert name in res.output
 
 
+@pytest.mark.slow  # > 2 s in-process: CI runs it, `make test-fast` does not
 def test_demo_masks_every_scene(cli, tmp_path):
     out = tmp_path / "demo"
     res = cli.invoke(main, ["demo", "--out", str(out), "--sample-dir", str(tmp_path / "sample"),

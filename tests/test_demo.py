@@ -96,6 +96,7 @@ def _table(output: str) -> list[dict[str, str]]:
     return [dict(zip(cols, ln.split(), strict=False)) for ln in lines[head + 2:] if ln.startswith("ONCLOUDN_")]
 
 
+@pytest.mark.slow  # > 2 s in-process: CI runs it, `make test-fast` does not
 def test_demo_masks_the_real_chips(tmp_path: Path) -> None:
     """The issue's done-when: adxp >= 90 % cloud, akny mostly clear, >= 75 % agreement with the ensemble."""
     out = tmp_path / "demo"

@@ -189,6 +189,7 @@ def test_real_chips_iou_equals_an_independent_computation(demo_masks: Path) -> N
         assert s.overall_accuracy == pytest.approx((pred_cloud == ref).mean(), abs=1e-9)
 
 
+@pytest.mark.slow  # > 2 s in-process: CI runs it, `make test-fast` does not
 def test_ukis_patch_human_labels(tmp_path: Path) -> None:
     """The real ukis patch (human cloud + shadow labels) scored through files and the CLI's --json."""
     from cloudmask.inference import predict

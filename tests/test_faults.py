@@ -236,6 +236,7 @@ def test_job_sweeps_temporaries_of_killed_runs_including_gdal_overviews(sample_c
     assert _no_temporaries(out) == []
 
 
+@pytest.mark.slow  # > 2 s in-process: CI runs it, `make test-fast` does not
 def test_engine_stops_cleanly_when_a_device_fails_20_times(sample_items: list[pystac.Item]) -> None:
     """A device that fails mid-scene while the reader reads ahead on its own threads: every round ends
     with the device's error (no hang, no crash, no half-read strip closed under a read)."""

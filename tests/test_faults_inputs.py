@@ -282,6 +282,7 @@ def _reflectance(sample_items: list[pystac.Item]) -> np.ndarray:
         return np.moveaxis(src.read_rows(0, src.shape[0]), 0, -1)
 
 
+@pytest.mark.slow  # > 2 s in-process: CI runs it, `make test-fast` does not
 def test_predict_reads_integers_as_dn_and_refuses_what_cannot_be_reflectance(sample_items: list[pystac.Item]) -> None:
     import cloudmask
 
@@ -329,6 +330,7 @@ def _job(tmp_path: Path, stac: Path, **kw: Any) -> Any:
                            "retries": {"count": 0, "backoff": 0.05}, **kw})
 
 
+@pytest.mark.slow  # > 2 s in-process: CI runs it, `make test-fast` does not
 def test_changed_job_spec_remasks_same_spec_keeps(sample_catalog: Path, tmp_path: Path) -> None:
     from cloudmask.jobs import run_job
     from cloudmask.jobs.status import job_status

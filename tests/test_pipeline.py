@@ -122,6 +122,7 @@ def _iou(a, b, k):
     return ((a == k) & (b == k)).sum() / ((a == k) | (b == k)).sum()
 
 
+@pytest.mark.slow  # > 2 s in-process: CI runs it, `make test-fast` does not
 def test_real_patch_accuracy_and_agreement_with_csmask(real_patch):
     img, truth = real_patch
     mask = predict(img, model="ukis-6b-l1c")
@@ -134,6 +135,7 @@ def test_real_patch_accuracy_and_agreement_with_csmask(real_patch):
     assert (mask == ref.csm[..., 0]).mean() >= 0.97
 
 
+@pytest.mark.slow  # > 2 s in-process: CI runs it, `make test-fast` does not
 def test_predict_array_same_as_predict(real_patch):
     img, _ = real_patch
     a = predict(img[:300, :300], model="ukis-4b-l1c", bands=["blue", "green", "red", "nir", "swir16", "swir22"])

@@ -44,6 +44,7 @@ def test_predict_warns_when_resolution_differs(items: list[pystac.Item], caplog)
     assert not [r for r in caplog.records if "trained at" in r.getMessage()]
 
 
+@pytest.mark.slow  # > 2 s in-process: CI runs it, `make test-fast` does not
 def test_predict_on_dask_input_is_lazy_and_equals_eager(items: list[pystac.Item]) -> None:
     ds = cloudmask.open_scene(items[1], "ukis-4b-l2a")
     lazy = cloudmask.predict(ds)

@@ -87,6 +87,7 @@ def test_card_checks_still_run_on_a_cache_hit(cache: Path, monkeypatch: pytest.M
     assert "the ONNX input has 6 channels but the card lists 4 bands" in str(warm.value)
 
 
+@pytest.mark.slow  # > 2 s in-process: CI runs it, `make test-fast` does not
 def test_corrupt_cache_entry_is_rebuilt(cache: Path) -> None:
     card = load_model("ukis-6b-l2a")
     first = OnnxRunner(card)

@@ -12,6 +12,7 @@ import copy
 
 import numpy as np
 import pystac
+import pytest
 import rasterio
 from click.testing import CliRunner
 
@@ -62,6 +63,7 @@ def as_planetary_computer(d: dict) -> dict:
     return d
 
 
+@pytest.mark.slow  # > 2 s in-process: CI runs it, `make test-fast` does not
 def test_three_layouts_give_identical_masks(sample_items, tmp_path):
     base = _absolute(sample_items[1])  # the scene with a nodata wedge
     layouts = {"c1": base, "es-l2a": as_earth_search_l2a(base), "pc": as_planetary_computer(base)}

@@ -130,6 +130,7 @@ def test_run_output_validates(tmp_path, sample_catalog):
     assert {"mask", "probabilities", "quicklook"} <= set(item["assets"])
 
 
+@pytest.mark.slow  # > 2 s in-process: CI runs it, `make test-fast` does not
 def test_demo_output_validates(tmp_path):
     from cloudmask.cli import main
 
