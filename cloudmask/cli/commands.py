@@ -106,7 +106,7 @@ def _mask_all(
     from ..errors import ConfigError
     from ..grid import max_margin
     from ..models import choose_model, load_model
-    from ..runtime import OrtConfig, make_runners
+    from ..runtime.pool import RunnerPool, held
     from ..stream import StreamConfig
 
     cfg = StreamConfig(margin=StreamConfig.margin if margin is None else margin, blend=blend,  # type: ignore[arg-type]
@@ -125,9 +125,10 @@ def _mask_all(
 
     clock = DeviceClock()
     scene_stats: dict[str, dict[str, Any]] = {}
-    runners_lock = threading.Lock()
+    pool = RunnerPool()  # this batch's runners, loaded once, closed when it ends
+    timed: dict[Any, Any] = {}  # lease key -> its runners wrapped by the device clock
+    timed_lock = threading.Lock()
     show = sys.stderr.isatty() if progress is None else progress
-    runners_by_model: dict[str, Any] = {}
 
     fixed = None if model == "auto" else load_model(model)  # resolved once; "auto" depends on the scene
 
@@ -139,16 +140,15 @@ def _mask_all(
         if card.kind == "segmentation" and cfg.margin > max_margin(card.patch_size) and margin is not None:
             raise ConfigError(f"--margin {cfg.margin} is too wide for {card.name}'s {card.patch_size}-px patches: "
                               f"use at most {max_margin(card.patch_size)} (the core must be as wide as the halo)")
-        with runners_lock:
-            if card.name not in runners_by_model:
-                runners_by_model[card.name] = clock.wrap(make_runners(
-                    card, backend, instances=instances, latency_s=latency_ms / 1000.0,
-                    ort=OrtConfig(intra_op_threads=threads) if threads else None,
-                ))
+        lease = pool.lease(card, backend, instances=instances, threads=threads, latency_s=latency_ms / 1000.0)
+        with timed_lock:
+            if lease.key not in timed:
+                timed[lease.key] = clock.wrap(lease.runners)
         with bar.scene(spec.id[:40]) as cb:
-            res = mask_scene(spec, out, card, runners=runners_by_model[card.name], stream=cfg,
+            # the device turn keeps scenes in order; the lease makes the runners this scene's alone
+            res = mask_scene(spec, out, card, runners=timed[lease.key], stream=cfg,
                              resolution=resolution, progress=cb, quicklook=quicklook, catalog=False, classes=classes,
-                             postprocess=post, device=turn, reader=reader)
+                             postprocess=post, device=held(turn, lease), reader=reader)
         scene_stats[spec.id] = {"scene": spec.id, "model": card.name, "turn": None if turn is None else turn.number,
                                 **res.stats.as_dict()}
         if show_stats:
@@ -195,9 +195,7 @@ def _mask_all(
             report = mask_many(specs, out, scenes, keep=keep if skip_existing else None, failed=failed,
                                on_row=on_row)
     finally:
-        for runs in runners_by_model.values():
-            for r in runs:
-                r.close()
+        pool.close()
         if stats_json is not None:
             _write_stats(stats_json, scene_stats, clock)
     return report

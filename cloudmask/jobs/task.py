@@ -4,7 +4,7 @@
 It writes the mask into the output directory (atomically, see :class:`~cloudmask.writer.CogSink`) and
 returns a :class:`SceneOutcome` with the mask's STAC item; only the driver (:mod:`.run`) writes items,
 the journal, the catalogue and the summary. Each process loads a model once
-(:func:`cloudmask.runtime.cache.cached_runners`).
+(:func:`cloudmask.runtime.pool.process_pool`) and a scene calls it only while it holds the runners' lease.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ..profiles import scene_spec
 from ..quicklook import quicklook_for_result
 from ..reader import ReaderConfig
 from ..retry import RetryPolicy
-from ..runtime.cache import cached_runners, runner_loads, runner_lock
+from ..runtime.pool import process_pool, runner_loads
 from ..stac.api import HttpPolicy
 from .spec import JobSpec
 
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 #: Failures worth another attempt: remote reads, catalogue hiccups, I/O errors.
 TRANSIENT: tuple[type[BaseException], ...] = (ReadError, CatalogUnreachableError, WriteError, OSError)
-#: Backends whose runners must not be shared by concurrent scenes.
+#: Backends on which a second scene in flight does not pay (one device): the local executor keeps two.
 SERIAL_BACKENDS = frozenset({"metis"})
 
 # ----------------------------------------------------------------------------------------- settings
@@ -133,14 +133,13 @@ def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[st
     """One attempt at one scene: the mask item (dict) and the summary row."""
     spec = scene_spec(pystac.Item.from_dict(dict(item)), settings.profile)
     card = choose_model(settings.model, spec)
-    runs = cached_runners(card, settings.backend, settings.emulated_latency)
+    lease = process_pool().lease(card, settings.backend, latency_s=settings.emulated_latency)
     stream = StreamConfig(margin=settings.margin, probabilities=settings.probabilities)
-    serial = runner_lock(card, settings.backend, settings.emulated_latency)
-    # a serial device is held only while the scene streams (not while its COG is finished)
-    res = mask_scene_spec(spec, Path(settings.out_dir), card, runners=runs, stream=stream,
+    # the runners are this scene's only while it streams (not while it opens or finishes its COG)
+    res = mask_scene_spec(spec, Path(settings.out_dir), card, runners=lease.runners, stream=stream,
                           resolution=settings.resolution, classes=settings.classes,
                           postprocess=settings.postprocess, reader=ReaderConfig(http=settings.http),
-                          device=serial if settings.backend in SERIAL_BACKENDS else None)
+                          device=lease)
     res.extra.update(backend=settings.backend, backend_version=_backend_version(settings.backend))
     if settings.quicklook:
         try:
