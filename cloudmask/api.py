@@ -36,7 +36,7 @@ from .models import ModelCard, choose_model
 from .output_catalog import mask_item, update_output_catalog, write_item
 from .pipeline import MaskResult, mask_scene_spec
 from .profiles import scene_spec
-from .quicklook import quicklook_for_result
+from .quicklook import quicklook_or_note
 from .reader import RasterSource, ReaderConfig
 from .scene import SceneSpec
 from .stac import search as _search
@@ -296,8 +296,8 @@ def mask_scene(
         spec, out_dir, card, runners=runners, backend=backend, stream=cfg, reader=reader, cog=cog,
         resolution=resolution, progress=progress, classes=classes, postprocess=postprocess, device=device,
     )
-    if quicklook:
-        result.extra["quicklook"] = quicklook_for_result(spec, result)
+    if quicklook:  # a quicklook that cannot be written fails the scene; one that cannot be drawn is noted
+        quicklook_or_note(spec, result)
     result.extra["item"] = write_item(out_dir, mask_item(spec, result))
     if catalog:
         result.extra["catalog"] = update_output_catalog(out_dir)

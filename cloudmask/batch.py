@@ -12,17 +12,18 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import atomic
+from . import atomic, retry
 from .errors import CloudmaskError, ConfigError, ModelError, SceneFailuresError, WriteError
 from .jobs.state import check_done
 from .layout import rows_relative_to
 from .output_catalog import update_output_catalog
 from .profiles import scene_spec
+from .retry import TRANSIENT, RetryPolicy
 from .scene import SceneSpec
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def mask_many(
     write_catalog: Callable[[Path], Path] | None = None,
     failed: Sequence[dict[str, Any]] = (),
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    attempts: Mapping[str, int] | None = None,
 ) -> BatchReport:
     """Mask ``specs`` with ``mask_one`` (scene -> summary row); isolate failures; catalogue + summary.
 
@@ -122,15 +124,15 @@ def mask_many(
             else:
                 log.exception("scene %s failed unexpectedly: %s", spec.id, err)
             add({"scene": spec.id, "status": "failed", "error": str(err), "error_type": type(err).__name__,
-                 "seconds": round(time.perf_counter() - t0, 2)})
+                 "seconds": round(time.perf_counter() - t0, 2), "attempts": (attempts or {}).get(spec.id, 1)})
             if atomic.is_no_space(err):
                 fatal = err if isinstance(err, WriteError) else atomic.write_error(err, out)
                 break
             continue
-        add({**row, "status": "done"})
+        add({**row, "status": "done", "attempts": (attempts or {}).get(spec.id, 1)})
     try:
         report.catalog = _catalog(out, write_catalog, report)
-        report.summary = write_summary(out, report.rows)
+        report.summary = write_summary(out, report.rows)[0]
     except (CloudmaskError, OSError) as err:
         if fatal is None:
             raise err if isinstance(err, CloudmaskError) else atomic.write_error(err, out) from err
@@ -138,6 +140,25 @@ def mask_many(
     if fatal is not None:
         raise fatal
     return report
+
+
+def with_retries(mask_one: Callable[..., dict[str, Any]], policy: RetryPolicy,
+                 attempts: dict[str, int]) -> Callable[..., dict[str, Any]]:
+    """``mask_one(spec, *args)`` retried under ``policy`` on a transient failure (:data:`cloudmask.retry.TRANSIENT`,
+    the rule jobs use); the attempts made per scene id go into ``attempts``. The user's settings
+    (:class:`ConfigError`, :class:`ModelError`) are never retried."""
+
+    def call(spec: SceneSpec, *args: Any) -> dict[str, Any]:
+        attempts[spec.id] = 0
+
+        def once() -> dict[str, Any]:
+            attempts[spec.id] += 1
+            return mask_one(spec, *args)
+
+        return retry.call(once, policy, lambda e: isinstance(e, TRANSIENT) and not isinstance(e, ConfigError | ModelError),
+                          f"scene {spec.id}")
+
+    return call
 
 
 def _catalog(out: Path, write_catalog: Callable[[Path], Path] | None, report: BatchReport) -> Path | None:
@@ -204,12 +225,44 @@ def specs_of(items: Iterable[Any], profile: str | None = None) -> tuple[list[Sce
     return specs, failed
 
 
-def write_summary(out: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    """``summary.json`` in ``out``: counts by status and one row per scene (written atomically; mask
-    paths relative to ``out``)."""
+#: The columns of ``summary.csv`` (every batch: ``run``, ``demo``, ``job run``).
+SUMMARY_COLUMNS = ("scene", "status", "cloud", "shadow", "thin_cloud", "snow", "clear", "nodata", "seconds", "attempts",
+                   "mask", "error")
+
+
+def write_summary(out: Path, rows: Sequence[dict[str, Any]], *, job: str | None = None,
+                  run: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """``summary.json`` and ``summary.csv`` in ``out``, the one schema of ``run``, ``demo`` and ``job run``
+    (written atomically; mask paths relative to ``out``).
+
+    ``summary.json``: ``job`` (its name, or null), ``finished`` (ISO time), ``found``/``done``/``skipped``/
+    ``failed`` (this run's scenes by status), ``run`` (this run's counters: found, skipped, processed, failed,
+    pushed, removed_temporaries, seconds), ``rows`` (this run's scenes, one row each) and ``scenes`` (every
+    scene of the output folder: the masks in its catalogue, then this run's failures). ``summary.csv``:
+    the ``scenes`` rows (:data:`SUMMARY_COLUMNS` and ``run``: this | earlier).
+    """
+    import csv
+
+    from .jobs.state import catalogue_rows, now_iso
+
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    doc = {"scenes": len(rows), **{k: counts.get(k, 0) for k in ("done", "skipped", "failed")},
-           "rows": rows_relative_to(out, list(rows))}  # mask paths relative to the output folder
-    return atomic.write_text(Path(out) / "summary.json", json.dumps(doc, indent=1, default=str))
+    this = {r["scene"] for r in rows if r["status"] == "done"}
+    on_disk = catalogue_rows(Path(out)) if (Path(out) / "items").is_dir() else []
+    scenes = [{**r, "run": "this" if r["scene"] in this else "earlier"} for r in on_disk]
+    scenes += [{**r, "run": "this"} for r in rows if r["status"] == "failed"]
+    counters = {"found": len(rows), "skipped": counts.get("skipped", 0), "processed": counts.get("done", 0),
+                "failed": counts.get("failed", 0), "pushed": 0, "removed_temporaries": 0, "seconds": 0.0,
+                **(run or {})}
+    doc = {"job": job, "finished": now_iso(), "found": len(rows),
+           **{k: counts.get(k, 0) for k in ("done", "skipped", "failed")}, "run": counters,
+           "rows": rows_relative_to(out, list(rows)), "scenes": rows_relative_to(out, scenes)}
+    jpath, cpath = Path(out) / "summary.json", Path(out) / "summary.csv"
+    atomic.write_text(jpath, json.dumps(doc, indent=1, default=str))
+    with atomic.atomic_path(cpath) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*SUMMARY_COLUMNS, "run"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows_relative_to(out, scenes))
+    return jpath, cpath
+

@@ -78,6 +78,9 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Grow cloud and shadow by this many metres (only into clear pixels)."),
         click.option("--min-region", type=click.IntRange(min=0), default=None,
                      help="Cloud/shadow/thin-cloud/snow regions smaller than this many pixels become clear."),
+        click.option("--retries", type=click.IntRange(0, 100), default=0, show_default=True,
+                     help="Attempts more for a scene whose read or write fails (a transient error), waiting 5 s, "
+                          "then twice as long each time (a job's [retries] count)."),
         click.option("--scl", type=click.Choice(["fill", "veto"]), default=None,
                      help="Merge with the item's L2A SCL: fill clear pixels with its cloud/shadow/snow, or veto "
                           "cloud/shadow where it says vegetation, soil, water or snow."),
@@ -94,7 +97,7 @@ def _mask_all(
     classes: str = "all", threshold: float | None = None, class_thresholds: Sequence[str] = (),
     average_over: int | None = None, dilation_size: int | None = None, buffer_m: float | None = None,
     min_region: int | None = None, scl: str | None = None, latency_ms: float = 0.0, stats_json: Path | None = None,
-    reader: Any = None,
+    reader: Any = None, retries: int = 0,
 ) -> Any:
     """Mask ``specs`` into ``out`` (failures isolated, catalogue and summary always written).
 
@@ -102,10 +105,11 @@ def _mask_all(
     and its first rows read while one streams, and a finished one's COG, quicklook and item are
     written while the next streams."""
     from ..api import mask_scene
-    from ..batch import mask_many
+    from ..batch import mask_many, with_retries
     from ..errors import ConfigError
     from ..grid import max_margin
     from ..models import choose_model, load_model
+    from ..retry import RetryPolicy
     from ..runtime.pool import RunnerPool, held
     from ..stream import StreamConfig
 
@@ -191,9 +195,11 @@ def _mask_all(
         return skip_existing and keep(spec) is not None
 
     try:
-        with BatchProgress(len(specs), show) as bar, ScenePipeline(specs, mask_one, skip=skip, clock=clock) as scenes:
+        attempts: dict[str, int] = {}
+        retried = with_retries(mask_one, RetryPolicy(count=retries), attempts)
+        with BatchProgress(len(specs), show) as bar, ScenePipeline(specs, retried, skip=skip, clock=clock) as scenes:
             report = mask_many(specs, out, scenes, keep=keep if skip_existing else None, failed=failed,
-                               on_row=on_row)
+                               on_row=on_row, attempts=attempts)
     finally:
         pool.close()
         if stats_json is not None:

@@ -20,25 +20,22 @@ from typing import Any
 
 import pystac
 
-from .. import atomic, retry
+from .. import retry
 from ..engine import StreamConfig
-from ..errors import CatalogUnreachableError, CloudmaskError, ReadError, WriteError
-from ..layout import OutputPaths
+from ..errors import CloudmaskError
 from ..models import choose_model
 from ..output_catalog import mask_item
 from ..pipeline import mask_scene_spec
 from ..profiles import scene_spec
-from ..quicklook import quicklook_for_result
+from ..quicklook import quicklook_or_note
 from ..reader import ReaderConfig
-from ..retry import RetryPolicy
+from ..retry import TRANSIENT, RetryPolicy
 from ..runtime.pool import process_pool, runner_loads
 from ..stac.api import HttpPolicy
 from .spec import JobSpec
 
 log = logging.getLogger(__name__)
 
-#: Failures worth another attempt: remote reads, catalogue hiccups, I/O errors.
-TRANSIENT: tuple[type[BaseException], ...] = (ReadError, CatalogUnreachableError, WriteError, OSError)
 #: Backends on which a second scene in flight does not pay (one device): the local executor keeps two.
 SERIAL_BACKENDS = frozenset({"metis"})
 
@@ -142,15 +139,7 @@ def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[st
                           device=lease)
     res.extra.update(backend=settings.backend, backend_version=_backend_version(settings.backend))
     if settings.quicklook:
-        try:
-            quicklook_for_result(spec, res)
-        except WriteError:
-            raise  # a full disk or an unwritable place: the scene is not done (the next run makes it)
-        except OSError as err:
-            raise atomic.write_error(err, OutputPaths.of_mask(res.mask).quicklook) from err
-        except Exception as err:  # noqa: BLE001 - a quicklook this scene cannot have: done without it, said so
-            log.warning("no quicklook for %s: %s", item.get("id"), err)
-            res.extra["quicklook_error"] = describe_error(err)
+        quicklook_or_note(spec, res)  # the policy of every batch: unwritable fails, undrawable is noted
     doc = mask_item(spec, res).to_dict(include_self_link=False, transform_hrefs=False)
     return doc, {**res.row(), "model": card.name}
 
