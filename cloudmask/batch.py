@@ -266,3 +266,94 @@ def write_summary(out: Path, rows: Sequence[dict[str, Any]], *, job: str | None 
         w.writerows(rows_relative_to(out, scenes))
     return jpath, cpath
 
+
+
+class BatchRunner:
+    """The scene loop of ``run`` and ``demo``: :class:`~cloudmask.options.MaskOptions` applied to many scenes.
+
+    Each scene's :class:`~cloudmask.options.MaskPlan` is worked out once; finished scenes are kept
+    (``skip_existing``: :func:`existing_output`, the done rule jobs use); scenes overlap on the device
+    (:class:`~cloudmask.overlap.ScenePipeline`: one streams while the next opens and the one before
+    finishes its COG, quicklook and item) and call the runners only while they hold their lease
+    (:class:`~cloudmask.runtime.pool.RunnerPool`, this batch's, closed when it ends); a transient failure
+    is retried (``options.retries``); every scene's outcome becomes a row of :func:`mask_many`'s report.
+
+    Hooks (all optional): ``on_row(row)`` per row, ``scene_progress(scene_id)`` a context manager giving
+    the scene's ``progress(done, total)`` callback, ``on_result(spec, result)`` per masked scene.
+    """
+
+    def __init__(self, options: Any, out: Path, *, skip_existing: bool = False,
+                 on_row: Callable[[dict[str, Any]], None] | None = None,
+                 scene_progress: Callable[[str], Any] | None = None,
+                 on_result: Callable[[SceneSpec, Any], None] | None = None) -> None:
+        import threading
+
+        from .models import load_model
+        from .overlap import DeviceClock
+
+        self.options, self.out, self.skip_existing = options, Path(out), skip_existing
+        self.on_row, self.scene_progress, self.on_result = on_row, scene_progress, on_result
+        self.clock = DeviceClock()
+        self.stats: dict[str, dict[str, Any]] = {}  # scene id -> its stats and device turn
+        self.attempts: dict[str, int] = {}
+        self._fixed = None if options.model == "auto" else load_model(options.model)  # "auto" is per scene
+        self._plans: dict[str, Any] = {}
+        self._kept: dict[str, dict[str, Any] | None] = {}  # scene id -> the finished output kept (checksummed once)
+        self._timed: dict[Any, Any] = {}  # lease key -> its runners timed by the device clock
+        self._lock = threading.Lock()
+
+    def plan(self, spec: SceneSpec) -> Any:
+        """The scene's :class:`~cloudmask.options.MaskPlan` (made once)."""
+        from .options import MaskPlan
+
+        if spec.id not in self._plans:
+            self._plans[spec.id] = MaskPlan.for_scene(self.options, spec, self._fixed)
+        return self._plans[spec.id]
+
+    def kept(self, spec: SceneSpec) -> dict[str, Any] | None:
+        """The row of the scene's finished output when it is done under these options, else None."""
+        if spec.id not in self._kept:
+            plan = self.plan(spec)
+            self._kept[spec.id] = existing_output(self.out, spec, plan.card.name, plan.class_table,
+                                                  recipe=plan.recipe, outputs=plan.outputs)
+        return self._kept[spec.id]
+
+    def skip(self, spec: SceneSpec) -> bool:
+        return self.skip_existing and self.kept(spec) is not None
+
+    def mask_one(self, spec: SceneSpec, turn: Any = None) -> dict[str, Any]:
+        """Mask one scene (outputs, quicklook, item): its summary row. ``turn``: its device turn, held while
+        it streams, with the runners' lease."""
+        import contextlib
+
+        from .api import mask_scene
+        from .runtime.pool import held
+
+        o, plan = self.options, self.plan(spec)
+        lease = self.pool.lease(plan.card, o.backend, instances=o.instances, threads=o.threads, latency_s=o.latency_s)
+        with self._lock:
+            if lease.key not in self._timed:
+                self._timed[lease.key] = self.clock.wrap(lease.runners)
+        progress = self.scene_progress(spec.id[:40]) if self.scene_progress else contextlib.nullcontext()
+        with progress as cb:
+            res = mask_scene(spec, self.out, plan.card, runners=self._timed[lease.key], stream=plan.stream,
+                             resolution=o.resolution, progress=cb, quicklook=o.quicklook, catalog=False,
+                             classes=o.classes, postprocess=dict(o.postprocess) if o.postprocess else None,
+                             device=held(turn, lease), reader=o.reader())
+        self.stats[spec.id] = {"scene": spec.id, "model": plan.card.name,
+                               "turn": None if turn is None else turn.number, **res.stats.as_dict()}
+        if self.on_result is not None:
+            self.on_result(spec, res)
+        return {**res.row(), "model": plan.card.name, "res_m": plan.resolution}
+
+    def run(self, specs: Sequence[SceneSpec], failed: Sequence[dict[str, Any]] = ()) -> BatchReport:
+        """Mask ``specs`` into the output folder (:func:`mask_many`: failures isolated, catalogue and summary
+        always written); ``failed``: rows of scenes that failed before masking."""
+        from .overlap import ScenePipeline
+        from .runtime.pool import RunnerPool
+
+        with RunnerPool() as self.pool:  # this batch's runners, loaded once, closed when it ends
+            retried = with_retries(self.mask_one, self.options.retries, self.attempts)
+            with ScenePipeline(specs, retried, skip=self.skip, clock=self.clock) as scenes:
+                return mask_many(specs, self.out, scenes, keep=self.kept if self.skip_existing else None,
+                                 failed=failed, on_row=self.on_row, attempts=self.attempts)

@@ -223,7 +223,7 @@ def test_job_spec_carries_postprocess(tmp_path):
     spec = spec_from_dict({"stac": "catalog.json", "output": "out", "postprocess": {"threshold": 0.4, "buffer": 30}},
                           base=tmp_path)
     assert spec.postprocess == {"threshold": 0.4, "buffer": 30}
-    assert TaskSettings.from_spec(spec).postprocess == {"threshold": 0.4, "buffer": 30}
+    assert TaskSettings.from_spec(spec).options.postprocess == {"threshold": 0.4, "buffer": 30}
     with pytest.raises(ConfigError, match="postprocess: unknown post-processing option"):
         spec_from_dict({"stac": "catalog.json", "output": "out", "postprocess": {"blur": 1}}, base=tmp_path)
 

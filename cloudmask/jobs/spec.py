@@ -78,7 +78,7 @@ class JobSpec:
     classes: str = "all"  # or "cloud-shadow": fold thin cloud/snow onto the three-class contract
     #: post-processing options (cloudmask.postprocess: threshold, buffer, min_region, scl, ...)
     postprocess: dict[str, Any] | None = None
-    margin: int = 26
+    margin: int | None = None  # patch halo, pixels each side (None: the engine's 26)
     push_to: str | None = None
     public_url: str | None = None
     scheduler: str | None = None
