@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import WriteError
+from .interrupt import check_publish
 
 #: Temporaries of this package (group 1: the pid that wrote them), GDAL's overview temporaries included.
 TEMP_PATTERNS = (
@@ -79,6 +80,7 @@ def atomic_path(final: Path | str) -> Iterator[Path]:
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
+        check_publish()  # a job task whose lease is gone publishes nothing
         os.replace(tmp, final)
     except OSError as err:
         raise write_error(err, final) from err

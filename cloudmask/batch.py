@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic, retry
-from .errors import CloudmaskError, ConfigError, ModelError, SceneFailuresError, WriteError
+from .errors import CloudmaskError, ConfigError, ItemLayoutError, ModelError, SceneFailuresError, WriteError
 from .jobs.state import check_done
 from .layout import rows_relative_to
 from .output_catalog import update_output_catalog
 from .profiles import scene_spec
 from .retry import TRANSIENT, RetryPolicy
 from .scene import SceneSpec
+from .writer import restore_category_names
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,10 @@ def existing_output(out: Path, spec: SceneSpec, model: str, classes: str | None 
     given ``recipe`` (:func:`cloudmask.pipeline.scene_fingerprint`) it was made with the same settings,
     and every asset in ``outputs`` (``quicklook``, ``probabilities``) exists.
     """
-    check = check_done(out, spec.id, recipe=recipe, outputs=outputs)
+    try:
+        check = check_done(out, spec.id, recipe=recipe, outputs=outputs)
+    except ItemLayoutError:  # an id that gives no file name: the scene fails alone when it is masked
+        return None
     if not check.done or check.item_path is None:
         return None
     doc = json.loads(check.item_path.read_text())
@@ -70,8 +74,9 @@ def existing_output(out: Path, spec: SceneSpec, model: str, classes: str | None 
         return None
     if classes is not None and props.get("cloudmask:classes") not in (None, classes):
         return None
-    return {"scene": spec.id, "status": "skipped", "model": model,
-            "mask": str((check.item_path.parent / doc["assets"]["mask"]["href"]).resolve())}
+    mask = (check.item_path.parent / doc["assets"]["mask"]["href"]).resolve()
+    restore_category_names(mask)  # a kept mask gets its category sidecar back if it was deleted
+    return {"scene": spec.id, "status": "skipped", "model": model, "mask": str(mask)}
 
 
 def mask_many(
@@ -352,6 +357,10 @@ class BatchRunner:
         from .overlap import ScenePipeline
         from .runtime.pool import RunnerPool
 
+        if self.skip_existing:  # resuming: what killed runs left behind goes (writers whose pid is not alive)
+            from .jobs.state import clean_temporaries
+
+            clean_temporaries(self.out)
         with RunnerPool() as self.pool:  # this batch's runners, loaded once, closed when it ends
             retried = with_retries(self.mask_one, self.options.retries, self.attempts)
             with ScenePipeline(specs, retried, skip=self.skip, clock=self.clock) as scenes:

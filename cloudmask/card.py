@@ -369,8 +369,37 @@ def graph_output_op(onnx_path: Path) -> str | None:
     return next((n.op_type for n in model.graph.node if out in n.output), None)
 
 
+def graph_output_size(onnx_path: Path, n_bands: int, patch: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """``(input (H, W), output (H, W))`` of the graph's first input and output, pixels, by ONNX shape
+    inference for one ``n_bands`` x ``patch`` x ``patch`` patch where the graph leaves them open;
+    ``None`` when inference cannot tell."""
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+        inits = {t.name for t in model.graph.initializer}
+        inputs = [i for i in model.graph.input if i.name not in inits]
+        if not inputs or not model.graph.output:
+            return None
+        dims = inputs[0].type.tensor_type.shape.dim
+        if len(dims) != 4:
+            return None
+        for d, value in zip(dims, (1, n_bands, patch, patch), strict=True):
+            if not d.dim_value:  # symbolic or unknown: inferred for one patch
+                d.dim_value = value
+        size_in = (int(dims[2].dim_value), int(dims[3].dim_value))
+        out = onnx.shape_inference.infer_shapes(model).graph.output[0].type.tensor_type.shape.dim
+    except Exception:  # noqa: BLE001 - inference is best effort; the runtime checks again
+        return None
+    if len(out) != 4 or not out[2].dim_value or not out[3].dim_value:
+        return None
+    return size_in, (int(out[2].dim_value), int(out[3].dim_value))
+
+
 def check_graph(card: ModelCard, source: str | None = None) -> None:
-    """Refuse a card whose ``classes`` do not name every output channel of its ONNX graph."""
+    """Refuse a card whose ``classes`` do not name every output channel of its ONNX graph, or a segmentation
+    model whose output is not as large as its input (valid convolutions: 256 -> 254)."""
+    where = source or f"model card {card.name!r}"
     channels = graph_output_channels(card.onnx_path)
     stack = card.extra.get("patches_per_call") if card.kind == "patch-classifier" else None
     if channels is not None and isinstance(stack, int) and stack > 1:  # patch-stacked: [1, k*K, 1, 1]
@@ -382,7 +411,17 @@ def check_graph(card: ModelCard, source: str | None = None) -> None:
         return
     if channels is not None and channels != len(card.classes):
         raise ModelCardError(
-            f"{source or f'model card {card.name!r}'}: the ONNX output has {channels} channels but the card "
+            f"{where}: the ONNX output has {channels} channels but the card "
             f"lists {len(card.classes)} classes {list(card.classes)}; list one class per output channel in "
             f"'classes' (several channels may name the same class, e.g. [clear, cloud, cloud, shadow])"
+        )
+    if card.kind != "segmentation":
+        return
+    sizes = graph_output_size(card.onnx_path, card.n_bands, card.patch_size)
+    if sizes is not None and sizes[0] != sizes[1]:
+        (ih, iw), (oh, ow) = sizes
+        raise ModelCardError(
+            f"{where}: the ONNX graph turns a {ih}x{iw} input into a {oh}x{ow} output; a segmentation model must "
+            "score every input pixel (output as large as its input): export it with 'same' padding, or crop or "
+            "pad its output to the input size"
         )

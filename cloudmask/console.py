@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import shutil
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -79,13 +81,31 @@ class _Once(logging.Filter):
         return True
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_control(text: str) -> str:
+    """``text`` with control characters (newline, carriage return, ESC ...) written as escapes (``\\n``),
+    so that a value inside a message (an item id, an error) cannot start a forged line."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _escaped_message(record: logging.LogRecord) -> str:
+    """The record's message, escaped; a note logged with ``multiline=True`` keeps its own line breaks."""
+    msg = record.getMessage()
+    if getattr(record, "multiline", False):
+        return "\n".join(escape_control(line) for line in msg.split("\n"))
+    return escape_control(msg)
+
+
 class _PlainFormatter(logging.Formatter):
-    """Lines a person reads (notes, per-scene results) bare; warnings and errors with level and logger."""
+    """Lines a person reads (notes, per-scene results) bare; warnings and errors with level and logger;
+    control characters escaped."""
 
     def format(self, record: logging.LogRecord) -> str:
         if record.levelno == NOTE or getattr(record, "event", None) is not None:
-            return record.getMessage()
-        return f"{record.levelname.lower()}: {record.getMessage()} [{record.name}]"
+            return _escaped_message(record)
+        return f"{record.levelname.lower()}: {_escaped_message(record)} [{record.name}]"
 
 
 #: The keys of every JSON log line (docs/unattended.md): always present, in this order.
@@ -161,7 +181,7 @@ def error(message: str, exit_code: int) -> None:
     if is_json():
         logging.getLogger("cloudmask.cli").error(message, extra={"event": "error", "exit_code": exit_code})
     else:
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        print(f"error: {escape_control(message)}", file=sys.stderr, flush=True)
 
 
 def exit_code_of(error_type: str | None) -> int | None:
@@ -284,6 +304,12 @@ class CloudmaskGroup(click.Group):
         except CloudmaskError as err:
             error(str(err), err.exit_code)
             ctx.exit(err.exit_code)
+        except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM (cloudmask.interrupt): one line, 128 + signal
+            signum = int(getattr(err, "signum", signal.SIGINT))
+            error(f"interrupted by {signal.Signals(signum).name}: the scenes in progress were stopped and their "
+                  "partial files removed; finished masks are kept (run again with --skip-existing, or run the "
+                  "job again, to go on)", 128 + signum)
+            ctx.exit(128 + signum)
         except click.UsageError as err:  # a bad option value: one line, exit 2, the option named
             hint = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
             error(f"{err.format_message()}{hint}", err.exit_code)
@@ -321,7 +347,7 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = Non
         numeric = all(_is_number(r.get(c)) for r in rows if r.get(c) not in (None, ""))
         t.add_column(c, justify="right" if numeric and rows else "left", overflow="fold")
     for r in rows:
-        t.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in cols))
+        t.add_row(*("" if r.get(c) is None else escape_control(str(r.get(c))) for c in cols))
     buf = io.StringIO()
     out = Console(file=buf, width=width or (shutil.get_terminal_size().columns if terminal else _UNLIMITED),
                   force_terminal=terminal, color_system="standard" if terminal else None, highlight=False,

@@ -101,3 +101,13 @@ class JobLockedError(JobError):
 
 class SceneFailuresError(JobError):
     """The run finished but some scenes failed (exit code 8); the others are done."""
+
+
+class StopRequested(CloudmaskError):
+    """A scene stopped because the run was interrupted (SIGINT/SIGTERM; :mod:`cloudmask.interrupt`)."""
+
+    exit_code = 130
+
+
+class LeaseLostError(JobError):
+    """A job task's run no longer holds the job's lock (its driver or scheduler is gone): nothing is published."""

@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ItemLayoutError
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MASK_SUFFIX = "_cloudmask.tif"
@@ -27,13 +28,17 @@ MAX_STEM = 200
 def safe_name(item_id: str) -> str:
     """A file name from an item id that cannot leave its directory (``../../x`` -> ``x``).
 
-    Not collision-free on its own (``dup/a`` and ``dup_a`` give ``dup_a``); use :func:`output_stem`.
+    Accents are folded to ASCII (``Sentinel-é`` -> ``Sentinel-e``); an id with no ASCII letter or digit
+    left (``Ω``, ``雲マスク``) is named ``item`` (:func:`output_stem` adds a hash of the id). Not
+    collision-free on its own (``dup/a`` and ``dup_a`` give ``dup_a``); use :func:`output_stem`.
+    Raises :class:`ItemLayoutError` (that scene fails, the others go on) for an empty id.
     """
-    name = _SAFE.sub("_", item_id).strip("._-")
+    if not isinstance(item_id, str) or not item_id:
+        raise ItemLayoutError(f"item id {item_id!r} is empty; give the STAC item an id")
+    folded = unicodedata.normalize("NFKD", item_id).encode("ascii", "ignore").decode("ascii")
+    name = _SAFE.sub("_", folded).strip("._-")
     name = re.sub(r"\.{2,}", ".", name)
-    if not name:
-        raise ConfigError(f"item id {item_id!r} gives no usable file name")
-    return name[:MAX_STEM]
+    return (name or "item")[:MAX_STEM]
 
 
 def output_stem(item_id: str) -> str:

@@ -29,9 +29,10 @@ from odc.geo.geobox import GeoBox
 from rasterio._err import CPLE_BaseError
 from rasterio.windows import Window
 
-from .atomic import write_error
+from .atomic import atomic_path, write_error
 from .classes import NODATA, THREE_CLASSES, ClassTable
 from .errors import WriteError
+from .interrupt import check_publish
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,7 @@ class CogSink:
                 raise write_error(err, final) from err
             verify_cog(cog, final)
             staged.append((cog, final))
+        check_publish()  # a job task whose lease is gone (an orphaned dask worker) publishes nothing
         for tmp, final in staged:  # the sidecar first: a published COG always has its category names
             os.replace(tmp, final)
         self._mask = self._prob = None
@@ -228,4 +230,26 @@ def write_category_names(path: Path, classes: ClassTable) -> Path:
     return path
 
 
-__all__ = ["CogConfig", "CogSink", "write_category_names"]
+def restore_category_names(mask: Path | str) -> bool:
+    """Write the ``<mask>.aux.xml`` category sidecar again when it is missing (from the COG's
+    ``CLOUDMASK_CLASSES`` tag); True when it was restored. Used where a finished mask is kept."""
+    mask = Path(mask)
+    aux = mask.with_name(mask.name + ".aux.xml")
+    if aux.exists() or not mask.is_file():
+        return False
+    try:
+        with rasterio.open(mask) as ds:
+            summary = ds.tags().get("CLOUDMASK_CLASSES")
+        if not summary:
+            return False
+        table = ClassTable.from_summary(summary)
+        with atomic_path(aux) as tmp:
+            write_category_names(tmp, table)
+    except (*_GDAL_ERRORS, WriteError, ValueError) as err:
+        log.warning("could not restore the category names of %s: %s", mask.name, err)
+        return False
+    log.info("restored the missing category sidecar %s", aux.name)
+    return True
+
+
+__all__ = ["CogConfig", "CogSink", "restore_category_names", "write_category_names"]

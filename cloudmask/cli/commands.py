@@ -13,7 +13,15 @@ from typing import Any
 
 import click
 
-from ..console import BatchProgress, CloudmaskGroup, note, scene_result, setup_logging, task_progress
+from ..console import (
+    BatchProgress,
+    CloudmaskGroup,
+    escape_control,
+    note,
+    scene_result,
+    setup_logging,
+    task_progress,
+)
 from ..console import table as _table
 from ..stac.query import DATETIME_HELP, parse_bbox
 
@@ -28,6 +36,10 @@ log = logging.getLogger("cloudmask")
 def main(verbose: int, log_format: str) -> None:
     """Cloud and cloud-shadow masks for Sentinel-2 scenes from STAC catalogues."""
     setup_logging(verbose, log_format)  # notes and warnings by default; -v info, -vv debug
+    from ..interrupt import install
+
+    # SIGINT/SIGTERM stop the scenes in flight cleanly (one line, exit 130/143); restored when the command ends
+    click.get_current_context().call_on_close(install())
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -112,7 +124,8 @@ def _mask_all(specs: Sequence[Any], out: Path, kw: dict[str, Any], *, skip_exist
 
     def on_result(spec: Any, res: Any) -> None:
         if show_stats:
-            note(f"{spec.id}:\n{res.stats.table()}", scene=spec.id, stats=res.stats.as_dict())
+            note(f"{escape_control(spec.id)}:\n{res.stats.table()}", scene=spec.id, stats=res.stats.as_dict(),
+                 multiline=True)
 
     with BatchProgress(len(specs), show) as bar:
         runner = BatchRunner(options, out, skip_existing=skip_existing, on_row=on_row, scene_progress=bar.scene,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import interrupt
 from ..errors import CloudmaskError
 from ..grid import DEFAULT_MARGIN, Blend
 from ..models import ModelCard
@@ -57,6 +58,7 @@ def stream_scene(
     for pixel models). Raises the first error of any thread.
     """
     cfg = config or StreamConfig()
+    interrupt.check()
     if not runners:
         raise CloudmaskError("stream_scene needs at least one runner")
     shape = tuple(runners[0].input_shape)
@@ -82,6 +84,7 @@ def stream_scene(
         finished = 0
         while finished < len(workers):
             msg = control.get(out_q)
+            interrupt.check()  # SIGINT/SIGTERM: stop between batches (the sink removes its temporaries)
             if isinstance(msg, DeviceDone):
                 finished += 1
                 continue

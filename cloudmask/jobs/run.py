@@ -22,10 +22,11 @@ import pystac
 from .. import __version__, retry
 from ..batch import refuse_input_in_out
 from ..batch import write_summary as batch_summary
-from ..errors import CatalogUnreachableError, JobError, SceneFailuresError, WriteError
-from ..layout import output_stem
+from ..errors import CatalogUnreachableError, ItemLayoutError, JobError, SceneFailuresError, WriteError
+from ..layout import OutputPaths, output_stem
 from ..output_catalog import item_percentages, update_output_catalog, write_item
 from ..stac import search
+from ..writer import restore_category_names
 from .executors import dask_executor, local_executor
 from .push import push_pending
 from .spec import JobSpec
@@ -179,10 +180,10 @@ def run_job(
     out = Path(spec.output)
     refuse_input_in_out(spec.stac, out, "output")
     out.mkdir(parents=True, exist_ok=True)
-    lock = JobLock(out, spec.name).acquire(wait=wait, timeout=wait_timeout)
+    run_id = uuid.uuid4().hex[:12]
+    lock = JobLock(out, spec.name, run=run_id).acquire(wait=wait, timeout=wait_timeout)
     journal = Journal(out)
     report = JobReport(job=spec.name, out_dir=out, push_to=spec.push_to, journal=journal.path)
-    run_id = uuid.uuid4().hex[:12]
     try:
         report.removed_temporaries = len(clean_temporaries(out))
         scheduler = scheduler or spec.scheduler
@@ -196,13 +197,19 @@ def run_job(
         report.found = len(items)
         pending: list[pystac.Item] = []
         claimed: dict[str, str] = {}
-        settings = TaskSettings.from_spec(spec)
+        settings = replace(TaskSettings.from_spec(spec), lease=run_id)  # tasks publish only while this run holds the lock
         for it in items:
-            check = scene_done(out, it, settings)
-            stem = output_stem(it.id)
+            try:
+                check = scene_done(out, it, settings)
+                stem = output_stem(it.id)
+            except ItemLayoutError as err:  # an id that gives no file name fails alone
+                report.failed.append(SceneOutcome(scene=it.id, ok=False, error=str(err), error_type=type(err).__name__))
+                journal.append("failed", run=run_id, scene=it.id, error=str(err), error_type=type(err).__name__)
+                continue
             if check.done:
                 report.skipped += 1
                 report.kept.add(it.id)
+                restore_category_names(OutputPaths.for_scene(out, it.id).mask)  # a deleted sidecar comes back
             elif is_collision(check) or stem in claimed:
                 other = claimed.get(stem, "an earlier scene")
                 msg = (f"scene {it.id!r} gives the output name {stem!r} of {other!r}: {check.reason or 'same name'}; "
@@ -217,7 +224,8 @@ def run_job(
         if pending:
             payloads = [_item_payload(it) for it in pending]
             if scheduler or workers:
-                execute = dask_executor(scheduler=scheduler, workers=workers, threads=spec.concurrency)
+                execute = dask_executor(scheduler=scheduler, workers=workers, threads=spec.concurrency,
+                                        on_abort=lock.revoke)
             else:
                 # a serial device streams one scene at a time (task.py holds its lock only while streaming);
                 # a second scene in flight opens, reads ahead and finishes its outputs meanwhile
@@ -243,6 +251,7 @@ def run_job(
                        processed=len(report.processed), failed=len(report.failed), pushed=report.pushed,
                        seconds=round(report.seconds, 2))
     except BaseException as err:
+        lock.revoke()  # tasks still running somewhere (dask workers) publish nothing more
         journal.append("run-end", run=run_id, error=describe_error(err), error_type=type(err).__name__)
         raise
     finally:

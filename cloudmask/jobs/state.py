@@ -27,7 +27,7 @@ from typing import Any
 import filelock
 
 from ..atomic import TEMP_PATTERNS
-from ..errors import JobError, JobLockedError, SceneFailuresError
+from ..errors import ConfigError, JobError, JobLockedError, LeaseLostError, SceneFailuresError
 from ..layout import OutputPaths, safe_name
 from ..output_catalog import file_checksum, item_percentages, load_items
 from ..recipe import ITEM_KEY as RECIPE_KEY
@@ -56,10 +56,11 @@ class JobLock:
     The kernel drops the lock when the holder dies, so a killed run never leaves the job locked.
     """
 
-    def __init__(self, out_dir: Path, job: str = "") -> None:
+    def __init__(self, out_dir: Path, job: str = "", run: str = "") -> None:
         self.path = Path(out_dir) / LOCK_NAME
         self.info_path = Path(out_dir) / HOLDER_NAME
         self.job = job
+        self.run = run  # the run's token: its tasks' lease (check_lease)
         self._lock: filelock.BaseFileLock | None = None
 
     def holder(self) -> dict[str, Any]:
@@ -108,7 +109,7 @@ class JobLock:
         except OSError as err:
             raise JobError(f"cannot lock {self.path}: {err}; is the output directory writable?") from err
         self._lock = lock
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso(), "job": self.job}
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso(), "job": self.job, "run": self.run}
         tmp = self.info_path.with_name(f"{self.info_path.name}.{os.getpid()}.tmp")
         try:
             tmp.write_text(json.dumps(info) + "\n")
@@ -118,6 +119,11 @@ class JobLock:
             self.release()
             raise JobError(f"cannot write {self.info_path}: {err}") from err
         return self
+
+    def revoke(self) -> None:
+        """End the lease of this run's tasks (they publish nothing more) while still holding the lock."""
+        if self._lock is not None:
+            self.info_path.unlink(missing_ok=True)
 
     def release(self) -> None:
         if self._lock is None:
@@ -135,6 +141,19 @@ class JobLock:
         self.release()
 
 
+def check_lease(out_dir: Path | str, run: str) -> None:
+    """Raise :class:`LeaseLostError` unless run ``run`` still holds the job's lock on ``out_dir``.
+
+    What a job task checks before publishing (:func:`cloudmask.interrupt.lease`): a dask worker whose
+    driver or scheduler is gone (the lock released, or held by a later run) must not rename a mask
+    into place. The holder file names the run; it is removed when the run ends or gives up.
+    """
+    holder = JobLock(Path(out_dir)).holder()
+    if holder.get("run") != run:
+        raise LeaseLostError(f"run {run} no longer holds the job's lock on {out_dir} (its driver or scheduler is "
+                             "gone): this scene is not published; the next run of the job does it")
+
+
 # --------------------------------------------------------------------------------------------- journal
 
 
@@ -144,11 +163,18 @@ class Journal:
     def __init__(self, out_dir: Path) -> None:
         self.path = Path(out_dir) / JOURNAL_NAME
 
+    def _not_a_file(self) -> ConfigError:
+        return ConfigError(f"the job journal {self.path} is a directory, not a file; move it away "
+                           f"(mv {self.path} {self.path}.bak) and run again")
+
     def append(self, event: str, **fields: Any) -> None:
         doc = {"time": now_iso(), "event": event, **fields}
         line = (json.dumps(doc, default=str) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except IsADirectoryError:
+            raise self._not_a_file() from None
         try:
             os.write(fd, line)
         finally:
@@ -156,6 +182,8 @@ class Journal:
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Every readable event, oldest first (a torn last line from a killed writer is skipped)."""
+        if self.path.is_dir():
+            raise self._not_a_file()
         if not self.path.exists():
             return
         with open(self.path, encoding="utf-8", errors="replace") as f:
@@ -329,6 +357,7 @@ __all__ = [
     "SceneFailuresError",
     "catalogue_rows",
     "check_done",
+    "check_lease",
     "clean_temporaries",
     "safe_name",
     "stale_temporaries",

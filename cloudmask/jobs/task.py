@@ -9,6 +9,8 @@ the journal, the catalogue and the summary. Each process loads a model once
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import socket
@@ -20,7 +22,7 @@ from typing import Any
 
 import pystac
 
-from .. import retry
+from .. import interrupt, retry
 from ..errors import CloudmaskError
 from ..options import MaskOptions, MaskPlan
 from ..output_catalog import mask_item
@@ -30,6 +32,7 @@ from ..quicklook import quicklook_or_note
 from ..retry import TRANSIENT
 from ..runtime.pool import process_pool, runner_loads
 from .spec import JobSpec
+from .state import check_lease
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,8 @@ class TaskSettings:
 
     out_dir: str
     options: MaskOptions = field(default_factory=lambda: MaskOptions(quicklook=False))
+    #: the run's token (:func:`~.state.check_lease`): nothing is published once that run lost the job's lock
+    lease: str | None = None
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> TaskSettings:
@@ -93,11 +98,14 @@ def process_scene(item: Mapping[str, Any], settings: TaskSettings) -> SceneOutco
     def note(attempt: int, err: BaseException, delay: float) -> None:
         outcome.attempts.append({"attempt": attempt, "error": describe_error(err), "retry_in_s": delay})
 
+    lease = (interrupt.lease(functools.partial(check_lease, settings.out_dir, settings.lease))
+             if settings.lease else contextlib.nullcontext())
     try:
-        outcome.item, outcome.row = retry.call(
-            lambda: _mask_once(item, settings), settings.options.retries, lambda e: isinstance(e, TRANSIENT),
-            f"scene {scene}", on_retry=note,
-        )
+        with lease:
+            outcome.item, outcome.row = retry.call(
+                lambda: _mask_once(item, settings), settings.options.retries, lambda e: isinstance(e, TRANSIENT),
+                f"scene {scene}", on_retry=note,
+            )
         outcome.ok = True
     except Exception as err:  # noqa: BLE001 - a failing scene is isolated, not fatal
         outcome.error, outcome.error_type = describe_error(err), type(err).__name__

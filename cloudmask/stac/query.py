@@ -29,7 +29,7 @@ from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
-from ..errors import ConfigError
+from ..errors import CatalogError, ConfigError
 
 __all__ = [
     "AoiLike",
@@ -284,7 +284,16 @@ def item_interval(item: pystac.Item) -> tuple[datetime | None, datetime | None]:
 
 
 def item_geometry(item: pystac.Item) -> BaseGeometry | None:
-    """The item's footprint (its geometry, else its bbox, split at the antimeridian)."""
+    """The item's footprint (its geometry, else its bbox, split at the antimeridian).
+
+    Raises :class:`CatalogError` (exit 4) when the geometry is not a GeoJSON object (e.g. a WKT string).
+    """
+    if item.geometry and not isinstance(item.geometry, Mapping):
+        raise CatalogError(
+            f"item {item.id}: its geometry is a {type(item.geometry).__name__} ({str(item.geometry)[:60]!r}), not a "
+            "GeoJSON object; STAC items need GeoJSON geometry: fix the catalogue (for WKT: "
+            "shapely.geometry.mapping(shapely.wkt.loads(text)))"
+        )
     if item.geometry:
         try:
             return shape(item.geometry)
