@@ -90,7 +90,8 @@ class MaskOptions:
     @classmethod
     def from_job(cls, spec: Any) -> MaskOptions:
         """The options of a :class:`~cloudmask.jobs.spec.JobSpec` (its keys of the same names)."""
-        return cls(model=spec.model, backend=spec.backend, latency_s=spec.emulated_latency, margin=spec.margin,
+        return cls(model=spec.model, backend=spec.backend, instances=spec.instances, threads=spec.threads,
+                   latency_s=spec.emulated_latency, margin=spec.margin,
                    resolution=spec.resolution, probabilities=spec.probabilities, quicklook=spec.quicklook,
                    classes=spec.classes, postprocess=spec.postprocess, profile=spec.profile, retries=spec.retries,
                    http=spec.http_policy())

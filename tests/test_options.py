@@ -22,8 +22,8 @@ CLI = {"model": "auto", "backend": "emulated", "instances": None, "threads": 0, 
 def test_cli_flags_and_job_keys_give_the_same_options(tmp_path, sample_catalog):
     from cloudmask.jobs import load_spec
 
-    by_cli = MaskOptions.from_cli(**CLI, retries=1)
-    path = write_spec(tmp_path / "job.toml", sample_catalog, backend="emulated", resolution=20,
+    by_cli = MaskOptions.from_cli(**{**CLI, "instances": 2, "threads": 1}, retries=1)
+    path = write_spec(tmp_path / "job.toml", sample_catalog, backend="emulated", resolution=20, instances=2, threads=1,
                       probabilities=True, classes="cloud-shadow", retries={"count": 1, "backoff": 5})
     path.write_text(path.read_text() + "\n[postprocess]\nbuffer = 30\n")
     job = load_spec(path)
@@ -58,3 +58,10 @@ def test_plan_is_what_the_written_mask_records(tmp_path, sample_items):
     assert item["properties"]["cloudmask:recipe"] == plan.recipe
     with pytest.raises(ConfigError, match="too wide"):
         MaskPlan.for_scene(dataclasses.replace(options, margin=10_000), spec)
+
+
+def test_job_keys_instances_and_threads_are_checked(tmp_path, sample_catalog):
+    from cloudmask.jobs import load_spec
+
+    with pytest.raises(ConfigError, match="'instances'"):
+        load_spec(write_spec(tmp_path / "job.toml", sample_catalog, instances=0))

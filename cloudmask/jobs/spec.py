@@ -13,6 +13,7 @@ an optional ``[retries]`` table::
     resolution = 30
     output = "masks/alps"
     concurrency = 2
+    instances = 2                         # model instances (as run --instances); threads = ONNX Runtime threads each
     http_timeout = 20                     # seconds per STAC API request and remote band read (or "10,20")
     http_retries = 3                      # retries of one STAC API request (and band read)
 
@@ -83,6 +84,8 @@ class JobSpec:
     public_url: str | None = None
     scheduler: str | None = None
     emulated_latency: float = 0.0
+    instances: int | None = None  # model instances fed round-robin (None: the backend's choice)
+    threads: int = 0  # ONNX Runtime threads per instance (0: its choice)
     http_timeout: str | None = None
     http_retries: int | None = None
     source: Path | None = None
@@ -194,6 +197,8 @@ class _SpecFile(BaseModel):
     concurrency: int | None = None
     margin: int | None = None
     emulated_latency: float | None = None
+    instances: int | None = None
+    threads: int | None = None
     probabilities: bool | None = None
     quicklook: bool | None = None
     classes: Literal["all", "cloud-shadow"] | None = None
@@ -332,6 +337,16 @@ class _SpecFile(BaseModel):
     def _latency(cls, v: float | None) -> float | None:
         return _between(v, 0, 60)
 
+    @field_validator("instances")
+    @classmethod
+    def _instances(cls, v: int | None) -> int | None:
+        return None if v is None else int(_between(v, 1, 64) or 0)
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v: int | None) -> int | None:
+        return None if v is None else int(_between(v, 0, 256) or 0)
+
     @field_validator("retries", mode="before")
     @classmethod
     def _retries_count(cls, v: Any) -> Any:
@@ -426,6 +441,7 @@ def spec_from_dict(raw: Mapping[str, Any], base: Path | None = None, source: Pat
         "max_cloud": max_cloud, "min_cloud": min_cloud, "limit": doc.limit, "model": doc.model,
         "backend": doc.backend, "resolution": doc.resolution, "profile": doc.profile,
         "concurrency": doc.concurrency, "margin": doc.margin, "emulated_latency": doc.emulated_latency,
+        "instances": doc.instances, "threads": doc.threads,
         "probabilities": doc.probabilities, "quicklook": doc.quicklook, "classes": doc.classes,
         "push_to": doc.push_to,
         "public_url": doc.public_url, "scheduler": doc.scheduler,
