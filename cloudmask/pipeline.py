@@ -15,6 +15,7 @@ import numpy as np
 
 from .classes import THREE_CLASSES, ClassShares, ClassTable, collapse_names, histogram
 from .engine import StreamConfig, StreamStats, output_geobox, stream_scene
+from .engine.strategies import first_rows
 from .layout import OutputPaths, safe_name
 from .models import ModelCard
 from .postprocess import PostProcessSink, SclRows, for_card
@@ -165,7 +166,7 @@ def mask_scene_spec(
     try:
         source.check_grid()  # a grid the files cannot fill is refused before anything is read or written
         if device is not None:  # read the first strip while the device still works on the scene before
-            source.prefetch(0, min(geobox.height, max(256, card.patch_size)))
+            source.prefetch(0, first_rows(card, runs[0].input_shape, geobox.height, geobox.width, run_cfg.strip_rows))
         with CogSink(
             paths.mask, out_box, paths.probabilities if cfg.probabilities else None, cog, tags,
             classes=table,

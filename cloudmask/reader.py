@@ -236,21 +236,57 @@ def max_grid_pixels() -> int:
     return MAX_GRID_PIXELS
 
 
-def _read_upsampled(ds: Any, win: Window, shape: tuple[int, int], fill: float) -> np.ndarray:
-    """Nearest-neighbour values of a band coarser than (or as fine as) the grid, ``shape`` pixels.
-
-    Reads the whole native pixels under the fractional window ``win`` and indexes them in numpy:
-    GDAL's own upsampling path is orders of magnitude slower for row strips of large COGs.
-    """
+def _upsample_plan(win: Window, shape: tuple[int, int]) -> tuple[Window, np.ndarray, np.ndarray]:
+    """For a band coarser than (or as fine as) the grid: the whole native pixels under the fractional
+    window ``win`` (a :class:`Window`) and, per grid row and column of ``shape``, the native row and
+    column (relative to that window) whose pixel centre it falls in (nearest neighbour)."""
     h, w = shape
     rows = np.floor(win.row_off + (np.arange(h) + 0.5) * win.height / h).astype(np.int64)
     cols = np.floor(win.col_off + (np.arange(w) + 0.5) * win.width / w).astype(np.int64)
     r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
-    native = Window(c0, r0, c1 - c0, r1 - r0)
-    inside = r0 >= 0 and c0 >= 0 and r1 <= ds.height and c1 <= ds.width
-    data = ds.read(1, window=native, boundless=not inside, fill_value=None if inside else fill)
-    # one axis at a time, columns first (on the fewer native rows): 4-6x faster than data[np.ix_(...)]
-    return np.asarray(data.take(cols - c0, axis=1).take(rows - r0, axis=0))
+    return Window(c0, r0, c1 - c0, r1 - r0), rows - r0, cols - c0
+
+
+def _read_native(ds: Any, native: Window, fill: float) -> np.ndarray:
+    inside = native.row_off >= 0 and native.col_off >= 0 and native.row_off + native.height <= ds.height \
+        and native.col_off + native.width <= ds.width
+    return np.asarray(ds.read(1, window=native, boundless=not inside, fill_value=None if inside else fill))
+
+
+def _repeat(index: np.ndarray) -> int:
+    """``k`` when ``index == arange(n) // k`` with ``n`` a multiple of ``k`` (each native pixel repeated
+    ``k`` times, aligned), else 0."""
+    n = index.size
+    for k in (1, 2, 3, 6):
+        if n % k == 0 and index[-1] == n // k - 1 and np.array_equal(index, np.arange(n) // k):
+            return k
+    return 0
+
+
+def _scale_into(out: np.ndarray, data: np.ndarray, ky: int, kx: int, scale: float, offset: float,
+                invalid: np.ndarray | None) -> None:
+    """``out`` = ``data * scale + offset`` (NaN where ``invalid``), each native pixel of ``data``
+    repeated ``ky`` x ``kx`` times: scaled at native size, then written once into ``out``."""
+    if ky == kx == 1:
+        np.multiply(data, np.float32(scale), out=out, casting="unsafe")
+        if offset:
+            out += np.float32(offset)
+        if invalid is not None:
+            np.copyto(out, np.float32(np.nan), where=invalid)
+        return
+    small = np.multiply(data, np.float32(scale), dtype=np.float32)
+    if offset:
+        small += np.float32(offset)
+    if invalid is not None:
+        np.copyto(small, np.float32(np.nan), where=invalid)
+    if kx == 2 and out.strides[-1] == out.itemsize and out.shape[-1] % 2 == 0:
+        # each value twice along the row: v * (1 + 1j) is the pair (v, v) exactly, written as one complex64
+        # (3x faster than a broadcast copy over a trailing axis of 2, 1.3x faster than np.repeat)
+        wide, dst = small * np.complex64(1 + 1j), out.view(np.complex64)
+    else:
+        wide, dst = (np.repeat(small, kx, axis=1) if kx > 1 else small), out
+    for j in range(ky):
+        dst[j::ky] = wide
 
 
 def _inside(win: Window, ds: Any) -> bool:
@@ -330,14 +366,27 @@ class RasterSource:
         asset = self.assets[band]
         shape = (rows[1] - rows[0], cols[1] - cols[0])
         level = self._level(band)
+        if out is None:
+            out = np.empty(shape, np.float32)
+        scale, offset = asset.scale, asset.offset
+        if affine is not None:
+            scale, offset = scale * affine[0], offset * affine[0] + affine[1]
         with self._handles.checkout(asset, level) as ds:
             win = _native_window(ds, asset, self.geobox, rows, cols)
             finer = ds.res[0] < abs(self.geobox.resolution.x) - 1e-9
             nodata = asset.nodata if asset.nodata is not None else ds.nodata
             fill = nodata if nodata is not None else 0
+            ky = kx = 1  # native pixels per grid pixel, rows and columns, where dn is not on the grid yet
             try:
                 if not finer:  # read whole native pixels, then pick the one under each grid pixel centre
-                    dn = _read_upsampled(ds, win, shape, fill)
+                    native, ri, ci = _upsample_plan(win, shape)
+                    data = _read_native(ds, native, fill)
+                    ky, kx = _repeat(ri), _repeat(ci)
+                    if not (ky and kx):  # not an aligned integer ratio: index each axis (columns first)
+                        ky = kx = 1
+                        dn = np.asarray(data.take(ci, axis=1).take(ri, axis=0))
+                    else:
+                        dn = data
                 else:  # GDAL resamples the (fractional) native window down to the grid
                     inside = _inside(win, ds)
                     dn = ds.read(1, window=win, out_shape=shape, resampling=Resampling[self.config.resampling],
@@ -347,20 +396,18 @@ class RasterSource:
                     f"cannot read band '{asset.band}' of scene {self.spec.id} ({asset.href}): {err}; "
                     "the file may be corrupt or truncated"
                 ) from err
-        invalid = dn == nodata if nodata is not None else None
-        if out is None:
-            out = np.empty(shape, np.float32)
-        scale, offset = asset.scale, asset.offset
-        if affine is not None:
-            scale, offset = scale * affine[0], offset * affine[0] + affine[1]
-        np.multiply(dn, np.float32(scale), out=out, casting="unsafe")  # DN -> float32 in one pass
-        if offset:
-            out += np.float32(offset)
-        if invalid is not None and invalid.any():
-            np.copyto(out, np.float32(np.nan), where=invalid)
-            if invalid_into is not None:
-                with self._invalid_lock:
-                    np.logical_or(invalid_into, invalid, out=invalid_into)
+        invalid = None
+        if nodata is not None and not (nodata == 0 and dn.dtype.kind == "u" and dn.min() > 0):  # min: one cheap pass
+            invalid = dn == nodata
+            if not invalid.any():
+                invalid = None
+        # DN -> float32 in one pass over the grid (aligned coarser bands: scaled at native size, then repeated)
+        _scale_into(out, dn, ky, kx, scale, offset, invalid)
+        if invalid is not None and invalid_into is not None:
+            if ky != 1 or kx != 1:
+                invalid = np.repeat(np.repeat(invalid, kx, axis=1), ky, axis=0)
+            with self._invalid_lock:
+                np.logical_or(invalid_into, invalid, out=invalid_into)
         return out
 
     def to_dask(self, row_edges: Sequence[int] | None = None, chunk_cols: int | None = None) -> da.Array:
@@ -621,7 +668,8 @@ class RowWindows:
     keeps the rows it shares with the previous one (copied, not read again) and reads the rest. While
     the caller works on window ``k``, a background thread reads window ``k + 1`` into the other of two
     preallocated buffers and prepares it: the valid mask (no NaN in any band), ``prepare(data)``
-    in place on the new rows (e.g. the model's normalisation), then ``fill`` at invalid pixels.
+    in place on the new rows (e.g. the model's normalisation), then ``fill`` at invalid pixels (None:
+    left as read, NaN from a :class:`RasterSource`, for callers that never use them).
 
     ``fold`` ``(multiply, add)`` per band: the same as ``prepare`` when that is affine; a source whose
     ``read_rows`` takes ``affine`` (:class:`RasterSource`) applies it while it scales the DN, and
@@ -638,7 +686,7 @@ class RowWindows:
     """
 
     def __init__(self, source: Any, windows: Sequence[tuple[int, int]],
-                 prepare: Callable[[np.ndarray], Any] | None = None, fill: float = 0.0,
+                 prepare: Callable[[np.ndarray], Any] | None = None, fill: float | None = 0.0,
                  ahead: bool = True, first_parts: int = 1,
                  fold: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.source, self.windows, self.prepare, self.fill, self.ahead = source, list(windows), prepare, fill, ahead
@@ -686,7 +734,7 @@ class RowWindows:
             done = self.prepare(new_data)
             if isinstance(done, np.ndarray) and done is not new_data:  # prepared out of place
                 new_data[...] = done
-        if not new_valid.all():
+        if self.fill is not None and not new_valid.all():
             np.copyto(new_data, np.float32(self.fill), where=~new_valid)
 
     def _fill(self, k: int, prev: tuple[int, int, np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray]:

@@ -253,14 +253,20 @@ def pixel_scores(scores: np.ndarray) -> np.ndarray:
 
 
 class PixelBlender:
-    """Scatters per-pixel classes back into their strips; a strip is final when all its valid pixels are in."""
+    """Scatters per-pixel classes back into their strips; a strip is final when all its valid pixels are in.
+
+    Without probabilities the classes are the argmax of the scores as they come (softmax does not change
+    it; for two channels one comparison), written straight into the strip: a slice where the strip is
+    all valid, one indexed store otherwise.
+    """
 
     def __init__(self, card: ModelCard, width: int, n_strips: int, probabilities: bool, stats: StreamStats,
                  to_channels_first: Callable[[np.ndarray], np.ndarray] = pixel_scores) -> None:
         self.merge = _ClassMerge(card)
         self.width, self.n_strips, self.want_probs, self.stats = width, n_strips, probabilities, stats
         self.to_cf = to_channels_first
-        self.strips: dict[int, tuple[int, np.ndarray, np.ndarray, np.ndarray | None]] = {}
+        # strip -> (first row, valid index or None (all valid), valid count, classes, probabilities)
+        self.strips: dict[int, tuple[int, np.ndarray | None, int, np.ndarray, np.ndarray | None]] = {}
         self.filled: dict[int, int] = {}
         self.next_strip = 0
 
@@ -269,25 +275,41 @@ class PixelBlender:
         return self.next_strip >= self.n_strips
 
     def cut(self, msg: StripCut) -> list[Block]:
-        rows, index = msg.rows, msg.index
-        classes = np.full(rows * self.width, NODATA, np.uint8)
-        probs = np.zeros((self.merge.n, rows * self.width), np.uint8) if self.want_probs else None
-        self.strips[msg.strip] = (msg.row, index, classes, probs)
+        size = msg.rows * self.width
+        # every pixel valid (no index): each one is written by a run, no NODATA fill first
+        classes = np.empty(size, np.uint8) if msg.index is None else np.full(size, NODATA, np.uint8)
+        probs = np.zeros((self.merge.n, size), np.uint8) if self.want_probs else None
+        self.strips[msg.strip] = (msg.row, msg.index, msg.count, classes, probs)
         self.filled[msg.strip] = 0
         return self._ready()
+
+    def _classes(self, cf: np.ndarray) -> np.ndarray:
+        """Classes (uint8) of channels-first scores ``(K, N)`` without probabilities."""
+        if self.merge.identity and not self.merge.single:  # softmax keeps the order: argmax of the scores
+            if cf.shape[0] == 2:
+                return np.greater(cf[1], cf[0]).view(np.uint8)  # ties to class 0, as argmax
+            if cf.strides[1] == cf.itemsize:  # contiguous channel planes (folded output)
+                return argmax0(cf)
+            return np.argmax(cf, axis=0).astype(np.uint8)
+        return self.merge.decide(self.merge.probabilities(cf, axis=0), 0)
 
     def feed(self, tasks: Sequence[Task], scores: np.ndarray, filled: int) -> list[Block]:
         """Scatter the classes of the first ``filled`` pixels of a block to the runs ``tasks`` name."""
         t0 = time.perf_counter()
         cf = self.to_cf(scores)[:, :filled]
-        probs = self.merge.probabilities(cf, axis=0)
-        cls = self.merge.decide(probs, 0)
-        pct = np.rint(100.0 * probs).astype(np.uint8) if self.want_probs else None
+        pct = None
+        if self.want_probs:
+            probs = self.merge.probabilities(cf, axis=0)
+            cls = self.merge.decide(probs, 0)
+            pct = np.rint(100.0 * probs).astype(np.uint8)
+        else:
+            cls = self._classes(cf)
         for run in tasks:
             assert isinstance(run, PixelRun)
-            _, index, classes, sprobs = self.strips[run.strip]
-            where = index[run.start : run.start + run.count]
+            _, index, _, classes, sprobs = self.strips[run.strip]
             src = slice(run.offset, run.offset + run.count)
+            where: slice | np.ndarray = (slice(run.start, run.start + run.count) if index is None
+                                         else index[run.start : run.start + run.count])
             classes[where] = cls[src]
             if sprobs is not None and pct is not None:
                 sprobs[:, where] = pct[:, src]
@@ -298,8 +320,8 @@ class PixelBlender:
 
     def _ready(self) -> list[Block]:
         out = []
-        while self.next_strip in self.strips and self.filled[self.next_strip] >= len(self.strips[self.next_strip][1]):
-            row, _, classes, probs = self.strips.pop(self.next_strip)
+        while self.next_strip in self.strips and self.filled[self.next_strip] >= self.strips[self.next_strip][2]:
+            row, _, _, classes, probs = self.strips.pop(self.next_strip)
             del self.filled[self.next_strip]
             rows = classes.size // self.width
             out.append(Block(row, classes.reshape(rows, self.width),

@@ -76,13 +76,22 @@ class RowCut:
 class StripCut:
     """Pixel strip ``strip`` covers scene rows ``[row, row + rows)``; ``index`` are its valid pixels (flat, row-major).
 
-    The valid pixels go to the device in this order; the rest of the strip is nodata.
+    The valid pixels go to the device in this order; the rest of the strip is nodata. ``index`` None:
+    every pixel of the strip is valid (no index array is built). ``count``: the number of valid pixels
+    (default ``index.size``).
     """
 
     strip: int
     row: int
     rows: int
-    index: np.ndarray
+    index: np.ndarray | None
+    count: int = -1
+
+    def __post_init__(self) -> None:
+        if self.count < 0:
+            if self.index is None:
+                raise ValueError("StripCut needs count when index is None (every pixel valid)")
+            object.__setattr__(self, "count", int(self.index.size))
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,20 +63,6 @@ class Producer:
     def cut(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def read(self, start: int, stop: int, zero_invalid: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Rows ``[start, stop)`` normalised in place, and their valid mask (nodata set to 0 unless
-        ``zero_invalid`` is false: pixel models never send invalid pixels)."""
-        t0 = time.perf_counter()
-        new = self.source.read_rows(start, stop)
-        t1 = time.perf_counter()
-        valid = ~np.isnan(new).any(axis=0)
-        self.card.normalise(new, out=new)
-        if zero_invalid:
-            new[:, ~valid] = 0.0
-        self.stats.add("read", t1 - t0)
-        self.stats.add("normalise", time.perf_counter() - t1)
-        return new, valid
-
 
 class PatchProducer(Producer):
     """Cuts row strips into the patches of ``layout`` and batches them ``batch`` at a time."""
@@ -193,35 +179,49 @@ class PixelProducer(Producer):
         return arr.reshape(c, self.block) if self.layout == "folded" else arr.reshape(self.block, c)
 
     def cut(self) -> None:
+        """Strips come from :class:`~cloudmask.reader.RowWindows`: read on another thread while the
+        previous strip is packed, the card's affine normalisation folded into the DN scaling and the
+        valid mask set by the source (no pass over the floats); valid pixels are copied once, from the
+        strip into the block (plain slices where the strip is all valid, one gather otherwise)."""
+        from ..reader import RowWindows  # generic over any PatchSource; imported late (rasterio, dask)
+
         h, _ = self.source.shape
+        rows = self.strip_rows
+        windows = [(k * rows, min(h, (k + 1) * rows)) for k in range(self.n_strips(h, rows))]
+        norm = self.card.normalisation
+        fold = norm.affine(self.card.n_bands) if norm is not None else None
+        # invalid pixels are never sent: no fill (None), so a nodata-heavy strip costs no extra pass
+        reader = RowWindows(self.source, windows, prepare=self._normalise, fill=None, fold=fold)
         arr: np.ndarray | None = None
         runs: list[PixelRun] = []
         fill = 0
-        for k in range(self.n_strips(h, self.strip_rows)):
-            r0, r1 = k * self.strip_rows, min(h, (k + 1) * self.strip_rows)
-            data, valid = self.read(r0, r1, zero_invalid=False)
+        t_wait = time.perf_counter()
+        for k, (data, valid) in enumerate(reader):
             t0 = time.perf_counter()
-            flat = data.reshape(data.shape[0], -1)
-            index = np.flatnonzero(valid)
-            dense = index.size == valid.size  # every pixel valid: plain slices, no gather
-            self.control.put(self.out_q, StripCut(k, r0, valid.shape[0], index))
+            self.stats.add("read_wait", t0 - t_wait)
+            r0 = windows[k][0]
+            flat = data.reshape(data.shape[0], -1)  # no copy: each band's rows are contiguous
+            vflat = valid.reshape(-1)
+            count = int(np.count_nonzero(vflat))
+            index = None if count == vflat.size else np.flatnonzero(vflat)  # None: every pixel valid
+            self.control.put(self.out_q, StripCut(k, r0, valid.shape[0], index, count))
             start = 0
-            while start < index.size:
+            while start < count:
                 if arr is None:
-                    self.stats.add("normalise", time.perf_counter() - t0)
+                    self.stats.add("cut", time.perf_counter() - t0)
                     arr = self.pool.take()
                     t0 = time.perf_counter()
                 view = self._view(arr)
-                n = min(self.block - fill, index.size - start)
+                n = min(self.block - fill, count - start)
                 if self.layout == "folded":
                     dst = view[:, fill : fill + n]
-                    if dense:
+                    if index is None:
                         dst[...] = flat[:, start : start + n]
                     else:
                         np.take(flat, index[start : start + n], axis=1, out=dst, mode="clip")
                 else:
                     dst = view[fill : fill + n]
-                    if dense:
+                    if index is None:
                         dst[...] = flat[:, start : start + n].T
                     else:
                         np.take(flat.T, index[start : start + n], axis=0, out=dst, mode="clip")
@@ -229,11 +229,12 @@ class PixelProducer(Producer):
                 fill += n
                 start += n
                 if fill == self.block:
-                    self.stats.add("normalise", time.perf_counter() - t0)
+                    self.stats.add("cut", time.perf_counter() - t0)
                     self.control.put(self.in_q, Batch(runs, arr, fill))
                     t0 = time.perf_counter()
                     arr, runs, fill = None, [], 0
-            self.stats.add("normalise", time.perf_counter() - t0)
+            self.stats.add("cut", time.perf_counter() - t0)
+            t_wait = time.perf_counter()
         if arr is not None and fill:
             view = self._view(arr)
             if self.layout == "folded":
@@ -241,6 +242,11 @@ class PixelProducer(Producer):
             else:
                 view[fill:] = 0.0
             self.control.put(self.in_q, Batch(runs, arr, fill))
+        self.stats.add("read", reader.seconds["read"])
+        self.stats.add("normalise", reader.seconds["prepare"])
+
+    def _normalise(self, data: np.ndarray) -> np.ndarray:
+        return self.card.normalise(data, out=data)
 
 
 def pixel_block(shape: Sequence[int], bands: int) -> tuple[int, str]:

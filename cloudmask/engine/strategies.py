@@ -180,7 +180,7 @@ class _PixelBlenderAdapter:
         return self.inner.is_done
 
     def cut(self, msg: StripCut) -> list[Block]:
-        self.skipped += msg.rows * self.inner.width - msg.index.size
+        self.skipped += msg.rows * self.inner.width - msg.count
         return self.inner.cut(msg)
 
     def feed(self, tasks: Sequence[Task], scores: np.ndarray, filled: int) -> list[Block]:
@@ -225,16 +225,33 @@ class PixelStrategy:
         return blender.inner.stats.pixels + blender.skipped
 
 
-#: Rows per pixel strip: enough for two blocks, within these bounds (memory ~ bands x rows x width x 4 B:
-#: 56 MB for 10 bands of a 10,980-px-wide tile at 128 rows). Short strips would make the reader decode
-#: the same compressed blocks again and again.
-PIXEL_STRIP_ROWS = (128, 256)
+#: Rows per pixel strip: within these bounds, a multiple of the lower one, and one strip's floats
+#: (bands x rows x width x 4 B; two strips are in memory) at most :data:`PIXEL_STRIP_BYTES`. Long strips
+#: line up with COG block rows (512 rows for Sentinel-2 COGs): each strip then decodes one block row, so
+#: reads take as long strip after strip (with 128-row strips one strip in four decoded all and the device
+#: waited for it). Short strips would make the reader decode the same compressed blocks again and again.
+PIXEL_STRIP_ROWS = (128, 512)
+PIXEL_STRIP_BYTES = 160 * 2**20
 
 
-def pixel_strip_rows(block: int, width: int) -> int:
-    """Rows per strip for pixel models: two blocks' worth of pixels, clamped to :data:`PIXEL_STRIP_ROWS`."""
+def pixel_strip_rows(block: int, width: int, bands: int = 1) -> int:
+    """Rows per strip for pixel models (see :data:`PIXEL_STRIP_ROWS`): 512 for 6 bands of a 10,980-px tile
+    (135 MB a strip), 256 for 10-13 bands, never fewer than 128 or two blocks' worth of pixels."""
     lo, hi = PIXEL_STRIP_ROWS
-    return max(lo, min(hi, math.ceil(2 * block / max(1, width))))
+    fit = PIXEL_STRIP_BYTES // max(1, bands * width * 4) // lo * lo
+    return max(lo, min(hi, max(fit, math.ceil(2 * block / max(1, width)))))
+
+
+def first_rows(card: ModelCard, shape: Sequence[int], height: int, width: int, strip_rows: int | None = None) -> int:
+    """Rows ``[0, n)`` the stream reads first (what a prefetch of the scene's first rows should cover):
+    a pixel model's first strip, else the first 256 rows (at least a patch)."""
+    if card.kind == "pixel":
+        try:
+            block, _ = pixel_block(shape, card.n_bands)
+        except ValueError:  # make_strategy reports it
+            block = PIXEL_STRIP_ROWS[0] * width
+        return min(height, strip_rows or pixel_strip_rows(block, width, card.n_bands))
+    return min(height, max(256, card.patch_size))
 
 
 def make_strategy(card: ModelCard, shape: Sequence[int], height: int, width: int, margin: int, blend: str,
@@ -245,7 +262,7 @@ def make_strategy(card: ModelCard, shape: Sequence[int], height: int, width: int
             block, layout = pixel_block(shape, card.n_bands)
         except ValueError as err:
             raise CloudmaskError(f"runner shape does not match pixel model '{card.name}': {err}") from err
-        rows = strip_rows or pixel_strip_rows(block, width)
+        rows = strip_rows or pixel_strip_rows(block, width, card.n_bands)
         return PixelStrategy(card, height, width, block, layout, rows)
     batch = _check_patch_shape(card, shape)
     if card.kind == "patch-classifier":
