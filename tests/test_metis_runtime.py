@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 
+from cloudmask.engine import ArraySink, ArraySource, StreamConfig, stream_scene
 from cloudmask.errors import RuntimeBackendError
 from cloudmask.models import load_model
 from cloudmask.runtime import make_runners
 from cloudmask.runtime.metis import dequantize_output, quantize_input
-from cloudmask.stream import ArraySink, ArraySource, StreamConfig, stream_scene
 
 from .fakes import axelera_runtime
 
