@@ -273,7 +273,8 @@ def mask_scene(
     """Mask one scene into ``out`` exactly as ``cloudmask run`` does; returns the :class:`MaskResult`.
 
     Writes ``<id>_cloudmask.tif`` (COG; ``<id>_probabilities.tif`` with ``probabilities``), a quicklook
-    PNG (``quicklook``), the output STAC item ``items/<id>.json`` and, with ``catalog``, refreshes
+    PNG (``quicklook``: one that cannot be written raises, one that cannot be drawn from this scene is left
+    out with a warning and ``cloudmask:quicklook_error`` in the item), the output STAC item ``items/<id>.json`` and, with ``catalog``, refreshes
     ``catalog.json``/``collection.json`` in ``out``. ``result.extra`` holds the paths of the quicklook,
     item and catalogue. ``runners`` reuses loaded models across calls. ``classes="cloud-shadow"`` folds
     the model's classes onto the three-class contract (thin cloud -> cloud, snow -> clear).

@@ -227,8 +227,8 @@ def run_job(
                 execute = dask_executor(scheduler=scheduler, workers=workers, threads=spec.concurrency,
                                         on_abort=lock.revoke)
             else:
-                # a serial device streams one scene at a time (task.py holds its lock only while streaming);
-                # a second scene in flight opens, reads ahead and finishes its outputs meanwhile
+                # scenes stream one at a time on this process's runners (task.py holds their lease only while
+                # streaming); a second scene in flight opens, reads ahead and finishes its outputs meanwhile
                 execute = local_executor(2 if spec.backend in SERIAL_BACKENDS else spec.concurrency)
             for it in pending:
                 journal.append("started", run=run_id, scene=it.id)
