@@ -269,6 +269,8 @@ def mask_scene(
     device: Any = None,
     http_timeout: str | float | None = None,
     http_retries: int | None = None,
+    precision: str = "auto",
+    calibration: str | Path | None = None,
 ) -> MaskResult:
     """Mask one scene into ``out`` exactly as ``cloudmask run`` does; returns the :class:`MaskResult`.
 
@@ -284,6 +286,8 @@ def mask_scene(
     ``http_timeout`` (``READ`` or ``"CONNECT,READ"`` seconds) and ``http_retries`` bound each remote
     band read (default ``$CLOUDMASK_HTTP_TIMEOUT``/``$CLOUDMASK_HTTP_RETRIES``, else 10,20 s and 3):
     a server that never answers fails the scene with a :class:`~cloudmask.errors.ReadError`.
+    ``backend="openvino"`` takes ``precision`` (auto, f32, bf16, int8) and, for int8, ``calibration`` (a
+    calibration-set directory; default the real demo chips); ``result.extra["precision"]`` is what ran.
     """
     spec = scene_of(item, profile)
     reader = _with_http(reader, http_timeout, http_retries)
@@ -296,6 +300,7 @@ def mask_scene(
     result = mask_scene_spec(
         spec, out_dir, card, runners=runners, backend=backend, stream=cfg, reader=reader, cog=cog,
         resolution=resolution, progress=progress, classes=classes, postprocess=postprocess, device=device,
+        precision=precision, calibration=calibration,
     )
     if quicklook:  # a quicklook that cannot be written fails the scene; one that cannot be drawn is noted
         quicklook_or_note(spec, result)

@@ -284,20 +284,22 @@ class BatchRunner:
     is retried (``options.retries``); every scene's outcome becomes a row of :func:`mask_many`'s report.
 
     Hooks (all optional): ``on_row(row)`` per row, ``scene_progress(scene_id)`` a context manager giving
-    the scene's ``progress(done, total)`` callback, ``on_result(spec, result)`` per masked scene.
+    the scene's ``progress(done, total)`` callback, ``on_result(spec, result)`` per masked scene,
+    ``on_load(card, runners)`` once per set of runners loaded.
     """
 
     def __init__(self, options: Any, out: Path, *, skip_existing: bool = False,
                  on_row: Callable[[dict[str, Any]], None] | None = None,
                  scene_progress: Callable[[str], Any] | None = None,
-                 on_result: Callable[[SceneSpec, Any], None] | None = None) -> None:
+                 on_result: Callable[[SceneSpec, Any], None] | None = None,
+                 on_load: Callable[[Any, Sequence[Any]], None] | None = None) -> None:
         import threading
 
         from .models import load_model
         from .overlap import DeviceClock
 
         self.options, self.out, self.skip_existing = options, Path(out), skip_existing
-        self.on_row, self.scene_progress, self.on_result = on_row, scene_progress, on_result
+        self.on_row, self.scene_progress, self.on_result, self.on_load = on_row, scene_progress, on_result, on_load
         self.clock = DeviceClock()
         self.stats: dict[str, dict[str, Any]] = {}  # scene id -> its stats and device turn
         self.attempts: dict[str, int] = {}
@@ -335,10 +337,14 @@ class BatchRunner:
         from .runtime.pool import held
 
         o, plan = self.options, self.plan(spec)
-        lease = self.pool.lease(plan.card, o.backend, instances=o.instances, threads=o.threads, latency_s=o.latency_s)
+        lease = self.pool.lease(plan.card, o.backend, instances=o.instances, threads=o.threads, latency_s=o.latency_s,
+                                ov=o.ov())
         with self._lock:
-            if lease.key not in self._timed:
+            first = lease.key not in self._timed
+            if first:
                 self._timed[lease.key] = self.clock.wrap(lease.runners)
+        if first and self.on_load is not None:
+            self.on_load(plan.card, lease.runners)
         progress = self.scene_progress(spec.id[:40]) if self.scene_progress else contextlib.nullcontext()
         with progress as cb:
             res = mask_scene(spec, self.out, plan.card, runners=self._timed[lease.key], stream=plan.stream,
@@ -346,7 +352,9 @@ class BatchRunner:
                              classes=o.classes, postprocess=dict(o.postprocess) if o.postprocess else None,
                              device=held(turn, lease), reader=o.reader())
         self.stats[spec.id] = {"scene": spec.id, "model": plan.card.name,
-                               "turn": None if turn is None else turn.number, **res.stats.as_dict()}
+                               "turn": None if turn is None else turn.number,
+                               "backend": res.extra.get("backend", o.backend), "precision": res.extra.get("precision"),
+                               **res.stats.as_dict()}
         if self.on_result is not None:
             self.on_result(spec, res)
         return {**res.row(), "model": plan.card.name, "res_m": plan.resolution}

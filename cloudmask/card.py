@@ -142,7 +142,14 @@ class ModelCard:
             d["description"] = self.description
         if self.threshold is not None:
             d["threshold"] = self.threshold
-        d.update(dict(self.extra))
+        extra = dict(self.extra)
+        if relative_to is not None and isinstance(extra.get("metis_model"), str):  # like onnx: relative to the card
+            compiled = Path(extra["metis_model"])
+            try:
+                extra["metis_model"] = str(compiled.resolve().relative_to(relative_to.resolve()))
+            except ValueError:
+                extra["metis_model"] = str(compiled.resolve())
+        d.update(extra)
         return d
 
     def save(self, path: Path) -> Path:

@@ -14,7 +14,7 @@ from .engine import ArraySink, ArraySource, StreamConfig, StreamStats, output_sh
 from .errors import ConfigError, MissingBandError
 from .models import NODATA, ModelCard, load_model
 from .postprocess import PostProcess, PostProcessSink, for_card
-from .runtime import make_runners
+from .runtime import make_runners, ov_config
 from .xarray_predict import check_reflectance, predict_xarray
 
 log = logging.getLogger(__name__)
@@ -84,12 +84,14 @@ def predict_array(
     runners: Sequence[Any] | None = None,
     postprocess: PostProcess | Mapping[str, Any] | None = None,
     scl: np.ndarray | None = None,
+    precision: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray | None, StreamStats]:
     """Mask ``(C, H, W)`` float32 reflectance in model band order (NaN = nodata).
 
     Returns ``(classes uint8 (H, W), probabilities uint8 (K, H, W) or None, stats)``. ``postprocess``
     (:mod:`cloudmask.postprocess`) adds to the card's own post-processing defaults; ``scl`` is the
     provider's L2A scene classification on the same grid (``(H, W)`` uint8) for ``scl: fill|veto``.
+    ``precision`` (auto, f32, bf16, int8) applies to ``backend="openvino"``.
     """
     card = load_model(model)
     cfg = config or StreamConfig()
@@ -97,7 +99,7 @@ def predict_array(
     want_probs = cfg.probabilities
     if post.needs_probabilities and not cfg.probabilities:
         cfg = replace(cfg, probabilities=True)
-    runs = runners if runners is not None else make_runners(card, backend)
+    runs = runners if runners is not None else make_runners(card, backend, ov=ov_config(precision))
     h, w = reflectance.shape[1:]
     oh, ow = output_shape(card, h, w)
     sink = ArraySink(oh, ow, probabilities=want_probs, classes=len(card.class_table))
@@ -137,6 +139,7 @@ def predict(
     classes: str = "all",
     scale: float | None = None,
     offset: float | None = None,
+    precision: str = "auto",
 ) -> Any:
     """Class mask (0 clear, 1 cloud, 2 shadow, 255 nodata) of reflectance already in memory.
 
@@ -164,6 +167,8 @@ def predict(
     ``scale``/``offset``, else the card's ``dn_scale``/``dn_offset``, else 1e-4 and 0 (``nodata``
     defaults to 0 for it); with ``scale`` float input is scaled too. ±inf is nodata. Input whose
     values cannot be reflectance (median above 3, e.g. DN as floats) is refused with the fix.
+
+    ``backend="openvino"`` takes ``precision`` (auto, f32, bf16, int8; numpy input).
     """
     card = load_model(_model_of(data, model))
     if classes != "all":
@@ -176,11 +181,15 @@ def predict(
         postprocess = post.as_dict()
     if isinstance(data, np.ndarray):
         refl = _to_band_first(data, card, bands, nodata, scale, offset)
-        mask, probs, _ = predict_array(refl, card, backend=backend, config=cfg, postprocess=postprocess, scl=scl)
+        mask, probs, _ = predict_array(refl, card, backend=backend, config=cfg, postprocess=postprocess, scl=scl,
+                                       precision=precision)
         out: tuple[Any, ...] = (mask,) + ((probs,) if probabilities else ())
         if valid:
             out += (mask != NODATA,)
         return out if len(out) > 1 else mask
+    if precision != "auto":
+        raise ConfigError("precision is for numpy input; with xarray call cloudmask.xarray_predict.predict_xarray("
+                          "data, card, runners=make_runners(card, 'openvino', ov=OvConfig(precision=...)))")
     if valid:
         raise ConfigError("valid=True is for numpy input; with xarray use cloudmask.xarray_predict.valid_mask or mask != 255")
 

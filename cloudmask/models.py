@@ -161,13 +161,25 @@ def card_from_dict(raw: Mapping[str, Any], base: Path, source: str = "model card
             kind=doc.kind,  # type: ignore[arg-type]
             version=doc.version,
             description=doc.description,
-            extra={k: v for k, v in fields.items() if k not in CardFile.card_arguments()},
+            extra=_resolve_paths({k: v for k, v in fields.items() if k not in CardFile.card_arguments()}, base),
             threshold=doc.threshold,
         )
     except (TypeError, ValueError) as err:
         raise ModelCardError(f"{source}: {err}") from err
     check_graph(card, source)
     return card
+
+
+#: Extra card fields that are paths, resolved relative to the card file like ``onnx``.
+PATH_FIELDS = ("metis_model",)
+
+
+def _resolve_paths(extra: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``extra`` with each :data:`PATH_FIELDS` value made absolute against the card's directory ``base``."""
+    for key in PATH_FIELDS:
+        if isinstance(extra.get(key), str) and extra[key]:
+            extra[key] = str((base / Path(extra[key]).expanduser()).resolve())
+    return extra
 
 
 def load_model(model: str | Path | ModelCard) -> ModelCard:

@@ -21,6 +21,7 @@ from .retry import RetryPolicy
 if TYPE_CHECKING:
     from .card import ModelCard
     from .reader import ReaderConfig
+    from .runtime import OvConfig
     from .scene import SceneSpec
     from .stac.api import HttpPolicy
 
@@ -36,7 +37,8 @@ class MaskOptions:
     instance, 0: its choice), ``latency_s`` (per call, emulated backend). ``margin`` (patch halo, pixels
     each side; None: 26, unchecked), ``blend``, ``resolution`` (None: the model's), ``probabilities``,
     ``quicklook``, ``classes`` (``all`` | ``cloud-shadow``), ``postprocess`` (the options of
-    :mod:`cloudmask.postprocess`), ``profile`` (None: detected), ``retries`` (a scene's transient
+    :mod:`cloudmask.postprocess`), ``profile`` (None: detected), ``precision`` (auto, f32, bf16, int8) and
+    ``calibration`` (int8's calibration set) for the openvino backend, ``retries`` (a scene's transient
     failures), ``http`` (remote reads' limits; None: the environment's).
     """
 
@@ -53,6 +55,8 @@ class MaskOptions:
     classes: str = "all"
     postprocess: Mapping[str, Any] | None = None
     profile: str | None = None
+    precision: str = "auto"
+    calibration: str | None = None
     retries: RetryPolicy = field(default_factory=lambda: RetryPolicy(count=0))
     http: HttpPolicy | None = None
 
@@ -67,15 +71,25 @@ class MaskOptions:
         if self.latency_s and self.backend != "emulated":
             raise ConfigError("--latency-ms applies to --backend emulated (an emulated device); drop it or add "
                               "--backend emulated")
+        if (self.precision != "auto" or self.calibration is not None) and self.backend != "openvino":
+            raise ConfigError("--precision and --calibration apply to --backend openvino; drop them or add "
+                              "--backend openvino")
         PostProcess.from_options(dict(self.postprocess or {}), resolution=10.0)
         return self
+
+    def ov(self) -> OvConfig | None:
+        """OpenVINO's settings (precision, threads, calibration) for ``backend="openvino"``, else None."""
+        from .runtime import ov_config
+
+        return ov_config(self.precision, self.calibration, self.threads) if self.backend == "openvino" else None
 
     @classmethod
     def from_cli(cls, *, model: str, backend: str, instances: int | None, threads: int, latency_ms: float,
                  margin: int | None, blend: str, resolution: float | None, probabilities: bool, quicklook: bool,
                  classes: str, threshold: float | None, class_thresholds: Sequence[str], average_over: int | None,
                  dilation_size: int | None, buffer_m: float | None, min_region: int | None, scl: str | None,
-                 retries: int = 0, profile: str | None = None, http: HttpPolicy | None = None) -> MaskOptions:
+                 retries: int = 0, profile: str | None = None, http: HttpPolicy | None = None,
+                 precision: str = "auto", calibration: str | Path | None = None) -> MaskOptions:
         """The options of ``run``/``demo`` flags (each keyword is a flag: ``--latency-ms``, ``--buffer``, ...)."""
         from .postprocess import parse_thresholds
 
@@ -85,7 +99,8 @@ class MaskOptions:
         return cls(model=model, backend=backend, instances=instances, threads=threads, latency_s=latency_ms / 1000.0,
                    margin=margin, blend=blend, resolution=resolution, probabilities=probabilities, quicklook=quicklook,
                    classes=classes, postprocess=post, profile=profile, retries=RetryPolicy(count=retries),
-                   http=http).check()
+                   http=http, precision=precision,
+                   calibration=None if calibration is None else str(calibration)).check()
 
     @classmethod
     def from_job(cls, spec: Any) -> MaskOptions:
@@ -94,7 +109,8 @@ class MaskOptions:
                    latency_s=spec.emulated_latency, margin=spec.margin,
                    resolution=spec.resolution, probabilities=spec.probabilities, quicklook=spec.quicklook,
                    classes=spec.classes, postprocess=spec.postprocess, profile=spec.profile, retries=spec.retries,
-                   http=spec.http_policy())
+                   http=spec.http_policy(), precision=spec.precision,
+                   calibration=None if spec.calibration is None else str(spec.calibration))
 
     def stream(self) -> StreamConfig:
         """The engine settings of these options."""

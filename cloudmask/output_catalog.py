@@ -140,7 +140,8 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
     model_version = card.version if card is not None else result.extra.get("model_version")
     software[f"model:{result.model}"] = str(model_version or "unversioned")
     if backend:
-        software[f"backend:{backend}"] = str(result.extra.get("backend_version") or "")
+        software[f"backend:{backend}"] = str(result.extra.get("backend_version") or _backend_version(backend))
+    precision = result.extra.get("precision")
     props: dict[str, Any] = {
         "gsd": abs(geobox.resolution.x),
         "cloudmask:model": result.model,
@@ -153,7 +154,7 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
         "processing:version": __version__,
         "processing:datetime": now,
         "processing:lineage": f"cloudmask {__version__}, model {result.model}"
-        + (f" on {backend}" if backend else "") + f", from {spec.id}",
+        + (f" on {backend}" if backend else "") + (f" ({precision})" if precision else "") + f", from {spec.id}",
         "created": now,
         "updated": now,
     }
@@ -161,6 +162,8 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
         props["cloudmask:recipe"] = result.extra["recipe"]
     if result.extra.get("quicklook_error"):  # the quicklook cannot be made: the scene is done without it
         props["cloudmask:quicklook_error"] = str(result.extra["quicklook_error"])
+    if precision:  # what the model ran at: f32, bf16 or int8 (OpenVINO)
+        props["cloudmask:precision"] = precision
     post = result.extra.get("postprocess")
     if post:  # recorded as processing: what was done to the model's argmax, with which options
         props["cloudmask:postprocess"] = post
@@ -389,3 +392,13 @@ def _summaries(coll: pystac.Collection, items: list[pystac.Item]) -> None:
         coll.summaries.add("cloudmask:model", models)
     if clouds:
         EOExtension.summaries(coll, add_if_missing=True).cloud_cover = pystac.RangeSummary(min(clouds), max(clouds))
+
+
+def _backend_version(backend: str) -> str:
+    """The installed version of ``backend``'s package ("" if unknown)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version({"onnxruntime": "onnxruntime", "openvino": "openvino"}.get(backend, backend))
+    except metadata.PackageNotFoundError:
+        return ""

@@ -21,7 +21,7 @@ from .models import ModelCard
 from .postprocess import PostProcessSink, SclRows, for_card
 from .reader import RasterSource, ReaderConfig
 from .recipe import fingerprint, mask_recipe
-from .runtime import Runner, make_runners
+from .runtime import Runner, make_runners, ov_config
 from .scene import SceneSpec
 from .writer import CogConfig, CogSink
 
@@ -121,6 +121,8 @@ def mask_scene_spec(
     classes: str = "all",
     postprocess: Any = None,
     device: AbstractContextManager[Any] | None = None,
+    precision: str = "auto",
+    calibration: str | Path | None = None,
 ) -> MaskResult:
     """Mask one scene into ``out_dir`` (``<id>_cloudmask.tif``; ``<id>_probabilities.tif`` on request).
 
@@ -133,7 +135,9 @@ def mask_scene_spec(
     post-processing defaults; it runs on the streamed blocks (``result.extra["postprocess"]``).
     ``device`` (a :class:`~cloudmask.overlap.Turn` in a batch) is held only while the scene streams:
     the bands are opened and the first rows read before it is entered, and the COG is finished
-    after it is left, so the next scene can use the runners meanwhile.
+    after it is left, so the next scene can use the runners meanwhile. ``precision`` (auto, f32, bf16, int8)
+    and ``calibration`` (int8's calibration set) apply to ``backend="openvino"`` (:mod:`cloudmask.runtime.openvino`);
+    ``result.extra`` records the backend and precision that ran.
     """
 
 
@@ -147,7 +151,7 @@ def mask_scene_spec(
     cfg = stream or StreamConfig()
     paths = mask_paths(Path(out_dir), spec.id)
     geobox = spec.geobox(res)
-    runs = runners if runners is not None else make_runners(card, backend)
+    runs = runners if runners is not None else make_runners(card, backend, ov=ov_config(precision, calibration))
     tags = {"CLOUDMASK_MODEL": card.name, "CLOUDMASK_SOURCE_ITEM": spec.id}
     out_box = output_geobox(card, geobox)
     post = for_card(card, postprocess, resolution=abs(float(out_box.resolution.x)))
@@ -198,5 +202,14 @@ def mask_scene_spec(
         classes=table,
         counts=dict(shares.counts),
         card=card,
-        extra={"recipe": recipe, **({"postprocess": post.as_dict()} if post.active else {})},
+        extra={"recipe": recipe, **({"postprocess": post.as_dict()} if post.active else {}), **_backend_of(runs)},
     )
+
+
+def _backend_of(runs: Sequence[Runner]) -> dict[str, Any]:
+    """``backend`` and ``precision`` (f32, bf16, int8) the runners report, for the item and stats; {} if none."""
+    backend = getattr(runs[0], "backend", None) if runs else None
+    if not isinstance(backend, str):
+        return {}
+    precision = getattr(runs[0], "precision", None)
+    return {"backend": backend, **({"precision": precision} if isinstance(precision, str) else {})}

@@ -5,8 +5,6 @@ from __future__ import annotations
 import inspect
 import os
 import re
-import sys
-import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,22 +78,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
 
 
-# ---- the Axelera runtime, faked after METIS.md (no Metis hardware or Voyager SDK here)
+# ---- the Axelera runtime, emulated after the SDK's docs (no Metis hardware or Voyager SDK here)
 
 
 @pytest.fixture()
-def fake_sdk(monkeypatch: pytest.MonkeyPatch):
-    """``axelera.runtime`` importable as the documented-interface fake (tests/fakes/axelera_runtime.py)."""
-    try:
-        from .fakes import axelera_runtime
-    except ImportError:  # tests/ not a package
-        from fakes import axelera_runtime  # type: ignore[no-redef]
+def fake_sdk():
+    """``axelera.runtime`` importable as the emulated low-level API of SDK 1.6 (no ``op``; one Metis board)."""
+    from cloudmask.metis import fake_sdk as emulation
+    from cloudmask.metis.fake_sdk import runtime as fake_runtime
 
-    pkg = types.ModuleType("axelera")
-    pkg.runtime = axelera_runtime  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "axelera", pkg)
-    monkeypatch.setitem(sys.modules, "axelera.runtime", axelera_runtime)
-    return axelera_runtime
+    fake_runtime.reset()
+    with emulation.installed("1.6") as rt:
+        yield rt
+
+
+@pytest.fixture()
+def fake_sdk_18():
+    """``axelera.runtime`` and ``axelera.runtime.op`` importable as the emulated SDK 1.8."""
+    from cloudmask.metis import fake_sdk as emulation
+    from cloudmask.metis.fake_sdk import runtime as fake_runtime
+
+    fake_runtime.reset()
+    with emulation.installed("1.8") as rt:
+        yield rt
 
 
 # ---- STAC API test server (stac-fastapi-pgstac over PostgreSQL + pgstac; see tests/stac_api.py)

@@ -66,7 +66,9 @@ def test_cards_the_repository_ships_and_writes_load(tmp_path):
                  evaluation={"iou": 0.9}, version=1.0, resolution="30")
     card = load_model(path)
     assert card.version == "1.0" and card.resolution == 30.0
-    assert card.extra["metis_model"] == "compiled.json" and card.extra["postprocess"] == {"min_region": 4}
+    # metis_model is resolved relative to the card file, like onnx
+    assert card.extra["metis_model"] == str((path.parent / "compiled.json").resolve())
+    assert card.extra["postprocess"] == {"min_region": 4}
     assert "name" not in card.extra and "onnx" not in card.extra  # only the extras land in extra
     # README's "Bring your own model" card: every key it shows is a field
     readme = (REPO / "README.md").read_text()

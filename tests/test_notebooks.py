@@ -2,8 +2,8 @@
 
 Each is converted with jupytext and executed by nbclient in an ipykernel kernel of *this* interpreter
 (a kernel spec written to a temporary directory, so no system-wide ``python3`` kernel can be picked up
-by mistake). A missing jupytext/nbclient/ipykernel makes these tests fail, not skip. Notebooks 01 and 02
-run on the real demo chips shipped in the package; 03 uses small synthetic scenes
+by mistake). A missing jupytext/nbclient/ipykernel makes these tests fail, not skip. Notebooks 01, 02 and
+04 run on the real demo chips shipped in the package (04 through the emulated Voyager SDK); 03 uses small synthetic scenes
 (``CLOUDMASK_NOTEBOOK_SIZE=600``) in a temporary ``CLOUDMASK_SAMPLE_DIR``.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ["01_quickstart.py", "02_exploring_a_scene.py", "03_bring_your_own_model.py"]
+NAMES = ["01_quickstart.py", "02_exploring_a_scene.py", "03_bring_your_own_model.py", "04_your_model_on_metis.py"]
 TIMEOUT_S = 300
 
 
@@ -107,6 +107,11 @@ def test_notebook_runs(name, kernel_env, monkeypatch):
     if name.startswith("03"):
         assert "agreement with ukis-6b-l2a: 100.00 %" in text
         assert "compilable after export: True" in text
+    if name.startswith("04"):  # two models of one's own, export -> calibration -> compile -> run on the (emulated) Metis
+        assert text.count("compilable after export: True") == 2 and "compilable as exported: False" in text
+        assert "Voyager SDK runtime: 1.6.0" in text and "metis-0:1:0" in text
+        agreements = [float(v) for v in re.findall(r"metis vs CPU agreement ([0-9.]+) %", text)]
+        assert len(agreements) == 10 and min(agreements) >= 95.0, agreements
 
 
 def _outputs_text(nb) -> str:
@@ -125,7 +130,6 @@ def _outputs_text(nb) -> str:
 
 def test_make_notebooks_runs_each_notebook_with_jupytext_execute():
     """`make notebooks` is the documented way to run them; what it calls is installed by the dev extra."""
-    import re
     import subprocess
     import tomllib
 

@@ -107,7 +107,7 @@ def test_cog_carries_the_class_table(four_class, tmp_path):
         assert ds.tags()["CLOUDMASK_CLASSES"] == "0=clear,1=cloud,2=shadow,3=thin_cloud,255=nodata"
         assert ds.descriptions[0] == "cloudmask classes: 0 clear, 1 cloud, 2 shadow, 3 thin_cloud, 255 nodata"
         cmap = ds.colormap(1)
-        assert cmap[3] == (176, 196, 222, 255) and cmap[NODATA][3] == 0
+        assert cmap[3] == (51, 191, 255, 255) and cmap[NODATA][3] == 0  # thin cloud: sky blue 33BFFF (one palette)
     # GDAL itself reads the category names (the PAM sidecar): a VRT copy spells them out, in this very
     # process (cloudmask limits its no-directory-listing setting to remote files, so sidecars are found)
     vrt = tmp_path / "mask.vrt"

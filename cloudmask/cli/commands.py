@@ -48,10 +48,19 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--model", default="auto", show_default=True,
                      help="Built-in model name (see `cloudmask models`), a model card, or an ONNX file with a card."),
-        click.option("--backend", type=click.Choice(["onnxruntime", "onnx", "emulated", "metis"]),
+        click.option("--backend", type=click.Choice(["onnxruntime", "onnx", "openvino", "emulated", "metis"]),
                      default="onnxruntime", show_default=True,
-                     help="Inference backend (onnx is short for onnxruntime).",
+                     help="Inference backend (onnx is short for onnxruntime; openvino: the CPU backend of "
+                          "s2-cloudmask[openvino], see --precision).",
                      callback=lambda _ctx, _p, v: "onnxruntime" if v == "onnx" else v),
+        click.option("--precision", type=click.Choice(["auto", "f32", "bf16", "int8"]), default="auto",
+                     show_default=True,
+                     help="With --backend openvino: auto (bf16 where the CPU has it, else f32), f32, bf16, or int8 "
+                          "(quantised on real patches; refused, with a warning, unless its masks agree with f32 "
+                          "on >= 99.5 %% of the calibration pixels)."),
+        click.option("--calibration", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+                     help="With --precision int8: a calibration set (`cloudmask metis calibration`); default: "
+                          "the real demo chips (4-band models)."),
         click.option("--latency-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
                      help="With --backend emulated: milliseconds per device call (an emulated accelerator that "
                           "computes nothing: measures whether this host keeps such a device busy)."),
@@ -60,9 +69,11 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
                           "device_idle; the device's idle gap before the scene) to this JSON file."),
         click.option("--instances", type=click.IntRange(min=1), default=None,
                      help="Model instances fed round-robin, one device thread each (default: 2 ONNX Runtime "
-                          "sessions on a multi-core CPU, else 1; for metis: 4 // compiled batch)."),
+                          "sessions on a multi-core CPU, else 1; for metis: 4 // the cores one instance was compiled "
+                          "for, or one SDK 1.8 .axm model)."),
         click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="ONNX Runtime threads per instance (0: ONNX Runtime decides)."),
+                     help="ONNX Runtime or OpenVINO threads per instance (0: ONNX Runtime decides; OpenVINO: "
+                          "cores / instances)."),
         click.option("--margin", type=click.IntRange(min=0), default=None, help="Patch halo in pixels each side (default 26: neighbours overlap by 52 px)."),
         click.option("--blend", type=click.Choice(["tukey", "linear", "hard"]), default="tukey", show_default=True,
                      help="How overlapping patch predictions are merged across the halo: tukey (a cosine-tapered "
@@ -127,9 +138,16 @@ def _mask_all(specs: Sequence[Any], out: Path, kw: dict[str, Any], *, skip_exist
             note(f"{escape_control(spec.id)}:\n{res.stats.table()}", scene=spec.id, stats=res.stats.as_dict(),
                  multiline=True)
 
+    def on_load(card: Any, runners: Sequence[Any]) -> None:
+        if options.backend == "openvino":  # the precision that runs (auto's choice, or int8 refused)
+            made = runners[0]
+            note(f"model {card.name} runs on {getattr(made, 'backend', options.backend)} at "
+                 f"{getattr(made, 'precision', 'f32')} (asked {options.precision})", model=card.name,
+                 precision=getattr(made, "precision", None))
+
     with BatchProgress(len(specs), show) as bar:
         runner = BatchRunner(options, out, skip_existing=skip_existing, on_row=on_row, scene_progress=bar.scene,
-                             on_result=on_result)
+                             on_result=on_result, on_load=on_load)
         try:
             return runner.run(specs, failed)
         finally:

@@ -9,7 +9,7 @@ an optional ``[retries]`` table::
     datetime = "last 10 days"             # or "2024-06-01/2024-06-30", "P10D", "PT36H", "P1M", "last 2 months"
     cloud_cover = [0, 80]                 # or max_cloud = 80 / min_cloud = 0 (percent)
     model = "auto"
-    backend = "onnxruntime"
+    backend = "onnxruntime"                # or "openvino", with precision = "auto" (f32, bf16, int8)
     resolution = 30
     output = "masks/alps"
     concurrency = 2
@@ -47,7 +47,7 @@ from ..models import BUILTIN_MODELS
 from ..postprocess import PostProcess
 from ..profiles import get_profile
 from ..retry import RetryPolicy
-from ..runtime import BACKENDS
+from ..runtime import BACKENDS, PRECISIONS
 from ..stac import ENDPOINTS, HttpPolicy, SearchQuery, is_remote
 from ..stac.query import parse_aoi, parse_bbox, parse_datetime, parse_duration, resolve_datetime
 
@@ -86,6 +86,9 @@ class JobSpec:
     emulated_latency: float = 0.0
     instances: int | None = None  # model instances fed round-robin (None: the backend's choice)
     threads: int = 0  # ONNX Runtime threads per instance (0: its choice)
+    #: backend openvino: auto, f32, bf16 or int8; int8's calibration set (None: the real demo chips)
+    precision: str = "auto"
+    calibration: Path | None = None
     http_timeout: str | None = None
     http_retries: int | None = None
     source: Path | None = None
@@ -199,6 +202,8 @@ class _SpecFile(BaseModel):
     emulated_latency: float | None = None
     instances: int | None = None
     threads: int | None = None
+    precision: str | None = None
+    calibration: str | None = None
     probabilities: bool | None = None
     quicklook: bool | None = None
     classes: Literal["all", "cloud-shadow"] | None = None
@@ -332,6 +337,24 @@ class _SpecFile(BaseModel):
     def _margin(cls, v: int | None) -> int | None:
         return None if v is None else int(_between(v, 0, 120) or 0)
 
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str | None) -> str | None:
+        if v is not None and v not in PRECISIONS:
+            raise ValueError(f"{v!r} is unknown: use one of {', '.join(PRECISIONS)} (with backend openvino)")
+        return v
+
+    @field_validator("calibration")
+    @classmethod
+    def _calibration(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return None
+        p = _local(v, info)
+        if not (p / "manifest.json").is_file():
+            raise ValueError(f"{p} is not a calibration set (no manifest.json); build one with "
+                             "cloudmask metis calibration")
+        return str(p)
+
     @field_validator("emulated_latency")
     @classmethod
     def _latency(cls, v: float | None) -> float | None:
@@ -428,6 +451,8 @@ def spec_from_dict(raw: Mapping[str, Any], base: Path | None = None, source: Pat
             min_cloud, max_cloud = float(doc.cloud_cover[0]), float(doc.cloud_cover[1])
         if min_cloud is not None and max_cloud is not None and min_cloud > max_cloud:
             problems.append(f"'min_cloud' ({min_cloud}) is above max_cloud ({max_cloud}); swap them")
+        if (doc.precision not in (None, "auto") or doc.calibration) and (doc.backend or "onnxruntime") != "openvino":
+            problems.append("'precision' and 'calibration' apply to backend = \"openvino\": set it, or drop them")
     if problems:
         head = f"{where}: " if len(problems) == 1 else f"{where}: {len(problems)} problems: "
         raise ConfigError(head + "; ".join(problems))
@@ -442,6 +467,7 @@ def spec_from_dict(raw: Mapping[str, Any], base: Path | None = None, source: Pat
         "backend": doc.backend, "resolution": doc.resolution, "profile": doc.profile,
         "concurrency": doc.concurrency, "margin": doc.margin, "emulated_latency": doc.emulated_latency,
         "instances": doc.instances, "threads": doc.threads,
+        "precision": doc.precision, "calibration": None if doc.calibration is None else Path(doc.calibration),
         "probabilities": doc.probabilities, "quicklook": doc.quicklook, "classes": doc.classes,
         "push_to": doc.push_to,
         "public_url": doc.public_url, "scheduler": doc.scheduler,

@@ -75,14 +75,12 @@ class SceneOutcome:
 
 
 def _backend_version(backend: str) -> str:
-    if backend == "onnxruntime":
-        try:
-            import onnxruntime
+    from importlib import metadata
 
-            return str(onnxruntime.__version__)
-        except ImportError:  # pragma: no cover - declared dependency
-            return ""
-    return ""
+    try:
+        return metadata.version(backend) if backend in ("onnxruntime", "openvino") else ""
+    except metadata.PackageNotFoundError:  # pragma: no cover - declared dependency
+        return ""
 
 
 # ------------------------------------------------------------------------------------ one scene
@@ -122,13 +120,14 @@ def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[st
     spec = scene_spec(pystac.Item.from_dict(dict(item)), o.profile)
     plan = MaskPlan.for_scene(o, spec)
     lease = process_pool().lease(plan.card, o.backend, instances=o.instances, threads=o.threads,
-                                 latency_s=o.latency_s)
+                                 latency_s=o.latency_s, ov=o.ov())
     # the runners are this scene's only while it streams (not while it opens or finishes its COG)
     res = mask_scene_spec(spec, Path(settings.out_dir), plan.card, runners=lease.runners, stream=plan.stream,
                           resolution=o.resolution, classes=o.classes,
                           postprocess=dict(o.postprocess) if o.postprocess else None, reader=o.reader(),
                           device=lease)
-    res.extra.update(backend=o.backend, backend_version=_backend_version(o.backend))
+    res.extra.setdefault("backend", o.backend)  # what ran (a fallback to ONNX Runtime says so)
+    res.extra["backend_version"] = _backend_version(res.extra["backend"])
     if o.quicklook:
         quicklook_or_note(spec, res)  # the policy of every batch: unwritable fails, undrawable is noted
     doc = mask_item(spec, res).to_dict(include_self_link=False, transform_hrefs=False)

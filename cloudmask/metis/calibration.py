@@ -73,8 +73,11 @@ def class_mix(
 ) -> dict[str, float]:
     """Fractions of a patch's pixels per calibration category (``clear_land`` ... ``shadow``).
 
-    ``patch`` is the normalised ``(C, H, W)`` input, ``scores`` the model's ``(K, H, W)`` output.
+    ``patch`` is the normalised ``(C, H, W)`` input, ``scores`` the model's ``(K, H, W)`` output, or a patch
+    classifier's ``(K,)`` (its label then holds for every pixel of the patch).
     """
+    if scores.ndim == 1:
+        scores = np.broadcast_to(scores[:, None, None], (scores.shape[0], *patch.shape[1:]))
     cls, probs = class_scores(card, scores, 0)
     p_cloud = probs[1] if probs.shape[0] > 1 else np.zeros(cls.shape, np.float32)
     refl = patch * np.asarray(card.std, np.float32)[:, None, None] + np.asarray(card.mean, np.float32)[:, None, None]

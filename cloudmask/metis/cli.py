@@ -24,14 +24,20 @@ def metis() -> None:
 @click.option("--model", "model", required=True, help="built-in model name or model card / ONNX path")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory for the graph, its card, the compiler config and compile.py (created if missing).")
-@click.option("--cores", type=click.Choice(["single", "batch4"]), default="single", show_default=True,
-              help="single: 4 one-core instances; batch4: one instance over 4 cores (runtime batch 4)")
-@click.option("--fold", "fold", default=None, metavar="HxW",
-              help="pixel models: pixels per call as an H x W grid (default 256x256 = 65,536)")
+@click.option("--cores", type=click.Choice(["1", "4", "single", "batch4"]), default="1", show_default=True,
+              help="1: one-core instances, replicated 4x; 4: one batch-1 instance over all 4 cores (a model that "
+                   "fits only once); batch4: one instance over 4 cores with runtime batch 4")
+@click.option("--fold", "fold", default=None, metavar="HxW|auto",
+              help="pixel models: pixels per call as an H x W grid (default 256x256 = 65,536); auto: the largest "
+                   "that fits --memory-mb")
+@click.option("--memory-mb", "memory_mb", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="with --fold auto: MiB one instance may use (default: the on-chip L1 + L2 share of --cores, "
+                   "see docs/metis.md)")
 @click.option("--patches-per-call", "patches_per_call", type=int, default=1, show_default=True,
               help="segmentation models: compile at a k x k patch input (4 = 2 x 2, 9 = 3 x 3); patch "
                    "classifiers: k patches stacked in one [1, k*C, p, p] call, scores [1, k*K, 1, 1]")
-def export_cmd(model: str, out: Path, cores: str, fold: str | None, patches_per_call: int) -> None:
+def export_cmd(model: str, out: Path, cores: str, fold: str | None, memory_mb: float | None,
+               patches_per_call: int) -> None:
     """Write a static batch-1 float32 ONNX, its card, compiler config and compile.py to OUT.
 
     Every graph is converted to opset <= 17 and its in-graph pre-processing (per-channel Sub/Div/Mul/Add,
@@ -39,17 +45,44 @@ def export_cmd(model: str, out: Path, cores: str, fold: str | None, patches_per_
     are batch-folded: every Gemm / MatMul+Add becomes a 1x1 Conv over [1, C, H, W], so one call
     classifies H x W pixels. Patch classifiers with --patches-per-call k take k patches per call.
     """
+    from ..errors import ConfigError
     from .check import check
-    from .export import export
+    from .export import AIPU_CORES, RUNTIME_LAYOUT, export
 
-    result = export(model, out, cores, fold=_parse_fold(fold) if fold else None,
-                    patches_per_call=patches_per_call)
+    if memory_mb is not None and fold != "auto":
+        raise ConfigError("--memory-mb goes with --fold auto")
+    mode = {"1": "single"}.get(cores, cores)
+    parsed = _parse_fold(fold) if fold and fold != "auto" else None
+    if fold == "auto":
+        from .memory import auto_fold
+
+        parsed, est, budget = auto_fold(model, cores=AIPU_CORES[mode], memory_mb=memory_mb,
+                                        batch=RUNTIME_LAYOUT[mode]["batch_per_call"])
+        click.echo(f"--fold auto: {parsed[0]}x{parsed[1]} fits {budget / 2**20:.2f} MiB ({est.format()})")
+    result = export(model, out, mode, fold=parsed, patches_per_call=patches_per_call)
     click.echo(f"exported {result.card.name} -> {result.onnx_path} (input {list(result.input_shape)})")
     click.echo(f"card {result.card_path}; compiler config {result.config_path}; script {result.compile_script}")
+    if fold != "auto":
+        import onnx
+
+        from .memory import budget_bytes, estimate
+
+        est = estimate(onnx.load(str(result.onnx_path)), batch=RUNTIME_LAYOUT[mode]["batch_per_call"],
+                       cores=AIPU_CORES[mode])
+        click.echo(f"memory estimate: {est.format()}; on-chip budget of {AIPU_CORES[mode]} core(s) "
+                   f"{budget_bytes(AIPU_CORES[mode]) / 2**20:.2f} MiB (docs/metis.md)")
     report = check(result.onnx_path)
     click.echo(report.format())
     if not report.compilable:
         sys.exit(1)
+
+
+@metis.command("info")
+def info_cmd() -> None:
+    """Print the Voyager SDK runtime version, the API `run --backend metis` uses, and the Metis devices found."""
+    from ..runtime.metis import sdk_info
+
+    click.echo(sdk_info().format())
 
 
 @metis.command("check")

@@ -43,19 +43,36 @@ if TYPE_CHECKING:  # onnx is imported where used: importing it takes about a sec
 
 log = logging.getLogger(__name__)
 
-CORES: tuple[str, ...] = ("single", "batch4")
+#: ``single`` (= ``--cores 1``): one-core replicas; ``4``: one batch-1 instance over all four cores (the model must
+#: fit only once); ``batch4``: one instance over four cores whose runtime batch is 4.
+CORES: tuple[str, ...] = ("single", "4", "batch4")
 MAX_OPSET = 17
 #: Default fold of a pixel model: 256 x 256 = 65,536 pixels per call.
 DEFAULT_FOLD = (256, 256)
 
-#: Voyager ``CompilerConfig`` settings per multicore mode (METIS.md, "Multi-core").
+#: Voyager ``CompilerConfig`` settings per multicore mode, SDK 1.6 names (METIS.md, "Multi-core"; voyager-sdk
+#: docs/reference/compiler/compiler-config-ref.md: ``aipu_cores_used``, ``resources_used``, ``multicore_mode``
+#: whose ``cooperative`` value is "cores cooperate on a single inference"; ultralytics utils/export/axelera.py
+#: passes these names to axelera-devkit 1.7).
 COMPILER_SETTINGS: dict[str, dict[str, Any]] = {
     "single": {"aipu_cores_used": 1, "resources_used": 0.25},
+    "4": {"aipu_cores_used": 4, "resources_used": 1.0, "multicore_mode": "cooperative"},
     "batch4": {"aipu_cores_used": 4, "resources_used": 1.0, "multicore_mode": "batch"},
 }
+#: The same in the names of the SDK 1.8 docs' Python example (docs/reference/compiler/compiler-configs.md,
+#: "Python API: CompilerConfig": ``aipu_cores``, ``resources``); compile.py uses whichever set the installed
+#: ``CompilerConfig`` declares.
+COMPILER_SETTINGS_18: dict[str, dict[str, Any]] = {
+    "single": {"aipu_cores": 1, "resources": 0.25},
+    "4": {"aipu_cores": 4, "resources": 1.0, "multicore_mode": "cooperative"},
+    "batch4": {"aipu_cores": 4, "resources": 1.0, "multicore_mode": "batch"},
+}
+#: AIPU cores one instance uses (the runtime's ``num_sub_devices`` / ``aipu_cores``).
+AIPU_CORES: dict[str, int] = {"single": 1, "4": 4, "batch4": 4}
 #: How the runtime uses each mode: independent 1-core instances, or one instance whose input batch is 4.
 RUNTIME_LAYOUT: dict[str, dict[str, int]] = {
     "single": {"instances": 4, "batch_per_call": 1},
+    "4": {"instances": 1, "batch_per_call": 1},
     "batch4": {"instances": 1, "batch_per_call": 4},
 }
 
@@ -193,12 +210,15 @@ def compiler_config(card: ModelCard, cores: str, input_shape: list[int]) -> dict
     return {
         "model_name": card.name,
         "cores": cores,
+        "aipu_cores": AIPU_CORES[cores],
         "compiler": dict(COMPILER_SETTINGS[cores]),
+        "compiler_sdk18": dict(COMPILER_SETTINGS_18[cores]),
         "input_shape": input_shape,
         "runtime": dict(RUNTIME_LAYOUT[cores]),
         "calibration": {"samples": [100, 400], "dtype": "float32", "layout": "NCHW", "batch": 1},
         "notes": (
             "single: 4 independent 1-core instances (model must fit 1/4 of on-chip memory). "
+            "4: one batch-1 instance over all 4 cores (multicore_mode cooperative). "
             "batch4: one instance over 4 cores; the compiled model's runtime input batch becomes 4 "
             "(read model.inputs()[0].shape[0]). Quantization is INT8 post-training (Voyager SDK)."
         ),
@@ -260,7 +280,8 @@ def export(
 ) -> ExportResult:
     """Export ``model`` (built-in name, card, or ONNX with card) for Metis into ``out_dir``.
 
-    Pixel models are batch-folded to ``fold`` = ``(H, W)`` pixels per call (default 256 x 256).
+    Pixel models are batch-folded to ``fold`` = ``(H, W)`` pixels per call (default 256 x 256;
+    :func:`cloudmask.metis.memory.auto_fold` picks the largest that fits a memory budget).
     ``patches_per_call`` (1, 4, 9, ...: a square) exports a segmentation model at a ``k x k`` patch input.
     Raises :class:`ModelError` when the graph cannot be made static or folding fails, and
     :class:`ConfigError` for a bad ``cores``, ``fold`` or ``patches_per_call``.
@@ -284,9 +305,6 @@ def export(
     if card.kind == "pixel":
         if patches_per_call != 1:
             raise ConfigError("--patches-per-call is for segmentation models; pixel models take --fold HxW")
-        if cores != "single":
-            raise ConfigError("a folded pixel model runs as 4 single-core instances (--cores single); for more "
-                              "pixels per call use a larger --fold")
         return _export_folded(card, out, cores, fold or DEFAULT_FOLD)
     if fold is not None:
         raise ConfigError(f"--fold is for pixel models; '{card.name}' is a {card.kind} model")
@@ -301,6 +319,7 @@ def export(
     onnx.save(static, str(onnx_path))
     meta: dict[str, Any] = {
         "cores": cores,
+        "aipu_cores": AIPU_CORES[cores],
         "exported_from": str(card.onnx_path),
         "input_shape": shape,
         "opset": G.opset(static),
@@ -336,7 +355,9 @@ def _write_bundle(out: Path, card: ModelCard, new_card: ModelCard, cores: str,
     """Beside the exported graph: its card, the compiler settings and the compile script (their paths)."""
     card_path = new_card.save(out / "card.yaml")
     config_path = out / "compiler_config.json"
-    config_path.write_text(json.dumps(compiler_config(card, cores, shape), indent=2) + "\n")
+    config = compiler_config(card, cores, shape)
+    config["card"] = new_card.to_dict(relative_to=out)  # compile.py writes it back with metis_model set
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
     script = out / "compile.py"
     with resources.as_file(resources.files("cloudmask.metis").joinpath("compile_script.py")) as src:
         shutil.copyfile(src, script)
@@ -353,6 +374,7 @@ def _export_folded(card: ModelCard, out: Path, cores: str, fold: tuple[int, int]
     original = [d if isinstance(d, int) else str(d) for d in G.dims(G.image_input(onnx.load(str(card.onnx_path))))]
     meta = {
         "cores": cores,
+        "aipu_cores": AIPU_CORES[cores],
         "exported_from": str(card.onnx_path),
         "input_shape": shape,
         "opset": G.opset(folded),
@@ -403,6 +425,7 @@ def _export_stacked(card: ModelCard, out: Path, cores: str, k: int) -> ExportRes
     onnx.save(stacked, str(onnx_path))
     meta = {
         "cores": cores,
+        "aipu_cores": AIPU_CORES[cores],
         "exported_from": str(card.onnx_path),
         "input_shape": shape,
         "opset": G.opset(stacked),

@@ -115,6 +115,9 @@ class OnnxRunner:
     model file and shape loads it without importing ``onnx``.
     """
 
+    backend = "onnxruntime"
+    precision = "f32"
+
     def __init__(self, card: ModelCard, batch: int = 1, config: OrtConfig | None = None,
                  block: int | None = None) -> None:
         import onnxruntime as ort

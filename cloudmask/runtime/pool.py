@@ -36,6 +36,7 @@ class RunnerKey:
     instances: int | None = None
     threads: int = 0
     latency_s: float = 0.0
+    ov: Any = None  # OpenVINO's OvConfig (precision, threads, calibration), or None
 
 
 class Lease:
@@ -70,24 +71,26 @@ class RunnerPool:
         self.loads: dict[str, int] = {}
 
     def lease(self, card: ModelCard, backend: str = "onnxruntime", *, instances: int | None = None,
-              threads: int = 0, latency_s: float = 0.0) -> Lease:
+              threads: int = 0, latency_s: float = 0.0, ov: Any = None) -> Lease:
         """The lease of ``card``'s runners on ``backend`` (loaded on first use; thread-safe).
 
         ``instances``, ``threads`` (ONNX Runtime threads per instance, 0: its choice) and ``latency_s``
-        (per call, emulated backend) as for :func:`cloudmask.runtime.make_runners`.
+        (per call, emulated backend), ``ov`` (OpenVINO's :class:`~cloudmask.runtime.OvConfig`) as for
+        :func:`cloudmask.runtime.make_runners`.
         """
         from . import OrtConfig, make_runners
 
         if backend == "onnx":
             backend = "onnxruntime"
-        key = RunnerKey(card.name, str(card.onnx_path), backend, instances, int(threads), float(latency_s))
+        key = RunnerKey(card.name, str(card.onnx_path), backend, instances, int(threads), float(latency_s), ov)
         with self._lock:
             if self._closed:
                 raise RuntimeError("this runner pool is closed")
             entry = self._sets.get(key)
             if entry is None:
-                runners = make_runners(card, backend, instances=instances, latency_s=latency_s,
-                                       ort=OrtConfig(intra_op_threads=threads) if threads else None)
+                runners = make_runners(card, backend, instances=instances, latency_s=latency_s, ov=ov,
+                                       ort=OrtConfig(intra_op_threads=threads)
+                                       if threads and backend == "onnxruntime" else None)
                 entry = (runners, threading.Lock())
                 self._sets[key] = entry
                 name = f"{card.name}@{backend}"
