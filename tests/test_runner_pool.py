@@ -88,3 +88,24 @@ def test_lease_is_exclusive_and_loads_once(monkeypatch):
 
 def test_process_pool_is_one_per_process():
     assert process_pool() is process_pool()
+
+
+def test_run_closes_its_runners_when_the_batch_ends(tmp_path, sample_catalog, monkeypatch):
+    from click.testing import CliRunner
+
+    from cloudmask.cli import main
+
+    made: list[int] = []
+    closed: list[int] = []
+    real_init = EmulatedRunner.__init__
+
+    def init(self: EmulatedRunner, *a: Any, **k: Any) -> None:
+        real_init(self, *a, **k)
+        made.append(id(self))
+
+    monkeypatch.setattr(EmulatedRunner, "__init__", init)
+    monkeypatch.setattr(EmulatedRunner, "close", lambda self: closed.append(id(self)))
+    res = CliRunner().invoke(main, ["run", "--stac", str(sample_catalog), "--out", str(tmp_path / "o"),
+                                    "--backend", "emulated", "--no-quicklook", "--instances", "2"])
+    assert res.exit_code == 0, res.output
+    assert len(made) == 2 and sorted(closed) == sorted(made)  # loaded once for three scenes, each closed once
