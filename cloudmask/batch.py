@@ -8,6 +8,7 @@ later scene would fail the same way) but keeps what was already written.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from .jobs.state import check_done
 from .layout import rows_relative_to
 from .output_catalog import update_output_catalog
 from .profiles import scene_spec
-from .retry import TRANSIENT, RetryPolicy
+from .retry import TRANSIENT
 from .scene import SceneSpec
 from .writer import restore_category_names
 
@@ -147,23 +148,10 @@ def mask_many(
     return report
 
 
-def with_retries(mask_one: Callable[..., dict[str, Any]], policy: RetryPolicy,
-                 attempts: dict[str, int]) -> Callable[..., dict[str, Any]]:
-    """``mask_one(spec, *args)`` retried under ``policy`` on a transient failure (:data:`cloudmask.retry.TRANSIENT`,
-    the rule jobs use); the attempts made per scene id go into ``attempts``. The user's settings
-    (:class:`ConfigError`, :class:`ModelError`) are never retried."""
-
-    def call(spec: SceneSpec, *args: Any) -> dict[str, Any]:
-        attempts[spec.id] = 0
-
-        def once() -> dict[str, Any]:
-            attempts[spec.id] += 1
-            return mask_one(spec, *args)
-
-        return retry.call(once, policy, lambda e: isinstance(e, TRANSIENT) and not isinstance(e, ConfigError | ModelError),
-                          f"scene {spec.id}")
-
-    return call
+def is_transient(err: BaseException) -> bool:
+    """Whether a scene's failure is worth another attempt (:data:`cloudmask.retry.TRANSIENT`, the rule jobs
+    use); the user's settings (:class:`ConfigError`, :class:`ModelError`) never are."""
+    return isinstance(err, TRANSIENT) and not isinstance(err, ConfigError | ModelError)
 
 
 def _catalog(out: Path, write_catalog: Callable[[Path], Path] | None, report: BatchReport) -> Path | None:
@@ -359,6 +347,17 @@ class BatchRunner:
             self.on_result(spec, res)
         return {**res.row(), "model": plan.card.name, "res_m": plan.resolution}
 
+    def mask_retried(self, spec: SceneSpec, turn: Any = None) -> dict[str, Any]:
+        """:meth:`mask_one`, tried again on a transient failure under ``options.retries`` (:func:`is_transient`);
+        the attempts made are in ``attempts[spec.id]``."""
+        self.attempts[spec.id] = 0
+        return retry.call(functools.partial(self._attempt, spec, turn), self.options.retries, is_transient,
+                          f"scene {spec.id}")
+
+    def _attempt(self, spec: SceneSpec, turn: Any) -> dict[str, Any]:
+        self.attempts[spec.id] += 1
+        return self.mask_one(spec, turn)
+
     def run(self, specs: Sequence[SceneSpec], failed: Sequence[dict[str, Any]] = ()) -> BatchReport:
         """Mask ``specs`` into the output folder (:func:`mask_many`: failures isolated, catalogue and summary
         always written); ``failed``: rows of scenes that failed before masking."""
@@ -369,8 +368,8 @@ class BatchRunner:
             from .jobs.state import clean_temporaries
 
             clean_temporaries(self.out)
-        with RunnerPool() as self.pool:  # this batch's runners, loaded once, closed when it ends
-            retried = with_retries(self.mask_one, self.options.retries, self.attempts)
-            with ScenePipeline(specs, retried, skip=self.skip, clock=self.clock) as scenes:
-                return mask_many(specs, self.out, scenes, keep=self.kept if self.skip_existing else None,
-                                 failed=failed, on_row=self.on_row, attempts=self.attempts)
+        # this batch's runners are loaded once and closed when it ends (after the scenes in flight)
+        with RunnerPool() as self.pool, ScenePipeline(specs, self.mask_retried, skip=self.skip,
+                                                      clock=self.clock) as scenes:
+            return mask_many(specs, self.out, scenes, keep=self.kept if self.skip_existing else None,
+                             failed=failed, on_row=self.on_row, attempts=self.attempts)
