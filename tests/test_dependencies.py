@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "cloudmask"
 #: Extras that runtime code may use lazily; ``dev`` and ``train`` are for tests and scripts.
-RUNTIME_EXTRAS = ("planetary-computer", "metis", "viz", "s2cloudless", "distributed")
+RUNTIME_EXTRAS = ("planetary-computer", "metis", "viz", "s2cloudless", "distributed", "openvino")
 #: Imported but not installable from a package index: documented where they are used.
 NOT_ON_AN_INDEX = {"axelera": "the Axelera Voyager SDK (cloudmask/runtime/metis.py, metis/compile_script.py)"}
 
@@ -60,7 +60,9 @@ def _distributions(module: str) -> set[str]:
     cands = _top_level().get(parts[0], [])
     if len(cands) > 1 and len(parts) > 1:
         prefix = "/".join(parts[:2])
-        cands = [d for d in cands if any(f.startswith(prefix + "/") or f == prefix + ".py" for f in _files(d))]
+        # the distribution named after the package (pystac) provides what its split-off parts hold (pystac-core)
+        cands = [d for d in cands if _name(d) == _name(parts[0])
+                 or any(f.startswith(prefix + "/") or f == prefix + ".py" for f in _files(d))]
     return {_name(d) for d in cands}
 
 
