@@ -33,6 +33,7 @@ from .classes import THREE_CLASSES, ClassTable
 from .engine import StreamConfig
 from .errors import ConfigError
 from .models import ModelCard, choose_model
+from .options import MaskOptions
 from .output_catalog import mask_item, update_output_catalog, write_item
 from .pipeline import MaskResult, mask_scene_spec
 from .profiles import scene_spec
@@ -296,13 +297,16 @@ def mask_scene(
     cfg = stream or StreamConfig()
     if probabilities and not cfg.probabilities:
         cfg = replace(cfg, probabilities=True)
-    card = choose_model(model, spec)
+    o = MaskOptions.from_api(model=model, backend=backend, stream=cfg, resolution=resolution, quicklook=quicklook,
+                             classes=classes, postprocess=postprocess, profile=profile, precision=precision,
+                             calibration=calibration)
+    card = choose_model(o.model, spec)
     result = mask_scene_spec(
-        spec, out_dir, card, runners=runners, backend=backend, stream=cfg, reader=reader, cog=cog,
-        resolution=resolution, progress=progress, classes=classes, postprocess=postprocess, device=device,
-        precision=precision, calibration=calibration,
+        spec, out_dir, card, runners=runners, backend=o.backend, stream=cfg, reader=reader, cog=cog,
+        resolution=o.resolution, progress=progress, classes=o.classes, postprocess=postprocess, device=device,
+        precision=o.precision, calibration=o.calibration,
     )
-    if quicklook:  # a quicklook that cannot be written fails the scene; one that cannot be drawn is noted
+    if o.quicklook:  # a quicklook that cannot be written fails the scene; one that cannot be drawn is noted
         quicklook_or_note(spec, result)
     result.extra["item"] = write_item(out_dir, mask_item(spec, result))
     if catalog:

@@ -1,7 +1,8 @@
 """The user's masking knobs, once: :class:`MaskOptions`; and what they mean for one scene: :class:`MaskPlan`.
 
 ``cloudmask run``/``demo`` flags (:meth:`MaskOptions.from_cli`), a job spec's keys
-(:meth:`MaskOptions.from_job`) and :func:`cloudmask.mask_scene`'s keywords all become one frozen
+(:meth:`MaskOptions.from_job`) and :func:`cloudmask.mask_scene`'s keywords (:meth:`MaskOptions.from_api`) all
+become one frozen
 :class:`MaskOptions`; a new knob is one field here, one flag, one job key. :meth:`MaskPlan.for_scene`
 derives, once per scene, what every layer used to work out for itself: the model, the stream settings,
 the margin check, the folded class table, the recipe fingerprint and the outputs a finished scene has.
@@ -100,6 +101,20 @@ class MaskOptions:
                    margin=margin, blend=blend, resolution=resolution, probabilities=probabilities, quicklook=quicklook,
                    classes=classes, postprocess=post, profile=profile, retries=RetryPolicy(count=retries),
                    http=http, precision=precision,
+                   calibration=None if calibration is None else str(calibration)).check()
+
+    @classmethod
+    def from_api(cls, *, model: str | Path | ModelCard | None = "auto", backend: str = "onnxruntime",
+                 stream: StreamConfig | None = None, resolution: float | None = None, quicklook: bool = True,
+                 classes: str = "all", postprocess: Any = None, profile: str | None = None,
+                 precision: str = "auto", calibration: str | Path | None = None) -> MaskOptions:
+        """The options of :func:`cloudmask.mask_scene`'s keywords (``stream``: margin, blend, probabilities;
+        a :class:`~cloudmask.postprocess.PostProcess` object is recorded as its options)."""
+        cfg = stream or StreamConfig()
+        post = postprocess if postprocess is None or isinstance(postprocess, Mapping) else postprocess.as_dict()
+        return cls(model="auto" if model is None else model, backend=backend, margin=cfg.margin, blend=cfg.blend,
+                   resolution=resolution, probabilities=cfg.probabilities, quicklook=quicklook, classes=classes,
+                   postprocess=post, profile=profile, precision=precision,
                    calibration=None if calibration is None else str(calibration)).check()
 
     @classmethod

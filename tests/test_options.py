@@ -65,3 +65,19 @@ def test_job_keys_instances_and_threads_are_checked(tmp_path, sample_catalog):
 
     with pytest.raises(ConfigError, match="'instances'"):
         load_spec(write_spec(tmp_path / "job.toml", sample_catalog, instances=0))
+
+
+def test_api_keywords_give_the_same_options_as_the_cli(sample_items, tmp_path):
+    from cloudmask.api import mask_scene
+    from cloudmask.engine import StreamConfig
+    from cloudmask.postprocess import PostProcess
+
+    by_cli = MaskOptions.from_cli(**{**CLI, "buffer_m": None})
+    by_api = MaskOptions.from_api(backend="emulated", stream=StreamConfig(probabilities=True), resolution=20.0,
+                                  quicklook=False, classes="cloud-shadow")
+    assert dataclasses.replace(by_api, margin=None, postprocess=by_cli.postprocess) == by_cli
+    post = PostProcess.from_options({"buffer": 30}, resolution=20.0)
+    assert MaskOptions.from_api(postprocess=post).postprocess == post.as_dict()
+    with pytest.raises(ConfigError, match="--precision and --calibration apply to --backend openvino"):
+        mask_scene(sample_items[0], tmp_path, backend="emulated", precision="int8", quicklook=False)
+    assert not list(tmp_path.glob("*.tif"))  # refused before anything is written
