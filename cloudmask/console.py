@@ -43,6 +43,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from .atomic import is_no_space, write_error
 from .errors import CloudmaskError
@@ -345,9 +346,9 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = Non
               collapse_padding=True)
     for c in cols:
         numeric = all(_is_number(r.get(c)) for r in rows if r.get(c) not in (None, ""))
-        t.add_column(c, justify="right" if numeric and rows else "left", overflow="fold")
+        t.add_column(Text(c), justify="right" if numeric and rows else "left", overflow="fold")
     for r in rows:
-        t.add_row(*("" if r.get(c) is None else escape_control(str(r.get(c))) for c in cols))
+        t.add_row(*(Text("" if r.get(c) is None else escape_control(str(r.get(c)))) for c in cols))  # no markup
     buf = io.StringIO()
     out = Console(file=buf, width=width or (shutil.get_terminal_size().columns if terminal else _UNLIMITED),
                   force_terminal=terminal, color_system="standard" if terminal else None, highlight=False,
