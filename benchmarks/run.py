@@ -67,11 +67,11 @@ def case_cloudmask(item_json: str, out_dir: str, backend: str = "onnxruntime", l
     """cloudmask end to end: COGs to finished COG mask through the streaming engine."""
     import pystac
 
+    from cloudmask.engine import StreamConfig
     from cloudmask.models import load_model
     from cloudmask.pipeline import mask_scene_spec
     from cloudmask.profiles import scene_spec
     from cloudmask.runtime import make_runners
-    from cloudmask.stream import StreamConfig
 
     spec = scene_spec(pystac.Item.from_file(item_json))
     card = load_model("ukis-6b-l2a")

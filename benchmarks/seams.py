@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cloudmask.engine import StreamConfig
 from cloudmask.grid import PatchLayout, seam_index
 from cloudmask.inference import predict_array
 from cloudmask.models import load_model
-from cloudmask.stream import StreamConfig
 
 SETTINGS = [(0, "hard"), (16, "hard"), (16, "tukey"), (26, "tukey"), (32, "hard"), (32, "tukey"),
             (48, "tukey"), (64, "tukey")]

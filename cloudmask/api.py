@@ -33,10 +33,11 @@ from .classes import THREE_CLASSES, ClassTable
 from .engine import StreamConfig
 from .errors import ConfigError
 from .models import ModelCard, choose_model
+from .options import MaskOptions
 from .output_catalog import mask_item, update_output_catalog, write_item
 from .pipeline import MaskResult, mask_scene_spec
 from .profiles import scene_spec
-from .quicklook import quicklook_for_result
+from .quicklook import quicklook_or_note
 from .reader import RasterSource, ReaderConfig
 from .scene import SceneSpec
 from .stac import search as _search
@@ -275,7 +276,8 @@ def mask_scene(
     """Mask one scene into ``out`` exactly as ``cloudmask run`` does; returns the :class:`MaskResult`.
 
     Writes ``<id>_cloudmask.tif`` (COG; ``<id>_probabilities.tif`` with ``probabilities``), a quicklook
-    PNG (``quicklook``), the output STAC item ``items/<id>.json`` and, with ``catalog``, refreshes
+    PNG (``quicklook``: one that cannot be written raises, one that cannot be drawn from this scene is left
+    out with a warning and ``cloudmask:quicklook_error`` in the item), the output STAC item ``items/<id>.json`` and, with ``catalog``, refreshes
     ``catalog.json``/``collection.json`` in ``out``. ``result.extra`` holds the paths of the quicklook,
     item and catalogue. ``runners`` reuses loaded models across calls. ``classes="cloud-shadow"`` folds
     the model's classes onto the three-class contract (thin cloud -> cloud, snow -> clear).
@@ -295,14 +297,17 @@ def mask_scene(
     cfg = stream or StreamConfig()
     if probabilities and not cfg.probabilities:
         cfg = replace(cfg, probabilities=True)
-    card = choose_model(model, spec)
+    o = MaskOptions.from_api(model=model, backend=backend, stream=cfg, resolution=resolution, quicklook=quicklook,
+                             classes=classes, postprocess=postprocess, profile=profile, precision=precision,
+                             calibration=calibration)
+    card = choose_model(o.model, spec)
     result = mask_scene_spec(
-        spec, out_dir, card, runners=runners, backend=backend, stream=cfg, reader=reader, cog=cog,
-        resolution=resolution, progress=progress, classes=classes, postprocess=postprocess, device=device,
-        precision=precision, calibration=calibration,
+        spec, out_dir, card, runners=runners, backend=o.backend, stream=cfg, reader=reader, cog=cog,
+        resolution=o.resolution, progress=progress, classes=o.classes, postprocess=postprocess, device=device,
+        precision=o.precision, calibration=o.calibration,
     )
-    if quicklook:
-        result.extra["quicklook"] = quicklook_for_result(spec, result)
+    if o.quicklook:  # a quicklook that cannot be written fails the scene; one that cannot be drawn is noted
+        quicklook_or_note(spec, result)
     result.extra["item"] = write_item(out_dir, mask_item(spec, result))
     if catalog:
         result.extra["catalog"] = update_output_catalog(out_dir)

@@ -146,6 +146,8 @@ class Turn:
         self.waited = 0.0  # seconds this scene waited for the device after it was ready
 
     def __enter__(self) -> Turn:
+        if self._closed:  # a retry of the scene: its turn is gone; the runners' lease keeps them its own
+            return self
         t0 = time.perf_counter()
         self.turns._acquire(self.number)
         self.waited = time.perf_counter() - t0

@@ -157,12 +157,16 @@ def mask_scene_spec(
     post = for_card(card, postprocess, resolution=abs(float(out_box.resolution.x)))
     run_cfg = replace(cfg, probabilities=True) if post.needs_probabilities else cfg
     scl = None
-    if post.scl is not None:
-        if "scl" not in spec.bands:
-            log.warning("scene %s has no SCL asset: --scl %s is skipped", spec.id, post.scl)
-        else:
-            scl = SclRows(spec.bands["scl"].href, out_box)
+    if post.scl is not None and "scl" not in spec.bands:
+        log.warning("scene %s has no SCL asset: --scl %s is skipped", spec.id, post.scl)
     source = RasterSource(spec, card.bands, geobox, reader)
+    if post.scl is not None and "scl" in spec.bands:  # read with the scene's GDAL options (a provider's endpoint)
+        href = spec.bands["scl"].href
+        try:
+            scl = SclRows(href, out_box, env=source.gdal_env(href))
+        except BaseException:
+            source.close()
+            raise
     try:
         source.check_grid()  # a grid the files cannot fill is refused before anything is read or written
         if device is not None:  # read the first strip while the device still works on the scene before

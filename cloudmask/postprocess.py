@@ -392,14 +392,20 @@ def for_card(card: Any, options: PostProcess | Mapping[str, Any] | None = None, 
 class SclRows:
     """Reads rows of a scene's SCL asset onto a mask grid (nearest neighbour: SCL is categorical).
 
-    ``href`` is the SCL asset (any GDAL path), ``geobox`` the mask's odc-geo GeoBox. Pixels outside
-    the asset read as 0 (SCL "no data"). Call :meth:`close` (or use as a context manager) when done.
+    ``href`` is the SCL asset (any GDAL path), ``geobox`` the mask's odc-geo GeoBox, ``env`` the GDAL
+    options of the scene's reader (:meth:`cloudmask.reader.RasterSource.gdal_env`: a provider's endpoint and
+    credentials, the HTTP limits), applied to the open and every read. Pixels outside the asset read as 0
+    (SCL "no data"). Call :meth:`close` (or use as a context manager) when done.
     """
 
-    def __init__(self, href: str, geobox: Any) -> None:
+    def __init__(self, href: str, geobox: Any, env: Mapping[str, Any] | None = None) -> None:
+        from .reader import gdal_path
+
         self.geobox = geobox
+        self.env = dict(env or {})
         try:
-            self.ds = rasterio.open(href)
+            with rasterio.Env(**self.env):
+                self.ds = rasterio.open(gdal_path(href))
         except rasterio.RasterioIOError as err:
             raise ReadError(f"cannot open the SCL asset {href} for the provider-mask merge: {err}; "
                             "run without --scl or check the item's assets") from err
@@ -408,8 +414,9 @@ class SclRows:
         gb = self.geobox
         out = np.zeros((stop - start, gb.width), np.uint8)
         dst_transform = gb.transform @ gb.transform.translation(0, start)
-        reproject(source=rasterio.band(self.ds, 1), destination=out, dst_transform=dst_transform,
-                  dst_crs=str(gb.crs), resampling=Resampling.nearest, src_nodata=0, dst_nodata=0)
+        with rasterio.Env(**self.env):
+            reproject(source=rasterio.band(self.ds, 1), destination=out, dst_transform=dst_transform,
+                      dst_crs=str(gb.crs), resampling=Resampling.nearest, src_nodata=0, dst_nodata=0)
         return out
 
     def close(self) -> None:

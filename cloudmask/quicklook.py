@@ -30,6 +30,7 @@ from rasterio.enums import Resampling
 
 from . import atomic
 from .classes import MASK_CLASSES, NODATA, NODATA_CLASS, THREE_CLASSES, ClassTable
+from .errors import CloudmaskError
 from .layout import OutputPaths
 from .reader import RasterSource
 
@@ -431,10 +432,35 @@ def quicklook_for_result(spec: SceneSpec, result: MaskResult, max_pixels: int = 
     return save_quicklook(rgb, mask, paths.quicklook, f"{spec.id} — {result.model}", classes=result.classes)
 
 
+def quicklook_or_note(spec: SceneSpec, result: MaskResult) -> Path | None:
+    """The quicklook policy of every batch (``run``, ``demo``, ``job run``, :func:`cloudmask.mask_scene`).
+
+    A quicklook that cannot be written (full disk, unwritable place) fails the scene
+    (:class:`~cloudmask.errors.WriteError`: it is not done, the next run makes it); one that cannot be drawn
+    from this scene is left out with a warning and ``result.extra["quicklook_error"]`` (recorded in the item).
+    """
+    from .errors import WriteError
+
+    try:
+        path = quicklook_for_result(spec, result)
+    except WriteError:
+        raise
+    except OSError as err:
+        raise atomic.write_error(err, OutputPaths.of_mask(result.mask).quicklook) from err
+    except Exception as err:  # noqa: BLE001 - a quicklook this scene cannot have: done without it, said so
+        text = str(err) if isinstance(err, CloudmaskError) else f"{type(err).__name__}: {err}"
+        log.warning("no quicklook for %s: %s", spec.id, text)
+        result.extra["quicklook_error"] = text
+        return None
+    result.extra["quicklook"] = path
+    return path
+
+
 __all__ = [
     "CLASS_COLOURS",
     "OVERLAY",
     "as_mask",
+    "quicklook_or_note",
     "as_rgb",
     "class_fractions",
     "compare_masks",

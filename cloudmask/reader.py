@@ -637,6 +637,11 @@ class RasterSource:
             log.debug("item %s: footprint unusable (%s); reading full rows", self.spec.id, err)
             return None
 
+    def gdal_env(self, href: str) -> dict[str, Any]:
+        """The GDAL options this reader opens and reads ``href`` with (the provider profile's, the reader's,
+        and for remote files the HTTP limits): for an asset read beside the bands, e.g. the SCL."""
+        return dict(self._handles.remote if gdal_path(href).startswith("/vsi") else self._handles.env)
+
     def close(self) -> None:
         """Wait for reads in flight, then close every dataset (idempotent)."""
         with self._pool_lock:

@@ -14,11 +14,17 @@ from typing import TypeVar
 
 import tenacity
 
+from .errors import CatalogUnreachableError, ReadError, WriteError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-__all__ = ["RetryPolicy", "call"]
+__all__ = ["TRANSIENT", "RetryPolicy", "call"]
+
+
+#: Failures of a scene worth another attempt in every batch: remote reads, catalogue hiccups, I/O errors.
+TRANSIENT: tuple[type[BaseException], ...] = (ReadError, CatalogUnreachableError, WriteError, OSError)
 
 
 @dataclass(frozen=True)

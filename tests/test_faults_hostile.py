@@ -293,8 +293,10 @@ def _slow_job(sample_catalog: Path, out: Path) -> tuple[dict[str, Any], Any]:
     from cloudmask.jobs.task import TaskSettings
 
     item = sorted(pystac.Catalog.from_file(str(sample_catalog)).get_items(recursive=True), key=lambda i: i.id)[0]
-    settings = TaskSettings(out_dir=str(out), backend="emulated", resolution=10.0, emulated_latency=0.15,
-                            lease="run-1")
+    from cloudmask.options import MaskOptions
+
+    settings = TaskSettings(out_dir=str(out), lease="run-1",
+                            options=MaskOptions(backend="emulated", resolution=10.0, latency_s=0.15, quicklook=False))
     return _item_payload(item), settings
 
 

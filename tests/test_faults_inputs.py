@@ -143,7 +143,7 @@ def test_http_timeout_reaches_gdal_from_cli_job_and_api(sample_items: list[pysta
     assert env["GDAL_HTTP_MAX_RETRY"] == "1" and int(env["GDAL_HTTP_TIMEOUT"]) <= 3 + 3 * 7
     assert _with_http(None, "3,7", 1) == ReaderConfig(http=http)
     job = spec_from_dict({"stac": "earth-search", "output": "/tmp/x", "http_timeout": "3,7", "http_retries": 1})
-    assert TaskSettings.from_spec(job).http == http
+    assert TaskSettings.from_spec(job).options.http == http
     spec = scene_spec(sample_items[0])
     remote = replace(spec, bands={k: replace(b, href="https://example.invalid/" + b.band) for k, b in spec.bands.items()})
     src = RasterSource(remote, ("red",), spec.geobox(30.0), ReaderConfig(http=http))

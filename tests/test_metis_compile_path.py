@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 import cloudmask
+from cloudmask.engine import ArraySink, ArraySource, StreamConfig, stream_scene
 from cloudmask.errors import ConfigError
 from cloudmask.metis import memory
 from cloudmask.metis.calibration import CalibrationPatch, calibration_set
 from cloudmask.metis.export import export, folded_model
 from cloudmask.models import load_model
 from cloudmask.runtime import make_runners
-from cloudmask.stream import ArraySink, ArraySource, StreamConfig, stream_scene
 
 from .conftest import shared_dir
 

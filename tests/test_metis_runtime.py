@@ -17,13 +17,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cloudmask.card import ModelCard
+from cloudmask.engine import ArraySink, ArraySource, StreamConfig, stream_scene
 from cloudmask.errors import ModelCardError, RuntimeBackendError
 from cloudmask.metis.fake_sdk import runtime as fake_runtime
 from cloudmask.metis.fake_sdk import write_compiled
 from cloudmask.models import load_model
 from cloudmask.runtime import make_runners
 from cloudmask.runtime.metis import dequantize_output, make_metis_runners, quantize_input
-from cloudmask.stream import ArraySink, ArraySource, StreamConfig, stream_scene
 
 from .fakes import axelera_runtime
 

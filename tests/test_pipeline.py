@@ -9,13 +9,13 @@ import pytest
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
+from cloudmask.engine import StreamConfig
 from cloudmask.errors import ItemLayoutError, MissingBandError, ReadError
 from cloudmask.inference import predict, predict_array
 from cloudmask.models import NODATA, choose_model, load_model
 from cloudmask.pipeline import mask_paths, mask_scene_spec, safe_name
 from cloudmask.profiles import scene_spec
 from cloudmask.reader import RasterSource
-from cloudmask.stream import StreamConfig
 
 from .conftest import shared_dir
 

@@ -3,6 +3,8 @@ streamed in row blocks with bounded context it equals the whole-array computatio
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -223,7 +225,7 @@ def test_job_spec_carries_postprocess(tmp_path):
     spec = spec_from_dict({"stac": "catalog.json", "output": "out", "postprocess": {"threshold": 0.4, "buffer": 30}},
                           base=tmp_path)
     assert spec.postprocess == {"threshold": 0.4, "buffer": 30}
-    assert TaskSettings.from_spec(spec).postprocess == {"threshold": 0.4, "buffer": 30}
+    assert TaskSettings.from_spec(spec).options.postprocess == {"threshold": 0.4, "buffer": 30}
     with pytest.raises(ConfigError, match="postprocess: unknown post-processing option"):
         spec_from_dict({"stac": "catalog.json", "output": "out", "postprocess": {"blur": 1}}, base=tmp_path)
 
@@ -259,3 +261,28 @@ def test_predict_merges_an_scl_array_like_the_whole_array_rule():
     assert np.array_equal(merged, PostProcess(scl="fill").apply(raw, provider=scl))
     with pytest.raises(ConfigError, match="needs scl="):
         cloudmask.predict(refl, model="ukis-4b-l2a", postprocess={"scl": "veto"})
+
+
+def test_scl_is_read_with_the_scenes_gdal_options(sample_items, tmp_path, monkeypatch):
+    """The SCL asset is opened and read with the provider profile's GDAL options (e.g. CDSE's S3 endpoint)."""
+    from dataclasses import replace
+
+    import rasterio
+
+    from cloudmask import postprocess
+    from cloudmask.api import mask_scene, scene_of
+
+    spec = scene_of(sample_items[1])
+    spec = replace(spec, gdal_env={**spec.gdal_env, "CLOUDMASK_TEST_ENDPOINT": "eodata.example"})
+    seen: list[str | None] = []
+    real_open = rasterio.open
+    scl = Path(spec.bands["scl"].href).name
+
+    def spy(path, *a, **k):
+        if Path(str(path)).name == scl:
+            seen.append(rasterio.env.getenv().get("CLOUDMASK_TEST_ENDPOINT") if rasterio.env.hasenv() else None)
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(postprocess.rasterio, "open", spy)
+    mask_scene(spec, tmp_path, quicklook=False, postprocess={"scl": "fill"})
+    assert seen == ["eodata.example"]

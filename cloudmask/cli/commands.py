@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -101,6 +100,9 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Grow cloud and shadow by this many metres (only into clear pixels)."),
         click.option("--min-region", type=click.IntRange(min=0), default=None,
                      help="Cloud/shadow/thin-cloud/snow regions smaller than this many pixels become clear."),
+        click.option("--retries", type=click.IntRange(0, 100), default=0, show_default=True,
+                     help="Attempts more for a scene whose read or write fails (a transient error), waiting 5 s, "
+                          "then twice as long each time (a job's [retries] count)."),
         click.option("--scl", type=click.Choice(["fill", "veto"]), default=None,
                      help="Merge with the item's L2A SCL: fill clear pixels with its cloud/shadow/snow, or veto "
                           "cloud/shadow where it says vegetation, soil, water or snow."),
@@ -110,136 +112,47 @@ def _stream_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _mask_all(
-    specs: Sequence[Any], out: Path, *, model: str, backend: str, instances: int | None, threads: int,
-    margin: int | None, blend: str, resolution: float | None, probabilities: bool, show_stats: bool,
-    progress: bool | None, quicklook: bool, skip_existing: bool = False, failed: Sequence[dict[str, Any]] = (),
-    classes: str = "all", threshold: float | None = None, class_thresholds: Sequence[str] = (),
-    average_over: int | None = None, dilation_size: int | None = None, buffer_m: float | None = None,
-    min_region: int | None = None, scl: str | None = None, latency_ms: float = 0.0, stats_json: Path | None = None,
-    reader: Any = None,
-    precision: str = "auto", calibration: Path | None = None,
-) -> Any:
-    """Mask ``specs`` into ``out`` (failures isolated, catalogue and summary always written).
+#: ``_stream_options`` that say how to show a batch, not how to mask (the rest are MaskOptions fields).
+_SHOW_OPTIONS = ("show_stats", "progress", "stats_json")
 
-    Scenes overlap on the device (:class:`~cloudmask.overlap.ScenePipeline`): the next one is opened
-    and its first rows read while one streams, and a finished one's COG, quicklook and item are
-    written while the next streams."""
-    from ..api import mask_scene
-    from ..batch import mask_many
-    from ..errors import ConfigError
-    from ..grid import max_margin
-    from ..models import choose_model, load_model
-    from ..runtime import OrtConfig, make_runners, ov_config
-    from ..stream import StreamConfig
 
-    cfg = StreamConfig(margin=StreamConfig.margin if margin is None else margin, blend=blend,  # type: ignore[arg-type]
-                       probabilities=probabilities)
-    from ..postprocess import PostProcess, parse_thresholds
+def _mask_all(specs: Sequence[Any], out: Path, kw: dict[str, Any], *, skip_existing: bool = False,
+              failed: Sequence[dict[str, Any]] = (), profile: str | None = None, http: Any = None) -> Any:
+    """Mask ``specs`` into ``out`` with the ``_stream_options`` in ``kw`` (failures isolated, catalogue and
+    summary always written): :meth:`MaskOptions.from_cli` then :class:`~cloudmask.batch.BatchRunner`."""
+    from ..batch import BatchRunner
+    from ..options import MaskOptions
 
-    post: dict[str, Any] = {"thresholds": parse_thresholds(class_thresholds) or None, "threshold": threshold,
-                            "average_over": average_over, "dilation_size": dilation_size, "buffer": buffer_m,
-                            "min_region": min_region, "scl": scl}
-    PostProcess.from_options(post, resolution=10.0)  # refuse bad combinations before any scene runs
-    if latency_ms and backend != "emulated":
-        raise ConfigError("--latency-ms applies to --backend emulated (an emulated device); drop it or add "
-                          "--backend emulated")
-    if (precision != "auto" or calibration is not None) and backend != "openvino":
-        raise ConfigError("--precision and --calibration apply to --backend openvino; drop them or add "
-                          "--backend openvino")
-    from ..batch import existing_output
-    from ..overlap import DeviceClock, ScenePipeline
-
-    clock = DeviceClock()
-    scene_stats: dict[str, dict[str, Any]] = {}
-    runners_lock = threading.Lock()
+    show_stats, progress, stats_json = (kw[k] for k in _SHOW_OPTIONS)
+    options = MaskOptions.from_cli(**{k: v for k, v in kw.items() if k not in _SHOW_OPTIONS}, profile=profile,
+                                   http=http)
     show = sys.stderr.isatty() if progress is None else progress
-    runners_by_model: dict[str, Any] = {}
-
-    fixed = None if model == "auto" else load_model(model)  # resolved once; "auto" depends on the scene
-
-    def card_of(spec: Any) -> Any:
-        return choose_model(model, spec) if fixed is None else fixed
-
-    def mask_one(spec: Any, turn: Any = None) -> dict[str, Any]:
-        card = card_of(spec)
-        if card.kind == "segmentation" and cfg.margin > max_margin(card.patch_size) and margin is not None:
-            raise ConfigError(f"--margin {cfg.margin} is too wide for {card.name}'s {card.patch_size}-px patches: "
-                              f"use at most {max_margin(card.patch_size)} (the core must be as wide as the halo)")
-        with runners_lock:
-            if card.name not in runners_by_model:
-                runners_by_model[card.name] = clock.wrap(make_runners(
-                    card, backend, instances=instances, latency_s=latency_ms / 1000.0,
-                    ort=OrtConfig(intra_op_threads=threads) if threads and backend == "onnxruntime" else None,
-                    ov=ov_config(precision, calibration, threads) if backend == "openvino" else None,
-                ))
-                made = runners_by_model[card.name][0]
-                if backend == "openvino":  # the precision that runs (auto's choice, or int8 refused)
-                    note(f"model {card.name} runs on {getattr(made, 'backend', backend)} at "
-                         f"{getattr(made, 'precision', 'f32')} (asked {precision})", model=card.name,
-                         precision=getattr(made, "precision", None))
-        with bar.scene(spec.id[:40]) as cb:
-            res = mask_scene(spec, out, card, runners=runners_by_model[card.name], stream=cfg,
-                             resolution=resolution, progress=cb, quicklook=quicklook, catalog=False, classes=classes,
-                             postprocess=post, device=turn, reader=reader)
-        scene_stats[spec.id] = {"scene": spec.id, "model": card.name, "turn": None if turn is None else turn.number,
-                                "backend": res.extra.get("backend", backend), "precision": res.extra.get("precision"),
-                                **res.stats.as_dict()}
-        if show_stats:
-            note(f"{escape_control(spec.id)}:\n{res.stats.table()}", scene=spec.id, stats=res.stats.as_dict(),
-                 multiline=True)
-        return {**res.row(), "model": card.name, "res_m": float(resolution or card.resolution)}
 
     def on_row(row: dict[str, Any]) -> None:
         if row["status"] == "skipped":
             bar.skip()
         scene_result(row)
 
-    def classes_of(spec: Any) -> str:
-        """The class table a scene's mask gets under ``--classes`` (what --skip-existing compares)."""
-        from dataclasses import replace
+    def on_result(spec: Any, res: Any) -> None:
+        if show_stats:
+            note(f"{escape_control(spec.id)}:\n{res.stats.table()}", scene=spec.id, stats=res.stats.as_dict(),
+                 multiline=True)
 
-        from ..classes import collapse_names
+    def on_load(card: Any, runners: Sequence[Any]) -> None:
+        if options.backend == "openvino":  # the precision that runs (auto's choice, or int8 refused)
+            made = runners[0]
+            note(f"model {card.name} runs on {getattr(made, 'backend', options.backend)} at "
+                 f"{getattr(made, 'precision', 'f32')} (asked {options.precision})", model=card.name,
+                 precision=getattr(made, "precision", None))
 
-        card = card_of(spec)
-        if classes != "all":
-            card = replace(card, classes=collapse_names(card.classes, classes))
-        return str(card.class_table.summary())
-
-    kept: dict[str, dict[str, Any] | None] = {}  # scene id -> the finished output kept (checksummed once)
-
-    from ..pipeline import scene_fingerprint
-    from ..quicklook import available as quicklooks_available
-
-    outputs = (("quicklook",) if quicklook and quicklooks_available() else ()) + (
-        ("probabilities",) if probabilities else ())
-
-    def keep(spec: Any) -> dict[str, Any] | None:
-        if spec.id not in kept:
-            card = card_of(spec)
-            recipe = scene_fingerprint(spec, card, resolution=resolution, classes=classes, postprocess=post,
-                                       stream=cfg)
-            kept[spec.id] = existing_output(out, spec, card.name, classes_of(spec), recipe=recipe, outputs=outputs)
-        return kept[spec.id]
-
-    def skip(spec: Any) -> bool:
-        return skip_existing and keep(spec) is not None
-
-    if skip_existing:  # resuming: what killed runs left behind goes (writers whose pid is not alive)
-        from ..jobs.state import clean_temporaries
-
-        clean_temporaries(out)
-    try:
-        with BatchProgress(len(specs), show) as bar, ScenePipeline(specs, mask_one, skip=skip, clock=clock) as scenes:
-            report = mask_many(specs, out, scenes, keep=keep if skip_existing else None, failed=failed,
-                               on_row=on_row)
-    finally:
-        for runs in runners_by_model.values():
-            for r in runs:
-                r.close()
-        if stats_json is not None:
-            _write_stats(stats_json, scene_stats, clock)
-    return report
+    with BatchProgress(len(specs), show) as bar:
+        runner = BatchRunner(options, out, skip_existing=skip_existing, on_row=on_row, scene_progress=bar.scene,
+                             on_result=on_result, on_load=on_load)
+        try:
+            return runner.run(specs, failed)
+        finally:
+            if stats_json is not None:
+                _write_stats(stats_json, runner.stats, runner.clock)
 
 
 def _write_stats(path: Path, scene_stats: dict[str, dict[str, Any]], clock: Any) -> None:
@@ -332,7 +245,7 @@ def demo(out: Path, synthetic: bool, sample_dir: Path | None, scenes: int, size:
     refuse_input_in_out(cat, out)
     items = search(str(cat))
     specs, failed = specs_of(items)
-    report = _mask_all(specs, out, failed=failed, **kw)
+    report = _mask_all(specs, out, kw, failed=failed)
     if report.catalog is not None:
         note(f"output catalogue: {report.catalog}")
     _add_agreement(report.rows, items)
@@ -521,10 +434,7 @@ def run(stac: str, collection: str | None, bbox: str | None, aoi: str | None, da
         note("no scenes match the search; nothing to do")
         return
     specs, failed = specs_of(items, profile)
-    from ..reader import ReaderConfig
-
-    _report(_mask_all(specs, out, skip_existing=skip_existing, failed=failed, reader=ReaderConfig(http=_http_policy()),
-                      **kw))
+    _report(_mask_all(specs, out, kw, skip_existing=skip_existing, failed=failed, profile=profile, http=_http_policy()))
 
 
 @main.command("evaluate")

@@ -6,8 +6,6 @@ executor (:mod:`.executors`), and alone writes items, the journal, the catalogue
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import os
 import socket
@@ -21,10 +19,11 @@ from typing import Any
 
 import pystac
 
-from .. import __version__, atomic, retry
+from .. import __version__, retry
 from ..batch import refuse_input_in_out
+from ..batch import write_summary as batch_summary
 from ..errors import CatalogUnreachableError, ItemLayoutError, JobError, SceneFailuresError, WriteError
-from ..layout import OutputPaths, output_stem, rows_relative_to
+from ..layout import OutputPaths, output_stem
 from ..output_catalog import item_percentages, update_output_catalog, write_item
 from ..stac import search
 from ..writer import restore_category_names
@@ -39,7 +38,6 @@ from .state import (
     check_done,
     clean_temporaries,
     is_collision,
-    now_iso,
 )
 from .task import (
     SERIAL_BACKENDS,
@@ -52,8 +50,6 @@ from .task import (
 
 log = logging.getLogger(__name__)
 
-SUMMARY_COLUMNS = ("scene", "status", "cloud", "shadow", "thin_cloud", "snow", "clear", "nodata", "seconds", "attempts",
-                   "mask", "error")
 
 
 # ------------------------------------------------------------------------------------------ search
@@ -110,6 +106,7 @@ class JobReport:
     out_dir: Path
     found: int = 0
     skipped: int = 0
+    kept: set[str] = field(default_factory=set)  # ids of the scenes found done (skipped)
     processed: list[SceneOutcome] = field(default_factory=list)
     failed: list[SceneOutcome] = field(default_factory=list)
     removed_temporaries: int = 0
@@ -211,6 +208,7 @@ def run_job(
                 continue
             if check.done:
                 report.skipped += 1
+                report.kept.add(it.id)
                 restore_category_names(OutputPaths.for_scene(out, it.id).mask)  # a deleted sidecar comes back
             elif is_collision(check) or stem in claimed:
                 other = claimed.get(stem, "an earlier scene")
@@ -229,8 +227,8 @@ def run_job(
                 execute = dask_executor(scheduler=scheduler, workers=workers, threads=spec.concurrency,
                                         on_abort=lock.revoke)
             else:
-                # a serial device streams one scene at a time (task.py holds its lock only while streaming);
-                # a second scene in flight opens, reads ahead and finishes its outputs meanwhile
+                # scenes stream one at a time on this process's runners (task.py holds their lease only while
+                # streaming); a second scene in flight opens, reads ahead and finishes its outputs meanwhile
                 execute = local_executor(2 if spec.backend in SERIAL_BACKENDS else spec.concurrency)
             for it in pending:
                 journal.append("started", run=run_id, scene=it.id)
@@ -296,27 +294,11 @@ def _refresh_catalog(out: Path) -> None:
 
 
 def write_summary(out: Path, report: JobReport) -> tuple[Path, Path]:
-    """``OUT/summary.json`` (this run + every scene) and ``OUT/summary.csv`` (every scene), atomically;
-    mask paths relative to ``OUT``."""
-    this_run = {o.scene for o in report.processed}
-    rows = catalogue_rows(out)
-    for r in rows:
-        r["run"] = "this" if r["scene"] in this_run else "earlier"
-    for o in report.failed:
-        rows.append({**scene_row(o), "run": "this"})
-    doc = {
-        "job": report.job,
-        "finished": now_iso(),
-        "run": {"found": report.found, "skipped": report.skipped, "processed": len(report.processed),
-                "failed": len(report.failed), "pushed": report.pushed,
-                "removed_temporaries": report.removed_temporaries, "seconds": round(report.seconds, 2)},
-        "this_run": rows_relative_to(out, report.rows),  # mask paths relative to the output folder
-        "scenes": rows_relative_to(out, rows),
-    }
-    jpath, cpath = out / "summary.json", out / "summary.csv"
-    atomic.write_text(jpath, json.dumps(doc, indent=1, default=str))
-    with atomic.atomic_path(cpath) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*SUMMARY_COLUMNS, "run"], extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows_relative_to(out, rows))
-    return jpath, cpath
+    """``OUT/summary.json`` and ``OUT/summary.csv``: :func:`cloudmask.batch.write_summary`, the schema ``run``
+    writes too (this run's rows: the scenes it masked, kept or failed)."""
+    kept = [{**r, "status": "skipped"} for r in catalogue_rows(out) if r["scene"] in report.kept]
+    rows = [*(scene_row(o) for o in report.processed), *kept, *(scene_row(o) for o in report.failed)]
+    return batch_summary(out, rows, job=report.job, run={
+        "found": report.found, "skipped": report.skipped, "processed": len(report.processed),
+        "failed": len(report.failed), "pushed": report.pushed, "removed_temporaries": report.removed_temporaries,
+        "seconds": round(report.seconds, 2)})

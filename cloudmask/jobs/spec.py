@@ -13,6 +13,7 @@ an optional ``[retries]`` table::
     resolution = 30
     output = "masks/alps"
     concurrency = 2
+    instances = 2                         # model instances (as run --instances); threads = ONNX Runtime threads each
     http_timeout = 20                     # seconds per STAC API request and remote band read (or "10,20")
     http_retries = 3                      # retries of one STAC API request (and band read)
 
@@ -78,11 +79,13 @@ class JobSpec:
     classes: str = "all"  # or "cloud-shadow": fold thin cloud/snow onto the three-class contract
     #: post-processing options (cloudmask.postprocess: threshold, buffer, min_region, scl, ...)
     postprocess: dict[str, Any] | None = None
-    margin: int = 26
+    margin: int | None = None  # patch halo, pixels each side (None: the engine's 26)
     push_to: str | None = None
     public_url: str | None = None
     scheduler: str | None = None
     emulated_latency: float = 0.0
+    instances: int | None = None  # model instances fed round-robin (None: the backend's choice)
+    threads: int = 0  # ONNX Runtime threads per instance (0: its choice)
     #: backend openvino: auto, f32, bf16 or int8; int8's calibration set (None: the real demo chips)
     precision: str = "auto"
     calibration: Path | None = None
@@ -197,6 +200,8 @@ class _SpecFile(BaseModel):
     concurrency: int | None = None
     margin: int | None = None
     emulated_latency: float | None = None
+    instances: int | None = None
+    threads: int | None = None
     precision: str | None = None
     calibration: str | None = None
     probabilities: bool | None = None
@@ -355,6 +360,16 @@ class _SpecFile(BaseModel):
     def _latency(cls, v: float | None) -> float | None:
         return _between(v, 0, 60)
 
+    @field_validator("instances")
+    @classmethod
+    def _instances(cls, v: int | None) -> int | None:
+        return None if v is None else int(_between(v, 1, 64) or 0)
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, v: int | None) -> int | None:
+        return None if v is None else int(_between(v, 0, 256) or 0)
+
     @field_validator("retries", mode="before")
     @classmethod
     def _retries_count(cls, v: Any) -> Any:
@@ -451,6 +466,7 @@ def spec_from_dict(raw: Mapping[str, Any], base: Path | None = None, source: Pat
         "max_cloud": max_cloud, "min_cloud": min_cloud, "limit": doc.limit, "model": doc.model,
         "backend": doc.backend, "resolution": doc.resolution, "profile": doc.profile,
         "concurrency": doc.concurrency, "margin": doc.margin, "emulated_latency": doc.emulated_latency,
+        "instances": doc.instances, "threads": doc.threads,
         "precision": doc.precision, "calibration": None if doc.calibration is None else Path(doc.calibration),
         "probabilities": doc.probabilities, "quicklook": doc.quicklook, "classes": doc.classes,
         "push_to": doc.push_to,

@@ -4,7 +4,7 @@
 It writes the mask into the output directory (atomically, see :class:`~cloudmask.writer.CogSink`) and
 returns a :class:`SceneOutcome` with the mask's STAC item; only the driver (:mod:`.run`) writes items,
 the journal, the catalogue and the summary. Each process loads a model once
-(:func:`cloudmask.runtime.cache.cached_runners`).
+(:func:`cloudmask.runtime.pool.process_pool`) and a scene calls it only while it holds the runners' lease.
 """
 
 from __future__ import annotations
@@ -22,28 +22,21 @@ from typing import Any
 
 import pystac
 
-from .. import atomic, interrupt, retry
-from ..engine import StreamConfig
-from ..errors import CatalogUnreachableError, CloudmaskError, ReadError, WriteError
-from ..layout import OutputPaths
-from ..models import choose_model
+from .. import interrupt, retry
+from ..errors import CloudmaskError
+from ..options import MaskOptions, MaskPlan
 from ..output_catalog import mask_item
 from ..pipeline import mask_scene_spec
 from ..profiles import scene_spec
-from ..quicklook import quicklook_for_result
-from ..reader import ReaderConfig
-from ..retry import RetryPolicy
-from ..runtime import ov_config
-from ..runtime.cache import cached_runners, runner_loads, runner_lock
-from ..stac.api import HttpPolicy
+from ..quicklook import quicklook_or_note
+from ..retry import TRANSIENT
+from ..runtime.pool import process_pool, runner_loads
 from .spec import JobSpec
 from .state import check_lease
 
 log = logging.getLogger(__name__)
 
-#: Failures worth another attempt: remote reads, catalogue hiccups, I/O errors.
-TRANSIENT: tuple[type[BaseException], ...] = (ReadError, CatalogUnreachableError, WriteError, OSError)
-#: Backends whose runners must not be shared by concurrent scenes.
+#: Backends on which a second scene in flight does not pay (one device): the local executor keeps two.
 SERIAL_BACKENDS = frozenset({"metis"})
 
 # ----------------------------------------------------------------------------------------- settings
@@ -51,35 +44,17 @@ SERIAL_BACKENDS = frozenset({"metis"})
 
 @dataclass(frozen=True)
 class TaskSettings:
-    """What a worker needs to mask one scene (picklable; paths as strings)."""
+    """What a worker needs to mask one scene (picklable): the output folder and the job's
+    :class:`~cloudmask.options.MaskOptions` (:meth:`MaskOptions.from_job`: the spec's keys)."""
 
     out_dir: str
-    model: str = "auto"
-    backend: str = "onnxruntime"
-    resolution: float | None = None
-    profile: str | None = None
-    margin: int = 26
-    probabilities: bool = False
-    quicklook: bool = False
-    classes: str = "all"
-    postprocess: dict[str, Any] | None = None
-    retries: RetryPolicy = field(default_factory=RetryPolicy)
-    emulated_latency: float = 0.0
-    http: HttpPolicy | None = None  # time limits and retries of remote band reads (the spec's http_timeout)
+    options: MaskOptions = field(default_factory=lambda: MaskOptions(quicklook=False))
     #: the run's token (:func:`~.state.check_lease`): nothing is published once that run lost the job's lock
     lease: str | None = None
-    precision: str = "auto"
-    calibration: str | None = None
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> TaskSettings:
-        return cls(
-            out_dir=str(spec.output), model=spec.model, backend=spec.backend, resolution=spec.resolution,
-            profile=spec.profile, margin=spec.margin, probabilities=spec.probabilities,
-            quicklook=spec.quicklook, classes=spec.classes, postprocess=spec.postprocess, retries=spec.retries,
-            emulated_latency=spec.emulated_latency, http=spec.http_policy(), precision=spec.precision,
-            calibration=None if spec.calibration is None else str(spec.calibration),
-        )
+        return cls(out_dir=str(spec.output), options=MaskOptions.from_job(spec))
 
 
 @dataclass
@@ -126,7 +101,7 @@ def process_scene(item: Mapping[str, Any], settings: TaskSettings) -> SceneOutco
     try:
         with lease:
             outcome.item, outcome.row = retry.call(
-                lambda: _mask_once(item, settings), settings.retries, lambda e: isinstance(e, TRANSIENT),
+                lambda: _mask_once(item, settings), settings.options.retries, lambda e: isinstance(e, TRANSIENT),
                 f"scene {scene}", on_retry=note,
             )
         outcome.ok = True
@@ -141,53 +116,35 @@ def process_scene(item: Mapping[str, Any], settings: TaskSettings) -> SceneOutco
 
 def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[str, Any], dict[str, Any]]:
     """One attempt at one scene: the mask item (dict) and the summary row."""
-    spec = scene_spec(pystac.Item.from_dict(dict(item)), settings.profile)
-    card = choose_model(settings.model, spec)
-    ov = ov_config(settings.precision, settings.calibration)
-    runs = cached_runners(card, settings.backend, settings.emulated_latency, ov)
-    stream = StreamConfig(margin=settings.margin, probabilities=settings.probabilities)
-    serial = runner_lock(card, settings.backend, settings.emulated_latency, ov)
-    # a serial device is held only while the scene streams (not while its COG is finished)
-    res = mask_scene_spec(spec, Path(settings.out_dir), card, runners=runs, stream=stream,
-                          resolution=settings.resolution, classes=settings.classes,
-                          postprocess=settings.postprocess, reader=ReaderConfig(http=settings.http),
-                          device=serial if settings.backend in SERIAL_BACKENDS else None)
-    res.extra.setdefault("backend", settings.backend)  # what ran (a fallback to ONNX Runtime says so)
+    o = settings.options
+    spec = scene_spec(pystac.Item.from_dict(dict(item)), o.profile)
+    plan = MaskPlan.for_scene(o, spec)
+    lease = process_pool().lease(plan.card, o.backend, instances=o.instances, threads=o.threads,
+                                 latency_s=o.latency_s, ov=o.ov())
+    # the runners are this scene's only while it streams (not while it opens or finishes its COG)
+    res = mask_scene_spec(spec, Path(settings.out_dir), plan.card, runners=lease.runners, stream=plan.stream,
+                          resolution=o.resolution, classes=o.classes,
+                          postprocess=dict(o.postprocess) if o.postprocess else None, reader=o.reader(),
+                          device=lease)
+    res.extra.setdefault("backend", o.backend)  # what ran (a fallback to ONNX Runtime says so)
     res.extra["backend_version"] = _backend_version(res.extra["backend"])
-    if settings.quicklook:
-        try:
-            quicklook_for_result(spec, res)
-        except WriteError:
-            raise  # a full disk or an unwritable place: the scene is not done (the next run makes it)
-        except OSError as err:
-            raise atomic.write_error(err, OutputPaths.of_mask(res.mask).quicklook) from err
-        except Exception as err:  # noqa: BLE001 - a quicklook this scene cannot have: done without it, said so
-            log.warning("no quicklook for %s: %s", item.get("id"), err)
-            res.extra["quicklook_error"] = describe_error(err)
+    if o.quicklook:
+        quicklook_or_note(spec, res)  # the policy of every batch: unwritable fails, undrawable is noted
     doc = mask_item(spec, res).to_dict(include_self_link=False, transform_hrefs=False)
-    return doc, {**res.row(), "model": card.name}
+    return doc, {**res.row(), "model": plan.card.name}
 
 
 def expected_outputs(settings: TaskSettings) -> tuple[str, ...]:
     """The assets besides the mask that a done scene must have under ``settings``."""
-    from ..quicklook import available
-
-    return (("quicklook",) if settings.quicklook and available() else ()) + (
-        ("probabilities",) if settings.probabilities else ())
+    return settings.options.outputs()
 
 
 def expected_recipe(item: pystac.Item | Mapping[str, Any], settings: TaskSettings) -> str | None:
     """The fingerprint (:func:`cloudmask.pipeline.scene_fingerprint`) a mask of ``item`` made now with
     ``settings`` gets; None when the item or model cannot be resolved (masking it will say why)."""
-    from ..pipeline import scene_fingerprint
-
     try:
         it = item if isinstance(item, pystac.Item) else pystac.Item.from_dict(dict(item))
-        spec = scene_spec(it, settings.profile)
-        card = choose_model(settings.model, spec)
-        stream = StreamConfig(margin=settings.margin, probabilities=settings.probabilities)
-        return scene_fingerprint(spec, card, resolution=settings.resolution, classes=settings.classes,
-                                 postprocess=settings.postprocess, stream=stream)
+        return MaskPlan.for_scene(settings.options, scene_spec(it, settings.options.profile)).recipe
     except CloudmaskError as err:
         log.debug("scene %s: no recipe (%s)", getattr(item, "id", None), err)
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -25,7 +26,8 @@ class EmulatedRunner:
         self.latency_s = latency_s
         self._out = np.zeros(out_shape or (batch, classes, patch, patch), np.float32)
         self._out[:, 0] = 1.0
-        self.calls = 0
+        self.calls = 0  # calls made (counted under a lock: a runner misused from two threads still counts right)
+        self._count = threading.Lock()
 
     @classmethod
     def for_card(cls, card: ModelCard, batch: int = 1, latency_s: float = 0.0,
@@ -46,7 +48,8 @@ class EmulatedRunner:
             time.sleep(self.latency_s)
             while time.perf_counter() < deadline:  # sleep may return early
                 pass
-        self.calls += 1
+        with self._count:
+            self.calls += 1
         return self._out
 
     def close(self) -> None:
