@@ -63,7 +63,7 @@ def test_run_and_job_share_one_log_schema(sample_catalog: Path, tmp_path: Path) 
                 assert r["model"] == "ukis-6b-l2a" and isinstance(r["cloud"], float)
     # the line's seconds are the summary's seconds
     job_summary = json.loads((tmp_path / "jobout" / "summary.json").read_text())
-    by_scene = {r["scene"]: r for r in job_summary["this_run"]}
+    by_scene = {r["scene"]: r for r in job_summary["rows"]}
     for r in scenes["job"]:
         assert r["seconds"] == by_scene[r["scene"]]["seconds"]
     # the same keys, in the same order, in run and job run

@@ -83,7 +83,7 @@ def test_summary_mask_paths_are_relative_to_the_output_folder(sample_catalog: Pa
     spec.write_text(f'stac = "{sample_catalog}"\noutput = "jobout"\nlimit = 1\nbackend = "emulated"\n')
     run_job(load_spec(spec))
     doc = json.loads((tmp_path / "jobout/summary.json").read_text())
-    for r in doc["this_run"] + doc["scenes"]:
+    for r in doc["rows"] + doc["scenes"]:  # one summary schema for run and job run (issue 21)
         assert r["mask"] == f"{r['scene']}_cloudmask.tif", r
     assert f"\n{doc['scenes'][0]['scene']},done" in (tmp_path / "jobout/summary.csv").read_text()
     assert ",jobout/" not in (tmp_path / "jobout/summary.csv").read_text()
