@@ -140,7 +140,7 @@ def mask_item(spec: SceneSpec, result: MaskResult, card: ModelCard | None = None
     model_version = card.version if card is not None else result.extra.get("model_version")
     software[f"model:{result.model}"] = str(model_version or "unversioned")
     if backend:
-        software[f"backend:{backend}"] = str(result.extra.get("backend_version") or _backend_version(backend))
+        software[f"backend:{backend}"] = _backend_version(backend)
     precision = result.extra.get("precision")
     props: dict[str, Any] = {
         "gsd": abs(geobox.resolution.x),

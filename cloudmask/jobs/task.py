@@ -74,15 +74,6 @@ class SceneOutcome:
     loads: dict[str, int] = field(default_factory=dict)  # model loads of the process that ran it
 
 
-def _backend_version(backend: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(backend) if backend in ("onnxruntime", "openvino") else ""
-    except metadata.PackageNotFoundError:  # pragma: no cover - declared dependency
-        return ""
-
-
 # ------------------------------------------------------------------------------------ one scene
 
 
@@ -127,7 +118,6 @@ def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[st
                           postprocess=dict(o.postprocess) if o.postprocess else None, reader=o.reader(),
                           device=lease)
     res.extra.setdefault("backend", o.backend)  # what ran (a fallback to ONNX Runtime says so)
-    res.extra["backend_version"] = _backend_version(res.extra["backend"])
     if o.quicklook:
         quicklook_or_note(spec, res)  # the policy of every batch: unwritable fails, undrawable is noted
     doc = mask_item(spec, res).to_dict(include_self_link=False, transform_hrefs=False)
