@@ -263,7 +263,7 @@ def mask_scene(
     stream: StreamConfig | None = None,
     reader: ReaderConfig | None = None,
     cog: CogConfig | None = None,
-    runners: Sequence[Any] | None = None,
+    runners: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
     progress: Callable[[int, int], None] | None = None,
     classes: str = "all",
     postprocess: Any = None,
@@ -279,7 +279,8 @@ def mask_scene(
     PNG (``quicklook``: one that cannot be written raises, one that cannot be drawn from this scene is left
     out with a warning and ``cloudmask:quicklook_error`` in the item), the output STAC item ``items/<id>.json`` and, with ``catalog``, refreshes
     ``catalog.json``/``collection.json`` in ``out``. ``result.extra`` holds the paths of the quicklook,
-    item and catalogue. ``runners`` reuses loaded models across calls. ``classes="cloud-shadow"`` folds
+    item and catalogue. ``runners`` reuses loaded models across calls (or a callable returning them, called
+    while the scene's first rows are read). ``classes="cloud-shadow"`` folds
     the model's classes onto the three-class contract (thin cloud -> cloud, snow -> clear).
     ``postprocess``: post-processing options (:mod:`cloudmask.postprocess`: ``threshold``, ``buffer``,
     ``min_region``, ``scl``, ...), recorded in the item's ``cloudmask:postprocess`` and lineage.

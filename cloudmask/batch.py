@@ -327,15 +327,20 @@ class BatchRunner:
         o, plan = self.options, self.plan(spec)
         lease = self.pool.lease(plan.card, o.backend, instances=o.instances, threads=o.threads, latency_s=o.latency_s,
                                 ov=o.ov())
-        with self._lock:
-            first = lease.key not in self._timed
-            if first:
-                self._timed[lease.key] = self.clock.wrap(lease.runners)
-        if first and self.on_load is not None:
-            self.on_load(plan.card, lease.runners)
+
+        def runners() -> Sequence[Any]:  # called by the scene once its first rows are being read
+            loaded = lease.runners  # the model loads here the first time
+            with self._lock:
+                first = lease.key not in self._timed
+                if first:
+                    self._timed[lease.key] = self.clock.wrap(loaded)
+            if first and self.on_load is not None:
+                self.on_load(plan.card, loaded)
+            return self._timed[lease.key]
+
         progress = self.scene_progress(spec.id[:40]) if self.scene_progress else contextlib.nullcontext()
         with progress as cb:
-            res = mask_scene(spec, self.out, plan.card, runners=self._timed[lease.key], stream=plan.stream,
+            res = mask_scene(spec, self.out, plan.card, runners=runners, stream=plan.stream,
                              resolution=o.resolution, progress=cb, quicklook=o.quicklook, catalog=False,
                              classes=o.classes, postprocess=dict(o.postprocess) if o.postprocess else None,
                              device=held(turn, lease), reader=o.reader())

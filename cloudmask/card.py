@@ -107,6 +107,13 @@ class ModelCard:
         """The classes this model's masks hold (values 0 .. highest named; see :mod:`cloudmask.classes`)."""
         return ClassTable.for_names(self.classes)
 
+    @property
+    def read_affine(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per-band ``(multiply, add)`` of the card's normalisation when it is affine (a reader folds it into
+        the DN scaling: one pass instead of three), else None (see ``Normalisation.affine``)."""
+        norm = self.normalisation
+        return norm.affine(self.n_bands) if norm is not None else None
+
     def normalise(self, reflectance: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Normalise ``(C, ...)`` reflectance in model band order, in float32 (in place if ``out``)."""
         assert self.normalisation is not None  # set in __post_init__

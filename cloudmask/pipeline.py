@@ -22,6 +22,7 @@ from .postprocess import PostProcessSink, SclRows, for_card
 from .reader import RasterSource, ReaderConfig
 from .recipe import fingerprint, mask_recipe
 from .runtime import Runner, make_runners, ov_config
+from .runtime.shapes import runner_shapes
 from .scene import SceneSpec
 from .writer import CogConfig, CogSink
 
@@ -111,7 +112,7 @@ def mask_scene_spec(
     out_dir: Path,
     card: ModelCard,
     *,
-    runners: Sequence[Runner] | None = None,
+    runners: Sequence[Runner] | Callable[[], Sequence[Runner]] | None = None,
     backend: str = "onnxruntime",
     stream: StreamConfig | None = None,
     reader: ReaderConfig | None = None,
@@ -128,7 +129,10 @@ def mask_scene_spec(
 
     ``card``: the model, resolved by the caller (:func:`cloudmask.models.choose_model`; ``classes``
     may still fold its classes). ``resolution`` (metres) overrides the card's. ``runners`` lets
-    callers reuse loaded models across scenes. The mask is on the scene's own grid at that resolution, anchored on the tile corner.
+    callers reuse loaded models across scenes; a callable returning them is called once the scene's
+    first rows are being read (a model that loads on first use loads while they decode; so does one
+    made here when ``runners`` is None). The mask is on the scene's own grid at that resolution,
+    anchored on the tile corner.
     ``classes="cloud-shadow"`` folds the card's classes onto the three-class contract (thin cloud
     into cloud, snow into clear; their probabilities add up) before masking. ``postprocess`` (a
     :class:`~cloudmask.postprocess.PostProcess` or a mapping of its options) adds to the card's own
@@ -151,7 +155,6 @@ def mask_scene_spec(
     cfg = stream or StreamConfig()
     paths = mask_paths(Path(out_dir), spec.id)
     geobox = spec.geobox(res)
-    runs = runners if runners is not None else make_runners(card, backend, ov=ov_config(precision, calibration))
     tags = {"CLOUDMASK_MODEL": card.name, "CLOUDMASK_SOURCE_ITEM": spec.id}
     out_box = output_geobox(card, geobox)
     post = for_card(card, postprocess, resolution=abs(float(out_box.resolution.x)))
@@ -159,6 +162,7 @@ def mask_scene_spec(
     scl = None
     if post.scl is not None and "scl" not in spec.bands:
         log.warning("scene %s has no SCL asset: --scl %s is skipped", spec.id, post.scl)
+    loaded = runners if runners is not None and not callable(runners) else None
     source = RasterSource(spec, card.bands, geobox, reader)
     if post.scl is not None and "scl" in spec.bands:  # read with the scene's GDAL options (a provider's endpoint)
         href = spec.bands["scl"].href
@@ -167,10 +171,21 @@ def mask_scene_spec(
         except BaseException:
             source.close()
             raise
+    runs: Sequence[Runner] = ()
     try:
         source.check_grid()  # a grid the files cannot fill is refused before anything is read or written
-        if device is not None:  # read the first strip while the device still works on the scene before
-            source.prefetch(0, first_rows(card, runs[0].input_shape, geobox.height, geobox.width, run_cfg.strip_rows))
+        if device is not None or loaded is None:
+            # the first strip is read (normalised, as the stream asks for it) while the device still works on
+            # the scene before, or while the model loads
+            shape = loaded[0].input_shape if loaded else runner_shapes(card)[0]
+            source.prefetch(0, first_rows(card, shape, geobox.height, geobox.width, run_cfg.strip_rows),
+                            affine=card.read_affine)
+        if loaded is not None:
+            runs = loaded
+        elif callable(runners):
+            runs = runners()
+        else:
+            runs = make_runners(card, backend, ov=ov_config(precision, calibration))
         with CogSink(
             paths.mask, out_box, paths.probabilities if cfg.probabilities else None, cog, tags,
             classes=table,

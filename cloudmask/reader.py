@@ -295,6 +295,77 @@ def _inside(win: Window, ds: Any) -> bool:
             and win.row_off + win.height <= ds.height + eps)
 
 
+def column_parts(width: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` column ranges ``[c0, c1)`` of about equal width covering ``[0, width)``, left to right."""
+    n = max(1, min(parts, width))
+    edges = np.linspace(0, width, n + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+class _Progress:
+    """How far a background read got (columns ``[0, ready)``) and its future; shared by views of its rows."""
+
+    def __init__(self) -> None:
+        self.ready = 0
+        self.future: Future[Any] | None = None
+        self.cond = threading.Condition()
+
+
+class RowsAhead:
+    """Rows read in the background, column part by column part: ``data`` ``(bands, rows, width)`` float32
+    and ``valid`` ``(rows, width)``; :meth:`wait_cols` blocks until columns ``[0, stop)`` are in."""
+
+    def __init__(self, data: np.ndarray, valid: np.ndarray, parts: list[tuple[int, int]],
+                 progress: _Progress | None = None) -> None:
+        self.data, self.valid, self.parts = data, valid, parts
+        self._progress = progress or _Progress()
+
+    @property
+    def future(self) -> Future[Any] | None:
+        """The background read (its error is the read's error); set once by whoever starts it."""
+        return self._progress.future
+
+    @future.setter
+    def future(self, fut: Future[Any]) -> None:
+        self._progress.future = fut
+        fut.add_done_callback(lambda _: self._wake())
+
+    def _wake(self) -> None:
+        with self._progress.cond:
+            self._progress.cond.notify_all()
+
+    def publish(self, stop: int) -> None:
+        """Columns ``[0, stop)`` are read (called by the reading thread)."""
+        with self._progress.cond:
+            self._progress.ready = stop
+            self._progress.cond.notify_all()
+
+    @property
+    def done(self) -> bool:
+        """The read ended (every column is in, or it failed: :meth:`wait_cols` raises its error)."""
+        fut = self._progress.future
+        return fut is not None and fut.done()
+
+    def wait_cols(self, stop: int) -> None:
+        """Block until columns ``[0, stop)`` are read; raises the read's error if it failed."""
+        p = self._progress
+        with p.cond:
+            while p.ready < stop and not self.done:
+                p.cond.wait(0.1)
+        if p.ready < stop and p.future is not None:
+            p.future.result()  # the read's own error
+            raise ReadError("a background read ended before its rows were read")  # pragma: no cover
+
+    def settle(self) -> None:
+        """Wait for the read to end, whatever its outcome (before its buffers may be dropped)."""
+        if self._progress.future is not None:
+            wait([self._progress.future])
+
+    def rows(self, r0: int, r1: int) -> RowsAhead:
+        """Rows ``[r0, r1)`` of these (views, sharing this read's progress)."""
+        return RowsAhead(self.data[:, r0:r1], self.valid[r0:r1], self.parts, self._progress)
+
+
 class RasterSource:
     """A scene's bands on one grid, read lazily: ``(bands, rows, cols)`` float32 reflectance, NaN = nodata.
 
@@ -322,7 +393,7 @@ class RasterSource:
                                  remote=self.config.http_env())
         self._pool: ThreadPoolExecutor | None = None
         self._ahead: ThreadPoolExecutor | None = None  # prefetch thread (started on first use)
-        self._prefetched: tuple[int, int, Future[np.ndarray]] | None = None
+        self._prefetched: tuple[int, int, Any, RowsAhead] | None = None
         self._pool_lock = threading.Lock()
         self._invalid_lock = threading.Lock()  # band threads OR their nodata into one mask
         self._closed = False
@@ -460,20 +531,16 @@ class RasterSource:
         if valid is not None and (valid.shape != shape[1:] or valid.dtype != np.bool_):
             raise ValueError(f"valid must be bool {shape[1:]}, got {valid.dtype} {valid.shape}")
         if self._prefetched is not None:
-            got = self._take_prefetched(start, stop)
+            got = self.take_prefetched(start, stop, affine)
             if got is not None:
-                got = got[:, :, w0:w1]
-                if out is None and affine is None:
-                    out = got
+                got.wait_cols(w1)  # a failed prefetch raises here, as the read itself would
+                data, got_valid = got.data[:, :, w0:w1], got.valid[:, w0:w1]
+                if out is None:
+                    out = data
                 else:
-                    if out is None:
-                        out = np.empty(shape, np.float32)
-                    out[...] = got
-                if affine is not None:  # the prefetch read plain reflectance
-                    out *= np.asarray(affine[0], np.float32).reshape(-1, 1, 1)
-                    out += np.asarray(affine[1], np.float32).reshape(-1, 1, 1)
+                    out[...] = data
                 if valid is not None:
-                    np.logical_not(np.isnan(out.sum(axis=0)), out=valid)
+                    valid[...] = got_valid
                 return out
         return self._read(start, stop, out, (w0, w1), affine, valid)
 
@@ -518,30 +585,52 @@ class RasterSource:
             np.logical_not(invalid, out=valid[:, c0 - w0 : c1 - w0])
         return out
 
-    def prefetch(self, start: int, stop: int) -> None:
+    def prefetch(self, start: int, stop: int, affine: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Start reading rows ``[start, stop)`` in the background (e.g. the next scene's first strip
-        while the device still works on this one); a later :meth:`read_rows` inside that range is
-        served from it. Opening the bands and finding their overview levels happen there too."""
+        while the device still works on this one, or this scene's while its model loads); a later
+        :meth:`read_rows` inside that range with the same ``affine`` (the model's folded normalisation)
+        is served from it, valid mask included, without a pass over the pixels, and
+        :meth:`take_prefetched` hands the rows themselves over (no copy). Opening the bands and finding
+        their overview levels happen there too."""
+        fold = None if affine is None else (np.asarray(affine[0], np.float64).copy(),
+                                            np.asarray(affine[1], np.float64).copy())
+        width = self.shape[1]
+        ahead = RowsAhead(np.empty((len(self.bands), stop - start, width), np.float32),
+                          np.empty((stop - start, width), bool), [(0, width)])
+
+        def read() -> None:
+            self._read(start, stop, ahead.data, None, fold, ahead.valid)
+            ahead.publish(width)
+
         with self._pool_lock:
             if self._closed:
                 raise ReadError(f"the reader of scene {self.spec.id} is closed; open the scene again")
             if self._ahead is None:
                 self._ahead = ThreadPoolExecutor(1, thread_name_prefix="cloudmask-prefetch",
                                                  initializer=lower_thread_priority)
-            self._prefetched = (start, stop, self._ahead.submit(self._read, start, stop, None))
+            ahead.future = self._ahead.submit(read)
+            self._prefetched = (start, stop, fold, ahead)
 
-    def _take_prefetched(self, start: int, stop: int) -> np.ndarray | None:
-        """The prefetched rows ``[start, stop)`` (a view) when a prefetch covers them; drops the prefetch."""
+    def take_prefetched(self, start: int, stop: int, affine: tuple[np.ndarray, np.ndarray] | None = None
+                        ) -> RowsAhead | None:
+        """The prefetched rows ``[start, stop)`` (a :class:`RowsAhead` of views the caller may keep: no copy;
+        perhaps still being read: ask it to ``wait_cols`` before using columns) when a :meth:`prefetch`
+        covers them with the same ``affine``, else None. Drops the prefetch either way (a mismatch is read
+        again)."""
         with self._pool_lock:
             found, self._prefetched = self._prefetched, None
         if found is None:
             return None
-        p0, p1, fut = found
-        if not p0 <= start <= stop <= p1:
-            wait([fut])  # a read in flight must end before its buffer is dropped
+        p0, p1, fold, ahead = found
+        same = (fold is None and affine is None) or (
+            fold is not None and affine is not None
+            and all(np.array_equal(np.asarray(a, np.float64), b) for a, b in zip(affine, fold, strict=True)))
+        if not (same and p0 <= start <= stop <= p1):
+            ahead.settle()  # a read in flight must end before its buffer is dropped
+            if not same:
+                log.debug("prefetch of scene %s was read with another normalisation: reading again", self.spec.id)
             return None
-        data: np.ndarray = fut.result()  # a failed prefetch raises here, as the read itself would
-        return data[:, start - p0 : stop - p0]
+        return ahead.rows(start - p0, stop - p0)
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -707,11 +796,8 @@ class RowWindows:
         #: the affine normalisation the source applies while reading (None: ``prepare`` does it)
         self.fold = fold if fold is not None and "affine" in params and self._takes_out else None
         self.first_parts = first_parts if "cols" in params and self._takes_out and bands is not None else 1
-        # columns of the window last yielded that are ready (None: all); guarded by _cond
-        self._ready_cols: int | None = None
-        self._failed = False
-        self._first: Future[Any] | None = None
-        self._cond = threading.Condition()
+        # the window last yielded while its columns are still being read (None: it is whole)
+        self._first: RowsAhead | None = None
 
     def _buffer(self, k: int, bands: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         while len(self._buffers) <= k % 2:
@@ -770,83 +856,102 @@ class RowWindows:
         self.seconds["prepare"] += time.perf_counter() - t1
         return data, valid
 
-    def _part_edges(self, width: int) -> list[tuple[int, int]]:
-        n = max(1, min(self.first_parts, width))
-        edges = np.linspace(0, width, n + 1).round().astype(int)
-        return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
-
-    def _fill_first_in_parts(self, data: np.ndarray, valid: np.ndarray) -> None:
-        """Window 0 into ``data``/``valid`` column part by column part, publishing each as it is ready."""
+    def _adopt_prefetched(self) -> RowsAhead | None:
+        """Window 0's rows as the source prefetched them (``take_prefetched``; perhaps still being read),
+        used in place once read: the prefetch's arrays become the window's buffer (no copy: a fresh 100 MB buffer costs
+        more to fault in than to fill), or None."""
+        take = getattr(self.source, "take_prefetched", None)
+        if take is None or not (self._takes_out and self._bands is not None):
+            return None
         start, stop = self.windows[0]
-        try:
-            for c0, c1 in self._part_edges(data.shape[2]):
-                t0 = time.perf_counter()
-                self.source.read_rows(start, stop, out=data[:, :, c0:c1], cols=(c0, c1),
-                                      **self._read_kwargs(valid[:, c0:c1]))
-                t1 = time.perf_counter()
-                self._prepare_new(data[:, :, c0:c1], valid[:, c0:c1])
-                self.seconds["read"] += t1 - t0
-                self.seconds["prepare"] += time.perf_counter() - t1
-                with self._cond:
-                    self._ready_cols = c1
-                    self._cond.notify_all()
-        except BaseException:
-            with self._cond:
-                self._failed = True
-                self._cond.notify_all()
-            raise
+        ahead: RowsAhead | None = take(start, stop, self.fold)
+        if ahead is None:
+            return None
+        width = self.source.shape[1]
+        if ahead.data.shape != (self._bands, stop - start, width):  # pragma: no cover - another width
+            ahead.settle()
+            return None
+        if not self._buffers and stop - start == self._rows and ahead.data.flags.c_contiguous:
+            self._buffers.append((ahead.data, ahead.valid))  # window 0's buffer from now on
+        return ahead
+
+    def _fill_first_in_parts(self, ahead: RowsAhead) -> None:
+        """Window 0 into ``ahead`` column part by column part, publishing each as it is ready."""
+        start, stop = self.windows[0]
+        for c0, c1 in ahead.parts:
+            t0 = time.perf_counter()
+            self.source.read_rows(start, stop, out=ahead.data[:, :, c0:c1], cols=(c0, c1),
+                                  **self._read_kwargs(ahead.valid[:, c0:c1]))
+            t1 = time.perf_counter()
+            self._prepare_new(ahead.data[:, :, c0:c1], ahead.valid[:, c0:c1])
+            self.seconds["read"] += t1 - t0
+            self.seconds["prepare"] += time.perf_counter() - t1
+            ahead.publish(c1)
 
     def wait_cols(self, stop: int) -> None:
         """Block until columns ``[0, stop)`` of the window last yielded are ready (see ``first_parts``).
 
         Returns at once for whole windows; raises the read's error if reading the window failed.
         """
-        if self._ready_cols is None:
+        if self._first is None:
             return
         t0 = time.perf_counter()
-        with self._cond:
-            while self._ready_cols is not None and self._ready_cols < stop and not self._failed:
-                self._cond.wait(0.1)
-            failed = self._failed
-        self.seconds["wait"] += time.perf_counter() - t0
-        if failed and self._first is not None:
-            self._first.result()  # raises the read's own error
+        try:
+            self._first.wait_cols(stop)
+        finally:
+            self.seconds["wait"] += time.perf_counter() - t0
+
+    def _first_window(self, pool: ThreadPoolExecutor | None) -> tuple[RowsAhead | None, RowsAhead | None]:
+        """Window 0 either whole from the source's prefetch (``(None, rows)``; prepared here), or to be
+        yielded at once and read in ``first_parts`` column parts in the background (``(progress, None)``),
+        or ``(None, None)``: read it as any window."""
+        ahead = self._adopt_prefetched()
+        if ahead is not None:
+            ahead.wait_cols(ahead.data.shape[2])  # a failed prefetch raises here, as the read itself would
+            self._prepare_new(ahead.data, ahead.valid)
+            return None, ahead
+        if pool is None or self.first_parts <= 1 or getattr(self.source, "prefetching", False):
+            return None, None
+        start, stop = self.windows[0]
+        data, valid = self._buffer(0, self._bands or 0, self.source.shape[1])
+        return RowsAhead(data[:, : stop - start], valid[: stop - start],
+                         column_parts(data.shape[2], self.first_parts)), None
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if not self.windows:
             return
         pool = (ThreadPoolExecutor(1, thread_name_prefix="cloudmask-rows", initializer=lower_thread_priority)
                 if self.ahead else None)
-        parts = (pool is not None and self.first_parts > 1 and not getattr(self.source, "prefetching", False))
         try:
             nxt: Future[tuple[np.ndarray, np.ndarray]] | None = None
             k0 = 0
-            if parts:
-                assert pool is not None and self._bands is not None
-                start, stop = self.windows[0]
-                data, valid = self._buffer(0, self._bands, self.source.shape[1])
-                cur = (data[:, : stop - start], valid[: stop - start])
-                self._ready_cols, self._failed = 0, False
+            first, whole = self._first_window(pool)
+            if first is not None:  # yielded at once, its columns read in parts here (see wait_cols)
+                assert pool is not None
+                cur = (first.data, first.valid)
 
                 def first_then_next() -> tuple[np.ndarray, np.ndarray]:
-                    self._fill_first_in_parts(*cur)
+                    self._fill_first_in_parts(first)
                     if len(self.windows) > 1:
                         return self._fill(1, (*self.windows[0], *cur))
                     return cur
 
-                nxt = self._first = pool.submit(first_then_next)
+                nxt = pool.submit(first_then_next)
+                first.future = nxt  # a failed part read ends it: wait_cols raises that error
+                self._first = first
                 yield cur
                 k0 = 1
                 t0 = time.perf_counter()
                 try:
                     nxt_cur = nxt.result()
                 finally:
-                    with self._cond:
-                        self._ready_cols = None
+                    self._first = None
                 self.seconds["wait"] += time.perf_counter() - t0
                 if len(self.windows) == 1:
                     return
                 cur = nxt_cur
+            elif whole is not None:
+                cur = (whole.data, whole.valid)
             else:
                 cur = self._fill(0, None)
             for k in range(k0, len(self.windows)):

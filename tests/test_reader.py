@@ -245,6 +245,56 @@ def test_folded_normalisation_equals_normalising_after_the_read(sample_items, pr
 
 
 
+def test_prefetch_with_the_models_fold_becomes_the_first_window_without_a_copy(sample_items, monkeypatch):
+    """A prefetch read with the card's folded normalisation is the first window itself: same values and
+    valid mask as a plain read, no second read of its rows, its array used in place (not copied)."""
+    from cloudmask.models import load_model
+    from cloudmask.reader import RowWindows
+
+    card = load_model("ukis-4b-l2a")
+    spec = scene_spec(sample_items[1])
+    windows = [(0, 50), (50, 100), (100, 150), (150, 200)]
+    fold = card.read_affine
+    with RasterSource(spec, card.bands, spec.geobox(30.0)) as src:
+        ref = [(d.copy(), v.copy()) for d, v in RowWindows(src, windows, prepare=card.normalise, fill=None)]
+    reads: list[tuple[int, int]] = []
+    real = RasterSource._read
+
+    def counted(self, start, stop, *a, **k):
+        reads.append((start, stop))
+        return real(self, start, stop, *a, **k)
+
+    monkeypatch.setattr(RasterSource, "_read", counted)
+    with RasterSource(spec, card.bands, spec.geobox(30.0)) as src:
+        src.prefetch(0, 50, affine=fold)
+        rw = RowWindows(src, windows, prepare=card.normalise, fill=None, fold=fold)
+        got, first = [], None
+        for d, v in rw:
+            first = d if first is None else first
+            got.append((d.copy(), v.copy()))
+        assert first is not None and first is rw._buffers[0][0]  # the prefetch's array is window 0's buffer
+    assert sorted(reads) == windows  # each window read once: the first by the prefetch
+    assert (~ref[0][1]).any()  # nodata in the first window: the valid mask came with the prefetch
+    for (a, va), (b, vb) in zip(ref, got, strict=True):
+        assert np.array_equal(va, vb)
+        assert np.allclose(a, b, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+def test_prefetch_with_another_normalisation_is_read_again(sample_items):
+    from cloudmask.models import load_model
+
+    card = load_model("ukis-4b-l2a")
+    spec = scene_spec(sample_items[1])
+    fold = card.read_affine
+    other = (fold[0] * 2, fold[1])
+    with RasterSource(spec, card.bands, spec.geobox(30.0)) as src:
+        ref = src.read_rows(0, 40, affine=fold)
+        src.prefetch(0, 40, affine=other)
+        got = src.read_rows(0, 40, affine=fold)  # not served from the prefetch: its values differ
+        assert not src.prefetching
+    assert np.allclose(ref, got, equal_nan=True)
+
+
 @pytest.mark.parametrize("prefetch", [False, True])
 def test_valid_mask_from_the_bands_nodata_equals_no_nan(sample_items, prefetch):
     spec = scene_spec(sample_items[1])  # wedge: nodata inside the footprint's bounding columns too

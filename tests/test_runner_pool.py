@@ -70,6 +70,7 @@ def test_lease_is_exclusive_and_loads_once(monkeypatch):
     with RunnerPool() as pool:
         a = pool.lease(card, "emulated")
         b = pool.lease(card, "emulated")
+        assert pool.loads == {}  # loaded on first use, not by the lease
         assert a.runners is b.runners and pool.loads == {"ukis-6b-l2a@emulated": 1}
         other = pool.lease(card, "emulated", latency_s=0.01)  # another build option: other runners
         assert other.runners is not a.runners and pool.loads["ukis-6b-l2a@emulated"] == 2
@@ -109,3 +110,32 @@ def test_run_closes_its_runners_when_the_batch_ends(tmp_path, sample_catalog, mo
                                     "--backend", "emulated", "--no-quicklook", "--instances", "2"])
     assert res.exit_code == 0, res.output
     assert len(made) == 2 and sorted(closed) == sorted(made)  # loaded once for three scenes, each closed once
+
+
+def test_a_scene_reads_its_first_rows_while_its_model_loads(tmp_path, sample_catalog, monkeypatch):
+    """``run`` starts the first scene's first strip (its prefetch) before the model loads, so a slow load
+    (a compiled device model) overlaps the decode instead of coming before it."""
+    from click.testing import CliRunner
+
+    import cloudmask.runtime as runtime
+    from cloudmask.cli import main
+    from cloudmask.reader import RasterSource
+
+    events: list[str] = []
+    real_make, real_prefetch = runtime.make_runners, RasterSource.prefetch
+
+    def slow_make(*a: Any, **k: Any) -> Any:
+        events.append("load")
+        time.sleep(0.2)
+        return real_make(*a, **k)
+
+    def prefetch(self: RasterSource, *a: Any, **k: Any) -> None:
+        events.append("prefetch")
+        real_prefetch(self, *a, **k)
+
+    monkeypatch.setattr(runtime, "make_runners", slow_make)
+    monkeypatch.setattr(RasterSource, "prefetch", prefetch)
+    res = CliRunner().invoke(main, ["run", "--stac", str(sample_catalog), "--out", str(tmp_path / "o"),
+                                    "--backend", "emulated", "--no-quicklook"])
+    assert res.exit_code == 0, res.output
+    assert events[:2] == ["prefetch", "load"] and events.count("load") == 1

@@ -83,10 +83,8 @@ class PatchProducer(Producer):
         cols = lay.strip_cols()
         strips = [lay.strip_rows(i) for i in range(lay.n_rows)]
         windows = [(int(r.min()), int(r.max()) + 1) for r in strips]
-        norm = self.card.normalisation
-        fold = norm.affine(self.card.n_bands) if norm is not None else None
         reader = RowWindows(self.source, windows, prepare=self._normalise, first_parts=FIRST_STRIP_PARTS,
-                            fold=fold)
+                            fold=self.card.read_affine)
         pending: list[tuple[PatchTask, np.ndarray]] = []
         t_wait = time.perf_counter()
         for i, (data, valid) in enumerate(reader):
@@ -188,10 +186,8 @@ class PixelProducer(Producer):
         h, _ = self.source.shape
         rows = self.strip_rows
         windows = [(k * rows, min(h, (k + 1) * rows)) for k in range(self.n_strips(h, rows))]
-        norm = self.card.normalisation
-        fold = norm.affine(self.card.n_bands) if norm is not None else None
         # invalid pixels are never sent: no fill (None), so a nodata-heavy strip costs no extra pass
-        reader = RowWindows(self.source, windows, prepare=self._normalise, fill=None, fold=fold)
+        reader = RowWindows(self.source, windows, prepare=self._normalise, fill=None, fold=self.card.read_affine)
         arr: np.ndarray | None = None
         runs: list[PixelRun] = []
         fill = 0

@@ -112,8 +112,9 @@ def _mask_once(item: Mapping[str, Any], settings: TaskSettings) -> tuple[dict[st
     plan = MaskPlan.for_scene(o, spec)
     lease = process_pool().lease(plan.card, o.backend, instances=o.instances, threads=o.threads,
                                  latency_s=o.latency_s, ov=o.ov())
-    # the runners are this scene's only while it streams (not while it opens or finishes its COG)
-    res = mask_scene_spec(spec, Path(settings.out_dir), plan.card, runners=lease.runners, stream=plan.stream,
+    # the runners are this scene's only while it streams (not while it opens or finishes its COG); they load
+    # (the first time) while the scene's first rows are read
+    res = mask_scene_spec(spec, Path(settings.out_dir), plan.card, runners=lambda: lease.runners, stream=plan.stream,
                           resolution=o.resolution, classes=o.classes,
                           postprocess=dict(o.postprocess) if o.postprocess else None, reader=o.reader(),
                           device=lease)

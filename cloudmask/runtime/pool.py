@@ -12,11 +12,12 @@ exit, a pool made for one batch when the batch ends.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,13 +43,19 @@ class RunnerKey:
 class Lease:
     """One set of runners, used by one scene at a time: enter it around the streaming (a context manager).
 
-    ``runners`` are loaded when the lease is made; call them only while the lease is entered. ``waited``:
+    ``runners`` are loaded on first use (once per key, whichever lease asks first), so a scene can start
+    reading its first rows while its model loads; call them only while the lease is entered. ``waited``:
     seconds the last entry waited for another scene to leave.
     """
 
-    def __init__(self, key: RunnerKey, runners: Sequence[Runner], lock: threading.Lock) -> None:
-        self.key, self.runners, self._lock = key, runners, lock
+    def __init__(self, key: RunnerKey, load: Callable[[], Sequence[Runner]], lock: threading.Lock) -> None:
+        self.key, self._load, self._lock = key, load, lock
         self.waited = 0.0
+
+    @property
+    def runners(self) -> Sequence[Runner]:
+        """The runners (loaded now if no lease of this key loaded them yet)."""
+        return self._load()
 
     def __enter__(self) -> Sequence[Runner]:
         t0 = time.perf_counter()
@@ -60,55 +67,74 @@ class Lease:
         self._lock.release()
 
 
+class _Entry:
+    """The runners of one key: loaded once, by the first caller (others wait for that load)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # the lease lock: one scene at a time
+        self.loading = threading.Lock()
+        self.runners: Sequence[Runner] | None = None
+
+
 class RunnerPool:
     """Runners loaded once per key, handed out as exclusive :class:`Lease`\\ s; :meth:`close` frees them."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sets: dict[RunnerKey, tuple[Sequence[Runner], threading.Lock]] = {}
+        self._sets: dict[RunnerKey, _Entry] = {}
         self._closed = False
         #: Loads per ``model@backend`` (a process that loads one twice is a bug).
         self.loads: dict[str, int] = {}
 
     def lease(self, card: ModelCard, backend: str = "onnxruntime", *, instances: int | None = None,
               threads: int = 0, latency_s: float = 0.0, ov: Any = None) -> Lease:
-        """The lease of ``card``'s runners on ``backend`` (loaded on first use; thread-safe).
+        """The lease of ``card``'s runners on ``backend`` (loaded on first use of ``lease.runners``; thread-safe).
 
         ``instances``, ``threads`` (ONNX Runtime threads per instance, 0: its choice) and ``latency_s``
         (per call, emulated backend), ``ov`` (OpenVINO's :class:`~cloudmask.runtime.OvConfig`) as for
         :func:`cloudmask.runtime.make_runners`.
         """
-        from . import OrtConfig, make_runners
-
         if backend == "onnx":
             backend = "onnxruntime"
         key = RunnerKey(card.name, str(card.onnx_path), backend, instances, int(threads), float(latency_s), ov)
         with self._lock:
             if self._closed:
                 raise RuntimeError("this runner pool is closed")
-            entry = self._sets.get(key)
-            if entry is None:
-                runners = make_runners(card, backend, instances=instances, latency_s=latency_s, ov=ov,
-                                       ort=OrtConfig(intra_op_threads=threads)
-                                       if threads and backend == "onnxruntime" else None)
-                entry = (runners, threading.Lock())
-                self._sets[key] = entry
+            entry = self._sets.setdefault(key, _Entry())
+        return Lease(key, functools.partial(self._load, entry, card, key), entry.lock)
+
+    def _load(self, entry: _Entry, card: ModelCard, key: RunnerKey) -> Sequence[Runner]:
+        from . import OrtConfig, make_runners
+
+        if entry.runners is not None:
+            return entry.runners
+        with entry.loading:
+            if entry.runners is None:
+                with self._lock:
+                    if self._closed:
+                        raise RuntimeError("this runner pool is closed")
+                backend = key.backend
+                entry.runners = make_runners(card, backend, instances=key.instances, latency_s=key.latency_s,
+                                             ov=key.ov, ort=OrtConfig(intra_op_threads=key.threads)
+                                             if key.threads and backend == "onnxruntime" else None)
                 name = f"{card.name}@{backend}"
-                self.loads[name] = self.loads.get(name, 0) + 1
+                with self._lock:
+                    self.loads[name] = self.loads.get(name, 0) + 1
                 log.info("loaded model %s on %s in process %d", card.name, backend, os.getpid())
-        return Lease(key, entry[0], entry[1])
+        return entry.runners
 
     def close(self) -> None:
         """Close every runner (each once); later leases are refused."""
         with self._lock:
-            sets, self._sets, self._closed = list(self._sets.values()), {}, True
-        for runners, lock in sets:
-            with lock:  # a scene still streaming finishes first
-                for r in runners:
+            entries, self._sets, self._closed = list(self._sets.values()), {}, True
+        for entry in entries:
+            with entry.loading, entry.lock:  # a load in flight ends, a scene still streaming finishes first
+                for r in entry.runners or ():
                     try:
                         r.close()
                     except Exception as err:  # noqa: BLE001 - closing must go on for the others
                         log.debug("closing a runner failed: %s", err)
+                entry.runners = None
 
     def __enter__(self) -> RunnerPool:
         return self
