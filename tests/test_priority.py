@@ -59,3 +59,42 @@ def test_the_readers_band_threads_run_nicer(sample_items):
         src.read_rows(0, 10)
         band_thread = src._executor().submit(_nice).result()
     assert band_thread == min(19, base + HOST_NICE) and _nice() == base
+
+
+def _timer_slack_ns() -> int:
+    import ctypes
+
+    return int(ctypes.CDLL(None).prctl(30, 0, 0, 0, 0))  # PR_GET_TIMERSLACK
+
+
+def test_device_threads_wake_on_time_and_other_threads_keep_the_default_slack():
+    """A device thread's timed waits (an emulated call's sleep, a runtime's wait for its device) end within
+    1 us of their deadline instead of Linux's default 50 us; the caller's thread is left as it was."""
+    import numpy as np
+
+    from cloudmask.engine.control import BufferPool, Control
+    from cloudmask.engine.devices import DeviceWorker
+    from cloudmask.priority import DEVICE_TIMER_SLACK_NS
+
+    before = _timer_slack_ns()
+    seen: list[int] = []
+
+    class Probe:
+        input_shape = (1, 2)
+
+        def run(self, batch: np.ndarray) -> np.ndarray:
+            seen.append(_timer_slack_ns())
+            return batch
+
+    import queue
+
+    from cloudmask.engine.messages import Batch
+
+    control, in_q, out_q = Control(), queue.Queue(), queue.Queue()
+    pool = BufferPool((1, 2), 2, control)
+    in_q.put(Batch([], pool.take(), 0))
+    in_q.put(None)
+    t = threading.Thread(target=DeviceWorker(Probe(), control, in_q, out_q, pool).run)
+    t.start()
+    t.join(5)
+    assert seen == [DEVICE_TIMER_SLACK_NS] and _timer_slack_ns() == before
