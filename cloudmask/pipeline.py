@@ -15,7 +15,7 @@ import numpy as np
 
 from .classes import THREE_CLASSES, ClassShares, ClassTable, collapse_names, histogram
 from .engine import StreamConfig, StreamStats, output_geobox, stream_scene
-from .engine.strategies import first_rows
+from .engine.strategies import first_rows, reads_dn
 from .layout import OutputPaths, safe_name
 from .models import ModelCard
 from .postprocess import PostProcessSink, SclRows, for_card
@@ -179,7 +179,7 @@ def mask_scene_spec(
             # the scene before, or while the model loads
             shape = loaded[0].input_shape if loaded else runner_shapes(card)[0]
             source.prefetch(0, first_rows(card, shape, geobox.height, geobox.width, run_cfg.strip_rows),
-                            affine=card.read_affine)
+                            affine=card.read_affine, raw=reads_dn(card) and source.dn_dtype is not None)
         if loaded is not None:
             runs = loaded
         elif callable(runners):

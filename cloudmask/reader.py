@@ -289,6 +289,21 @@ def _scale_into(out: np.ndarray, data: np.ndarray, ky: int, kx: int, scale: floa
         dst[j::ky] = wide
 
 
+def _repeat_into(out: np.ndarray, data: np.ndarray, ky: int, kx: int) -> None:
+    """``out`` = ``data`` (DN, same integer dtype), each native pixel repeated ``ky`` x ``kx`` times."""
+    if ky == kx == 1:
+        if out is not data:
+            out[...] = data
+        return
+    if kx == 2 and data.dtype.itemsize == 2 and out.strides[-1] == out.itemsize and out.shape[-1] % 2 == 0:
+        # each value twice along the row: v * 0x10001 is the pair (v, v) of 16-bit halves, one uint32 store
+        wide, dst = data.astype(np.uint32) * np.uint32(0x10001), out.view(np.uint32)
+    else:
+        wide, dst = (np.repeat(data, kx, axis=1) if kx > 1 else data), out
+    for j in range(ky):
+        dst[j::ky] = wide
+
+
 def _inside(win: Window, ds: Any) -> bool:
     eps = 1e-6
     return (win.col_off >= -eps and win.row_off >= -eps and win.col_off + win.width <= ds.width + eps
@@ -393,17 +408,41 @@ class RasterSource:
                                  remote=self.config.http_env())
         self._pool: ThreadPoolExecutor | None = None
         self._ahead: ThreadPoolExecutor | None = None  # prefetch thread (started on first use)
-        self._prefetched: tuple[int, int, Any, RowsAhead] | None = None
+        self._prefetched: tuple[int, int, Any, RowsAhead] | None = None  # rows, "raw" or affine, the read
         self._pool_lock = threading.Lock()
         self._invalid_lock = threading.Lock()  # band threads OR their nodata into one mask
         self._closed = False
         self._levels: dict[int, int | None] = {}
         self._footprint = self._pixel_footprint()
         self._name = f"cloudmask-read-{spec.id}-{id(self)}"
+        self._dn_dtype: Any = False  # not looked up yet
 
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.geobox.height), int(self.geobox.width)
+
+    @property
+    def dn_dtype(self) -> np.dtype[Any] | None:
+        """The DN dtype every band shares when it is an integer of at most 16 bits (Sentinel-2: uint16),
+        else None: then ``read_rows(raw=True)`` is refused and callers read reflectance. Opens the bands."""
+        if self._dn_dtype is False:
+            kinds = set()
+            for asset in self.assets:
+                with self._handles.checkout(asset, None) as ds:
+                    kinds.add(np.dtype(ds.dtypes[0]))
+            one = kinds.pop() if len(kinds) == 1 else None
+            self._dn_dtype = one if one is not None and one.kind in "ui" and one.itemsize <= 2 else None
+        return self._dn_dtype  # type: ignore[return-value]
+
+    def dn_affine(self, affine: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per band ``(multiply, add)`` (float64) turning DN into ``reflectance * affine[0] + affine[1]``
+        (reflectance without ``affine``): what :meth:`read_rows` applies, for callers of ``raw=True``."""
+        n = len(self.assets)
+        m = np.ones(n) if affine is None else np.asarray(affine[0], np.float64)
+        a = np.zeros(n) if affine is None else np.asarray(affine[1], np.float64)
+        scale = np.array([asset.scale for asset in self.assets], np.float64)
+        offset = np.array([asset.offset for asset in self.assets], np.float64)
+        return scale * m, offset * m + a
 
     def _level(self, band: int) -> int | None:
         """Overview to read ``band`` from: the coarsest one still at least as fine as the grid (cached)."""
@@ -427,18 +466,20 @@ class RasterSource:
 
     def read_block(self, band: int, rows: tuple[int, int], cols: tuple[int, int],
                    out: np.ndarray | None = None, affine: tuple[float, float] | None = None,
-                   invalid_into: np.ndarray | None = None) -> np.ndarray:
+                   invalid_into: np.ndarray | None = None, raw: bool = False) -> np.ndarray:
         """Reflectance of one band over ``rows`` x ``cols`` (pixel ranges), float32, NaN = nodata
         (written into ``out``, a float32 array or view of that shape, when given).
 
         ``affine`` ``(multiply, add)``: return ``reflectance * multiply + add`` instead, in the same
         pass that scales the DN (a model's affine normalisation folded into the read).
-        ``invalid_into`` (bool, that shape): this band's nodata pixels are OR-ed into it (thread-safe)."""
+        ``invalid_into`` (bool, that shape): this band's nodata pixels are OR-ed into it (thread-safe).
+        ``raw``: the DN themselves on the grid, in the file's dtype (:attr:`dn_dtype`), nodata left as read
+        (``invalid_into`` tells): the caller scales them (:meth:`dn_affine`), e.g. while it copies them."""
         asset = self.assets[band]
         shape = (rows[1] - rows[0], cols[1] - cols[0])
         level = self._level(band)
         if out is None:
-            out = np.empty(shape, np.float32)
+            out = np.empty(shape, np.float32 if not raw else self.dn_dtype or np.float32)
         scale, offset = asset.scale, asset.offset
         if affine is not None:
             scale, offset = scale * affine[0], offset * affine[0] + affine[1]
@@ -451,8 +492,10 @@ class RasterSource:
             try:
                 if not finer:  # read whole native pixels, then pick the one under each grid pixel centre
                     native, ri, ci = _upsample_plan(win, shape)
-                    data = _read_native(ds, native, fill)
                     ky, kx = _repeat(ri), _repeat(ci)
+                    direct = raw and ky == kx == 1 and out.flags.c_contiguous and _inside(native, ds)
+                    data = (np.asarray(ds.read(1, window=native, out=out)) if direct  # GDAL decodes into out
+                            else _read_native(ds, native, fill))
                     if not (ky and kx):  # not an aligned integer ratio: index each axis (columns first)
                         ky = kx = 1
                         dn = np.asarray(data.take(ci, axis=1).take(ri, axis=0))
@@ -472,8 +515,10 @@ class RasterSource:
             invalid = dn == nodata
             if not invalid.any():
                 invalid = None
-        # DN -> float32 in one pass over the grid (aligned coarser bands: scaled at native size, then repeated)
-        _scale_into(out, dn, ky, kx, scale, offset, invalid)
+        if raw:  # the DN on the grid (aligned coarser bands repeated); the caller scales them
+            _repeat_into(out, dn, ky, kx)
+        else:  # DN -> float32 in one pass over the grid (aligned coarser bands: scaled at native size, then repeated)
+            _scale_into(out, dn, ky, kx, scale, offset, invalid)
         if invalid is not None and invalid_into is not None:
             if ky != 1 or kx != 1:
                 invalid = np.repeat(np.repeat(invalid, kx, axis=1), ky, axis=0)
@@ -509,7 +554,7 @@ class RasterSource:
     def read_rows(self, start: int, stop: int, out: np.ndarray | None = None,
                   cols: tuple[int, int] | None = None,
                   affine: tuple[np.ndarray, np.ndarray] | None = None,
-                  valid: np.ndarray | None = None) -> np.ndarray:
+                  valid: np.ndarray | None = None, raw: bool = False) -> np.ndarray:
         """Rows ``[start, stop)`` of every band, one band per worker thread.
 
         ``cols`` ``(c0, c1)`` reads only those columns (default: all); the result is then
@@ -517,21 +562,29 @@ class RasterSource:
         known) are not read: they are NaN. ``out`` (float32, the result's shape) is filled in place
         when given. ``affine`` ``(multiply, add)``, one value per band: ``reflectance * multiply + add``
         (see :meth:`read_block`). ``valid`` (bool, ``(stop - start, c1 - c0)``) is set to whether every
-        band has data (the same as no NaN in any band, without a pass over the floats). Every band
-        read has finished when this returns or raises (the first
-        error is raised after the others end), so closing the source afterwards never closes a dataset
-        under a read.
+        band has data (the same as no NaN in any band, without a pass over the floats). ``raw``: the DN
+        on the grid instead, in :attr:`dn_dtype` (``affine`` does not apply; nodata pixels hold what the
+        files hold, 0 outside the footprint: ``valid`` tells), for a caller that scales them with
+        :meth:`dn_affine` as it copies them. Every band read has finished when this returns or raises
+        (the first error is raised after the others end), so closing the source afterwards never closes
+        a dataset under a read.
         """
         w0, w1 = cols if cols is not None else (0, self.shape[1])
         if not 0 <= w0 < w1 <= self.shape[1]:
             raise ValueError(f"cols must satisfy 0 <= c0 < c1 <= {self.shape[1]}, got {cols}")
         shape = (len(self.bands), stop - start, w1 - w0)
-        if out is not None and (out.shape != shape or out.dtype != np.float32):
-            raise ValueError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
+        dtype = np.dtype(np.float32)
+        if raw:
+            if self.dn_dtype is None:
+                raise ValueError(f"scene {self.spec.id}: its bands share no 8/16-bit integer DN dtype; read "
+                                 "reflectance (raw=False)")
+            dtype, affine = self.dn_dtype, None
+        if out is not None and (out.shape != shape or out.dtype != dtype):
+            raise ValueError(f"out must be {dtype} {shape}, got {out.dtype} {out.shape}")
         if valid is not None and (valid.shape != shape[1:] or valid.dtype != np.bool_):
             raise ValueError(f"valid must be bool {shape[1:]}, got {valid.dtype} {valid.shape}")
         if self._prefetched is not None:
-            got = self.take_prefetched(start, stop, affine)
+            got = self.take_prefetched(start, stop, affine, raw)
             if got is not None:
                 got.wait_cols(w1)  # a failed prefetch raises here, as the read itself would
                 data, got_valid = got.data[:, :, w0:w1], got.valid[:, w0:w1]
@@ -542,7 +595,7 @@ class RasterSource:
                 if valid is not None:
                     valid[...] = got_valid
                 return out
-        return self._read(start, stop, out, (w0, w1), affine, valid)
+        return self._read(start, stop, out, (w0, w1), affine, valid, raw)
 
     @property
     def prefetching(self) -> bool:
@@ -552,28 +605,29 @@ class RasterSource:
     def _read(self, start: int, stop: int, out: np.ndarray | None,
               cols: tuple[int, int] | None = None,
               affine: tuple[np.ndarray, np.ndarray] | None = None,
-              valid: np.ndarray | None = None) -> np.ndarray:
+              valid: np.ndarray | None = None, raw: bool = False) -> np.ndarray:
         w0, w1 = cols if cols is not None else (0, self.shape[1])
         f0, f1 = self.footprint_cols(start, stop)
         c0, c1 = max(w0, f0), min(w1, f1)
         shape = (len(self.bands), stop - start, w1 - w0)
         if out is None:
-            out = np.empty(shape, np.float32)
+            out = np.empty(shape, self.dn_dtype if raw else np.float32)
+        outside = 0 if raw else np.nan
         if valid is not None:
             valid[...] = False  # outside the footprint; the footprint's columns are set below
         if c1 <= c0:
-            out[...] = np.nan
+            out[...] = outside
             return out
         if c0 > w0:
-            out[:, :, : c0 - w0] = np.nan
+            out[:, :, : c0 - w0] = outside
         if c1 < w1:
-            out[:, :, c1 - w0 :] = np.nan
+            out[:, :, c1 - w0 :] = outside
         invalid = np.zeros((stop - start, c1 - c0), bool) if valid is not None else None
 
         def one(b: int) -> None:
             ab = None if affine is None else (float(affine[0][b]), float(affine[1][b]))
             self.read_block(b, (start, stop), (c0, c1), out=out[b, :, c0 - w0 : c1 - w0], affine=ab,
-                            invalid_into=invalid)
+                            invalid_into=invalid, raw=raw)
 
         futures = [self._executor().submit(one, b) for b in range(len(self.bands))]
         wait(futures)
@@ -585,21 +639,27 @@ class RasterSource:
             np.logical_not(invalid, out=valid[:, c0 - w0 : c1 - w0])
         return out
 
-    def prefetch(self, start: int, stop: int, affine: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    def prefetch(self, start: int, stop: int, affine: tuple[np.ndarray, np.ndarray] | None = None,
+                 raw: bool = False) -> None:
         """Start reading rows ``[start, stop)`` in the background (e.g. the next scene's first strip
         while the device still works on this one, or this scene's while its model loads); a later
         :meth:`read_rows` inside that range with the same ``affine`` (the model's folded normalisation)
         is served from it, valid mask included, without a pass over the pixels, and
-        :meth:`take_prefetched` hands the rows themselves over (no copy). Opening the bands and finding
-        their overview levels happen there too."""
-        fold = None if affine is None else (np.asarray(affine[0], np.float64).copy(),
-                                            np.asarray(affine[1], np.float64).copy())
+        :meth:`take_prefetched` hands the rows themselves over (no copy). ``raw``: the DN (see
+        :meth:`read_rows`); a read asking for the other kind is not served from it. Opening the bands
+        and finding their overview levels happen there too."""
+        fold = None if affine is None or raw else (np.asarray(affine[0], np.float64).copy(),
+                                                   np.asarray(affine[1], np.float64).copy())
         width = self.shape[1]
-        ahead = RowsAhead(np.empty((len(self.bands), stop - start, width), np.float32),
+        dtype = self.dn_dtype if raw else np.float32
+        if dtype is None:
+            raise ValueError(f"scene {self.spec.id}: its bands share no 8/16-bit integer DN dtype; prefetch "
+                             "reflectance (raw=False)")
+        ahead = RowsAhead(np.empty((len(self.bands), stop - start, width), dtype),
                           np.empty((stop - start, width), bool), [(0, width)])
 
         def read() -> None:
-            self._read(start, stop, ahead.data, None, fold, ahead.valid)
+            self._read(start, stop, ahead.data, None, fold, ahead.valid, raw)
             ahead.publish(width)
 
         with self._pool_lock:
@@ -609,10 +669,10 @@ class RasterSource:
                 self._ahead = ThreadPoolExecutor(1, thread_name_prefix="cloudmask-prefetch",
                                                  initializer=lower_thread_priority)
             ahead.future = self._ahead.submit(read)
-            self._prefetched = (start, stop, fold, ahead)
+            self._prefetched = (start, stop, "raw" if raw else fold, ahead)
 
-    def take_prefetched(self, start: int, stop: int, affine: tuple[np.ndarray, np.ndarray] | None = None
-                        ) -> RowsAhead | None:
+    def take_prefetched(self, start: int, stop: int, affine: tuple[np.ndarray, np.ndarray] | None = None,
+                        raw: bool = False) -> RowsAhead | None:
         """The prefetched rows ``[start, stop)`` (a :class:`RowsAhead` of views the caller may keep: no copy;
         perhaps still being read: ask it to ``wait_cols`` before using columns) when a :meth:`prefetch`
         covers them with the same ``affine``, else None. Drops the prefetch either way (a mismatch is read
@@ -622,9 +682,12 @@ class RasterSource:
         if found is None:
             return None
         p0, p1, fold, ahead = found
-        same = (fold is None and affine is None) or (
-            fold is not None and affine is not None
-            and all(np.array_equal(np.asarray(a, np.float64), b) for a, b in zip(affine, fold, strict=True)))
+        if raw or isinstance(fold, str):  # DN: the same whatever the normalisation
+            same = raw and isinstance(fold, str)
+        else:
+            same = (fold is None and affine is None) or (
+                fold is not None and affine is not None
+                and all(np.array_equal(np.asarray(a, np.float64), b) for a, b in zip(affine, fold, strict=True)))
         if not (same and p0 <= start <= stop <= p1):
             ahead.settle()  # a read in flight must end before its buffer is dropped
             if not same:
@@ -764,6 +827,11 @@ class RowWindows:
     ``read_rows`` takes ``affine`` (:class:`RasterSource`) applies it while it scales the DN, and
     ``prepare`` is skipped (one pass over the pixels instead of three).
 
+    ``raw`` (a source with ``dn_dtype``, e.g. :class:`RasterSource` over 16-bit files): the windows hold the
+    DN on the grid, not reflectance (no pass over the pixels at all: GDAL decodes into the window);
+    ``prepare``, ``fold`` and ``fill`` do not apply, and the caller scales the DN it uses with the
+    source's ``dn_affine``. Ignored (reflectance) for a source without a common integer DN dtype.
+
     ``first_parts > 1`` (sources whose ``read_rows`` takes ``cols``, reading ahead): the first window
     is yielded at once and read in that many column parts, left to right, on the background thread;
     the caller asks for columns with :meth:`wait_cols` before it uses them, so work on the first
@@ -777,7 +845,7 @@ class RowWindows:
     def __init__(self, source: Any, windows: Sequence[tuple[int, int]],
                  prepare: Callable[[np.ndarray], Any] | None = None, fill: float | None = 0.0,
                  ahead: bool = True, first_parts: int = 1,
-                 fold: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 fold: tuple[np.ndarray, np.ndarray] | None = None, raw: bool = False) -> None:
         self.source, self.windows, self.prepare, self.fill, self.ahead = source, list(windows), prepare, fill, ahead
         for (a0, a1), (b0, b1) in zip(self.windows[:-1], self.windows[1:], strict=True):
             if b0 < a0 or b1 < a1:
@@ -796,17 +864,23 @@ class RowWindows:
         #: the affine normalisation the source applies while reading (None: ``prepare`` does it)
         self.fold = fold if fold is not None and "affine" in params and self._takes_out else None
         self.first_parts = first_parts if "cols" in params and self._takes_out and bands is not None else 1
+        #: windows hold the DN (the source's ``dn_dtype``; see ``raw``), not reflectance
+        self.raw = bool(raw and "raw" in params and self._gives_valid and bands is not None
+                        and getattr(source, "dn_dtype", None) is not None)
+        if self.raw:
+            self.fold, self.prepare, self.fill = None, None, None
         # the window last yielded while its columns are still being read (None: it is whole)
         self._first: RowsAhead | None = None
 
     def _buffer(self, k: int, bands: int, width: int) -> tuple[np.ndarray, np.ndarray]:
         while len(self._buffers) <= k % 2:
-            self._buffers.append((np.empty((bands, self._rows, width), np.float32),
+            dtype = self.source.dn_dtype if self.raw else np.float32
+            self._buffers.append((np.empty((bands, self._rows, width), dtype),
                                   np.empty((self._rows, width), bool)))
         return self._buffers[k % 2]
 
     def _read_kwargs(self, valid: np.ndarray) -> dict[str, Any]:
-        kw: dict[str, Any] = {} if self.fold is None else {"affine": self.fold}
+        kw: dict[str, Any] = {"raw": True} if self.raw else {} if self.fold is None else {"affine": self.fold}
         if self._gives_valid:
             kw["valid"] = valid
         return kw
@@ -864,7 +938,7 @@ class RowWindows:
         if take is None or not (self._takes_out and self._bands is not None):
             return None
         start, stop = self.windows[0]
-        ahead: RowsAhead | None = take(start, stop, self.fold)
+        ahead: RowsAhead | None = take(start, stop, self.fold, raw=True) if self.raw else take(start, stop, self.fold)
         if ahead is None:
             return None
         width = self.source.shape[1]

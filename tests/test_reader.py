@@ -296,6 +296,42 @@ def test_prefetch_with_another_normalisation_is_read_again(sample_items):
 
 
 @pytest.mark.parametrize("prefetch", [False, True])
+def test_dn_strips_scaled_by_dn_affine_equal_the_normalised_read(sample_items, prefetch):
+    """``raw=True`` gives the DN on the grid (20 m bands repeated 2x2, nodata flagged in ``valid``);
+    scaled with ``dn_affine`` they are bit for bit what the read with the folded normalisation gives."""
+    from cloudmask.models import load_model
+
+    card = load_model("ukis-6b-l2a")  # 4 bands at 10 m, 2 at 20 m
+    spec = scene_spec(sample_items[1])  # the wedge: nodata inside the rows
+    fold = card.read_affine
+    with RasterSource(spec, card.bands, spec.geobox(10.0)) as src:
+        assert src.dn_dtype == np.uint16
+        ref_valid = np.empty((96, src.shape[1]), bool)
+        ref = src.read_rows(0, 96, affine=fold, valid=ref_valid)
+        if prefetch:
+            src.prefetch(0, 96, affine=fold)  # reflectance: not served to a DN read
+            src.prefetch(0, 96, raw=True)
+        valid = np.empty_like(ref_valid)
+        dn = src.read_rows(0, 96, valid=valid, raw=True)
+        assert not src.prefetching
+        mul, add = src.dn_affine(fold)
+    assert dn.dtype == np.uint16 and np.array_equal(valid, ref_valid) and not valid.all()
+    got = np.empty(dn.shape, np.float32)
+    np.multiply(dn, mul.astype(np.float32)[:, None, None], out=got, casting="unsafe")
+    got += add.astype(np.float32)[:, None, None]
+    assert np.array_equal(got[:, valid], ref[:, valid])
+    assert np.array_equal(dn[4:, 0::2, 0::2], dn[4:, 1::2, 1::2])  # the 20 m bands: each DN on 2 x 2 pixels
+
+
+def test_dn_reads_are_refused_when_the_bands_share_no_integer_dtype(sample_items, monkeypatch):
+    spec = scene_spec(sample_items[0])
+    with RasterSource(spec, ("blue", "red"), spec.geobox(30.0)) as src:
+        monkeypatch.setattr(src, "_dn_dtype", None)
+        with pytest.raises(ValueError, match="integer DN dtype"):
+            src.read_rows(0, 10, raw=True)
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
 def test_valid_mask_from_the_bands_nodata_equals_no_nan(sample_items, prefetch):
     spec = scene_spec(sample_items[1])  # wedge: nodata inside the footprint's bounding columns too
     with RasterSource(spec, ("red", "swir16", "nir"), spec.geobox(30.0)) as src:

@@ -138,4 +138,4 @@ def test_a_scene_reads_its_first_rows_while_its_model_loads(tmp_path, sample_cat
     res = CliRunner().invoke(main, ["run", "--stac", str(sample_catalog), "--out", str(tmp_path / "o"),
                                     "--backend", "emulated", "--no-quicklook"])
     assert res.exit_code == 0, res.output
-    assert events[:2] == ["prefetch", "load"] and events.count("load") == 1
+    assert events[0] == "prefetch" and events.count("load") == 1  # (the next scene may prefetch meanwhile too)

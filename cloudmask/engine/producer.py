@@ -186,8 +186,16 @@ class PixelProducer(Producer):
         h, _ = self.source.shape
         rows = self.strip_rows
         windows = [(k * rows, min(h, (k + 1) * rows)) for k in range(self.n_strips(h, rows))]
-        # invalid pixels are never sent: no fill (None), so a nodata-heavy strip costs no extra pass
-        reader = RowWindows(self.source, windows, prepare=self._normalise, fill=None, fold=self.card.read_affine)
+        fold = self.card.read_affine
+        # invalid pixels are never sent: no fill (None), so a nodata-heavy strip costs no extra pass; with an
+        # affine normalisation the strips hold the DN (GDAL decodes into them) and the copy into the block
+        # scales them: one pass over each pixel in all
+        reader = RowWindows(self.source, windows, prepare=self._normalise, fill=None, fold=fold,
+                            raw=fold is not None)  # = strategies.reads_dn(card)
+        scale: tuple[np.ndarray, np.ndarray] | None = None
+        if reader.raw:
+            mul, add = self.source.dn_affine(fold)  # type: ignore[attr-defined]
+            scale = (mul.astype(np.float32), add.astype(np.float32))
         arr: np.ndarray | None = None
         runs: list[PixelRun] = []
         fill = 0
@@ -207,20 +215,8 @@ class PixelProducer(Producer):
                     self.stats.add("cut", time.perf_counter() - t0)
                     arr = self.pool.take()
                     t0 = time.perf_counter()
-                view = self._view(arr)
                 n = min(self.block - fill, count - start)
-                if self.layout == "folded":
-                    dst = view[:, fill : fill + n]
-                    if index is None:
-                        dst[...] = flat[:, start : start + n]
-                    else:
-                        np.take(flat, index[start : start + n], axis=1, out=dst, mode="clip")
-                else:
-                    dst = view[fill : fill + n]
-                    if index is None:
-                        dst[...] = flat[:, start : start + n].T
-                    else:
-                        np.take(flat.T, index[start : start + n], axis=0, out=dst, mode="clip")
+                self._put(self._view(arr), fill, flat, start, n, index, scale)
                 runs.append(PixelRun(k, start, n, fill))
                 fill += n
                 start += n
@@ -240,6 +236,31 @@ class PixelProducer(Producer):
             self.control.put(self.in_q, Batch(runs, arr, fill))
         self.stats.add("read", reader.seconds["read"])
         self.stats.add("normalise", reader.seconds["prepare"])
+
+    def _put(self, view: np.ndarray, fill: int, flat: np.ndarray, start: int, n: int, index: np.ndarray | None,
+             scale: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """Copy valid pixels ``start .. start + n`` of a strip (``flat``: ``(C, pixels)``; ``index``: the valid
+        ones' positions, None: all) into the block ``view`` from position ``fill``; ``scale`` ``(multiply,
+        add)`` per band turns DN strips into the model's input on the way (None: the strip holds it)."""
+        if scale is None:  # the strip holds the model's input
+            if self.layout == "folded":
+                dst = view[:, fill : fill + n]
+                if index is None:
+                    dst[...] = flat[:, start : start + n]
+                else:
+                    np.take(flat, index[start : start + n], axis=1, out=dst, mode="clip")
+            else:
+                dst = view[fill : fill + n]
+                if index is None:
+                    dst[...] = flat[:, start : start + n].T
+                else:
+                    np.take(flat.T, index[start : start + n], axis=0, out=dst, mode="clip")
+            return
+        src = flat[:, start : start + n] if index is None else np.take(flat, index[start : start + n], axis=1,
+                                                                       mode="clip")
+        dst = view[:, fill : fill + n] if self.layout == "folded" else view[fill : fill + n].T  # (C, n)
+        np.multiply(src, scale[0][:, None], out=dst, casting="unsafe")  # DN -> input, as the reader scales
+        np.add(dst, scale[1][:, None], out=dst)
 
     def _normalise(self, data: np.ndarray) -> np.ndarray:
         return self.card.normalise(data, out=data)
