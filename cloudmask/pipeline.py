@@ -15,7 +15,8 @@ import numpy as np
 
 from .classes import THREE_CLASSES, ClassShares, ClassTable, collapse_names, histogram
 from .engine import StreamConfig, StreamStats, output_geobox, stream_scene
-from .engine.strategies import first_rows, reads_dn
+from .engine.producer import reads_dn
+from .engine.strategies import first_rows
 from .layout import OutputPaths, safe_name
 from .models import ModelCard
 from .postprocess import PostProcessSink, SclRows, for_card
@@ -175,8 +176,8 @@ def mask_scene_spec(
     try:
         source.check_grid()  # a grid the files cannot fill is refused before anything is read or written
         if device is not None or loaded is None:
-            # the first strip is read (normalised, as the stream asks for it) while the device still works on
-            # the scene before, or while the model loads
+            # the first strip is read, as the stream will ask for it (DN, or normalised), while the device
+            # still works on the scene before, or while the model loads
             shape = loaded[0].input_shape if loaded else runner_shapes(card)[0]
             source.prefetch(0, first_rows(card, shape, geobox.height, geobox.width, run_cfg.strip_rows),
                             affine=card.read_affine, raw=reads_dn(card) and source.dn_dtype is not None)

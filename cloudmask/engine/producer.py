@@ -191,7 +191,7 @@ class PixelProducer(Producer):
         # affine normalisation the strips hold the DN (GDAL decodes into them) and the copy into the block
         # scales them: one pass over each pixel in all
         reader = RowWindows(self.source, windows, prepare=self._normalise, fill=None, fold=fold,
-                            raw=fold is not None)  # = strategies.reads_dn(card)
+                            raw=reads_dn(self.card))
         scale: tuple[np.ndarray, np.ndarray] | None = None
         if reader.raw:
             mul, add = self.source.dn_affine(fold)  # type: ignore[attr-defined]
@@ -264,6 +264,13 @@ class PixelProducer(Producer):
 
     def _normalise(self, data: np.ndarray) -> np.ndarray:
         return self.card.normalise(data, out=data)
+
+
+def reads_dn(card: ModelCard) -> bool:
+    """Whether the stream reads ``card``'s scenes as DN strips (``RowWindows(raw=True)``, where the source's
+    bands share a 16-bit DN dtype) and scales the DN as it packs them: pixel models with an affine
+    normalisation (what a prefetch of the first rows should read too)."""
+    return card.kind == "pixel" and card.read_affine is not None
 
 
 def pixel_block(shape: Sequence[int], bands: int) -> tuple[int, str]:

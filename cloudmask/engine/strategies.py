@@ -254,13 +254,6 @@ def first_rows(card: ModelCard, shape: Sequence[int], height: int, width: int, s
     return min(height, max(256, card.patch_size))
 
 
-def reads_dn(card: ModelCard) -> bool:
-    """Whether the stream reads ``card``'s scenes as DN strips (``RowWindows(raw=True)``, where the source's
-    bands share a 16-bit DN dtype) and scales the DN as it packs them: pixel models with an affine
-    normalisation (what a prefetch of the first rows should read too)."""
-    return card.kind == "pixel" and card.read_affine is not None
-
-
 def make_strategy(card: ModelCard, shape: Sequence[int], height: int, width: int, margin: int, blend: str,
                   strip_rows: int | None = None) -> Strategy:
     """The strategy for ``card``'s kind, checked against the runners' input ``shape``."""
