@@ -327,8 +327,9 @@ class _Progress:
 
 
 class RowsAhead:
-    """Rows read in the background, column part by column part: ``data`` ``(bands, rows, width)`` float32
-    and ``valid`` ``(rows, width)``; :meth:`wait_cols` blocks until columns ``[0, stop)`` are in."""
+    """Rows read in the background, column part by column part: ``data`` ``(bands, rows, width)`` (float32
+    reflectance, or DN) and ``valid`` ``(rows, width)``; :meth:`wait_cols` blocks until columns
+    ``[0, stop)`` are in."""
 
     def __init__(self, data: np.ndarray, valid: np.ndarray, parts: list[tuple[int, int]],
                  progress: _Progress | None = None) -> None:
@@ -381,6 +382,14 @@ class RowsAhead:
         return RowsAhead(self.data[:, r0:r1], self.valid[r0:r1], self.parts, self._progress)
 
 
+def _same_kind(a: Any, b: Any) -> bool:
+    """Whether two reads give the same values: both ``"raw"`` (DN), both plain reflectance (None), or both
+    reflectance with equal ``(multiply, add)``."""
+    if isinstance(a, str) or isinstance(b, str) or a is None or b is None:
+        return (a is None and b is None) or (isinstance(a, str) and a == b)
+    return all(np.array_equal(np.asarray(x, np.float64), np.asarray(y, np.float64)) for x, y in zip(a, b, strict=True))
+
+
 class RasterSource:
     """A scene's bands on one grid, read lazily: ``(bands, rows, cols)`` float32 reflectance, NaN = nodata.
 
@@ -408,7 +417,7 @@ class RasterSource:
                                  remote=self.config.http_env())
         self._pool: ThreadPoolExecutor | None = None
         self._ahead: ThreadPoolExecutor | None = None  # prefetch thread (started on first use)
-        self._prefetched: tuple[int, int, Any, RowsAhead] | None = None  # rows, "raw" or affine, the read
+        self._prefetched: tuple[int, int, Any, RowsAhead] | None = None  # rows, kind ("raw" or affine), read
         self._pool_lock = threading.Lock()
         self._invalid_lock = threading.Lock()  # band threads OR their nodata into one mask
         self._closed = False
@@ -479,7 +488,7 @@ class RasterSource:
         shape = (rows[1] - rows[0], cols[1] - cols[0])
         level = self._level(band)
         if out is None:
-            out = np.empty(shape, np.float32 if not raw else self.dn_dtype or np.float32)
+            out = np.empty(shape, self.dn_dtype if raw else np.float32)
         scale, offset = asset.scale, asset.offset
         if affine is not None:
             scale, offset = scale * affine[0], offset * affine[0] + affine[1]
@@ -681,13 +690,8 @@ class RasterSource:
             found, self._prefetched = self._prefetched, None
         if found is None:
             return None
-        p0, p1, fold, ahead = found
-        if raw or isinstance(fold, str):  # DN: the same whatever the normalisation
-            same = raw and isinstance(fold, str)
-        else:
-            same = (fold is None and affine is None) or (
-                fold is not None and affine is not None
-                and all(np.array_equal(np.asarray(a, np.float64), b) for a, b in zip(affine, fold, strict=True)))
+        p0, p1, kind, ahead = found
+        same = _same_kind(kind, "raw" if raw else affine)
         if not (same and p0 <= start <= stop <= p1):
             ahead.settle()  # a read in flight must end before its buffer is dropped
             if not same:
@@ -931,22 +935,22 @@ class RowWindows:
         return data, valid
 
     def _adopt_prefetched(self) -> RowsAhead | None:
-        """Window 0's rows as the source prefetched them (``take_prefetched``; perhaps still being read),
-        used in place once read: the prefetch's arrays become the window's buffer (no copy: a fresh 100 MB buffer costs
+        """Window 0's rows as the source prefetched them (``take_prefetched``), waited for, prepared and used
+        in place: the prefetch's arrays become the window's buffer (no copy: a fresh 100 MB buffer costs
         more to fault in than to fill), or None."""
         take = getattr(self.source, "take_prefetched", None)
         if take is None or not (self._takes_out and self._bands is not None):
             return None
         start, stop = self.windows[0]
-        ahead: RowsAhead | None = take(start, stop, self.fold, raw=True) if self.raw else take(start, stop, self.fold)
+        ahead: RowsAhead | None = take(start, stop, self.fold, raw=self.raw)
         if ahead is None:
             return None
-        width = self.source.shape[1]
-        if ahead.data.shape != (self._bands, stop - start, width):  # pragma: no cover - another width
-            ahead.settle()
-            return None
+        ahead.wait_cols(ahead.data.shape[2])  # a failed prefetch raises here, as the read itself would
+        if ahead.data.shape != (self._bands, stop - start, self.source.shape[1]):  # pragma: no cover
+            return None  # another width: read the window as any other
         if not self._buffers and stop - start == self._rows and ahead.data.flags.c_contiguous:
             self._buffers.append((ahead.data, ahead.valid))  # window 0's buffer from now on
+        self._prepare_new(ahead.data, ahead.valid)
         return ahead
 
     def _fill_first_in_parts(self, ahead: RowsAhead) -> None:
@@ -975,21 +979,14 @@ class RowWindows:
         finally:
             self.seconds["wait"] += time.perf_counter() - t0
 
-    def _first_window(self, pool: ThreadPoolExecutor | None) -> tuple[RowsAhead | None, RowsAhead | None]:
-        """Window 0 either whole from the source's prefetch (``(None, rows)``; prepared here), or to be
-        yielded at once and read in ``first_parts`` column parts in the background (``(progress, None)``),
-        or ``(None, None)``: read it as any window."""
-        ahead = self._adopt_prefetched()
-        if ahead is not None:
-            ahead.wait_cols(ahead.data.shape[2])  # a failed prefetch raises here, as the read itself would
-            self._prepare_new(ahead.data, ahead.valid)
-            return None, ahead
+    def _first_in_parts(self, pool: ThreadPoolExecutor | None) -> RowsAhead | None:
+        """Window 0 to be yielded at once and read in ``first_parts`` column parts in the background (its
+        progress), or None: read it as any window."""
         if pool is None or self.first_parts <= 1 or getattr(self.source, "prefetching", False):
-            return None, None
+            return None
         start, stop = self.windows[0]
         data, valid = self._buffer(0, self._bands or 0, self.source.shape[1])
-        return RowsAhead(data[:, : stop - start], valid[: stop - start],
-                         column_parts(data.shape[2], self.first_parts)), None
+        return RowsAhead(data[:, : stop - start], valid[: stop - start], column_parts(data.shape[2], self.first_parts))
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if not self.windows:
@@ -999,7 +996,8 @@ class RowWindows:
         try:
             nxt: Future[tuple[np.ndarray, np.ndarray]] | None = None
             k0 = 0
-            first, whole = self._first_window(pool)
+            whole = self._adopt_prefetched()
+            first = None if whole is not None else self._first_in_parts(pool)
             if first is not None:  # yielded at once, its columns read in parts here (see wait_cols)
                 assert pool is not None
                 cur = (first.data, first.valid)
