@@ -176,14 +176,19 @@ def test_batch4_folded_pixel_model_runs(fake_sdk, tmp_path):
     assert np.array_equal(classes, cpu_classes)  # the same mask as the float model on the CPU
 
 
-def test_preamble_and_postamble_run_on_the_host(fake_sdk, tmp_path):
-    """axruntime-py.md: preamble_graph before the AIPU, postamble_graph after depad + dequantize."""
+def _host_graph_setup(tmp_path):
+    """A one-Conv 4-band pixel model (cloud where band 0 is high), its card, and a folder for compiled models."""
     wt = np.zeros((2, 4), np.float32)
     wt[1, 0] = 4.0
     core = _conv_onnx(tmp_path / "core.onnx", wt)
-    base = _pixel_card(tmp_path, (16, 16))
     d = tmp_path / "compiled"
     d.mkdir()
+    return core, _pixel_card(tmp_path, (16, 16)), d
+
+
+def test_preamble_and_postamble_run_on_the_host(fake_sdk, tmp_path):
+    """axruntime-py.md: preamble_graph before the AIPU, postamble_graph after depad + dequantize."""
+    core, base, d = _host_graph_setup(tmp_path)
     _graph(d / "pre.onnx", "Neg", 4)   # flips the input's sign: the device sees -x
     plain = write_compiled(d / "plain.json", onnx=core, input_shape=(1, 4, 16, 16), classes=2)
     pre = write_compiled(d / "pre.json", onnx=core, input_shape=(1, 4, 16, 16), classes=2, preamble_graph="pre.onnx")
@@ -204,12 +209,7 @@ def test_preamble_and_postamble_run_on_the_host(fake_sdk, tmp_path):
 
 def test_host_graphs_declared_nhwc_get_nhwc(fake_sdk, tmp_path):
     """A preamble/postamble whose declared input is NHWC (the AIPU's layout) is fed NHWC, its output read back."""
-    wt = np.zeros((2, 4), np.float32)
-    wt[1, 0] = 4.0
-    core = _conv_onnx(tmp_path / "core.onnx", wt)
-    base = _pixel_card(tmp_path, (16, 16))
-    d = tmp_path / "compiled"
-    d.mkdir()
+    core, base, d = _host_graph_setup(tmp_path)
     _graph(d / "pre.onnx", "Neg", 4, nhwc=(16, 16, 4))
     _graph(d / "post.onnx", "Neg", 2, nhwc=(16, 16, 2))
     masks = []
